@@ -1,0 +1,5 @@
+import sys
+
+from bmd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""Build the book: execute the chapter notebooks with papermill, then build HTML with Jupyter Book.
+
+The sources in ``book/`` stay output-free. Executed copies go to ``<out>/_build/src`` and the HTML to
+``<out>/_build/html``; Jupyter Book never re-executes them (``execute_notebooks: off``) and any
+Sphinx warning fails the build (``-W``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from bmd import paths
+from bmd.config import load_profile
+
+
+class BookError(RuntimeError):
+    """The book could not be built."""
+
+
+def chapter_notebooks(source: Path | None = None) -> list[Path]:
+    """The notebooks named in ``_toc.yml``, in table-of-contents order (paths relative to ``source``)."""
+    source = source or paths.book_source_dir()
+    toc = yaml.safe_load((source / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(str(node["file"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    return [Path(f).with_suffix(".ipynb") for f in files if (source / f).with_suffix(".ipynb").is_file()]
+
+
+def _hide_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected cell so the built page does not show it."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell["metadata"]["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, path)
+
+
+def execute_chapters(parameters: dict, build_src: Path, source: Path | None = None) -> dict[str, float]:
+    """Execute every chapter notebook into ``build_src`` with papermill; returns seconds per chapter."""
+    import papermill
+
+    source = source or paths.book_source_dir()
+    timings: dict[str, float] = {}
+    for rel in chapter_notebooks(source):
+        target = build_src / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(source / rel), str(target), parameters=parameters, kernel_name="python3",
+                progress_bar=False, cwd=str(target.parent),
+            )
+        except papermill.PapermillExecutionError as exc:
+            raise BookError(f"chapter {rel} failed: {exc.ename}: {exc.evalue}") from None
+        _hide_injected_parameters(target)
+        timings[str(rel)] = time.perf_counter() - start
+    return timings
+
+
+def build_html(build_src: Path, out_root: Path) -> Path:
+    """Build HTML from executed sources with Jupyter Book (warnings are errors); returns the html folder."""
+    cmd = [
+        str(Path(sys.executable).with_name("jupyter-book")), "build", str(build_src),
+        "--config", str(paths.book_config_file()), "--path-output", str(out_root),
+        "-W", "-n", "--keep-going",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "WARNING" in ln or "ERROR" in ln]
+        detail = "; ".join(problems[:5]) or proc.stdout[-500:]
+        raise BookError(f"jupyter-book build failed: {detail}")
+    return out_root / "_build" / "html"
+
+
+def build_book(profile: str = "quick", manifest: str | Path | None = None, seed: int | None = None,
+               out: str | Path | None = None) -> Path:
+    """Execute the chapters for a profile and build the book; returns the HTML folder.
+
+    ``manifest`` runs the study on a site's own data instead of the twin cohort; ``out`` is where the
+    run folder, executed notebooks and HTML go (default: the repository root).
+    """
+    cfg = load_profile(profile, seed=seed)
+    root = paths.out_root(out)
+    build_src = root / "_build" / "src"
+    if build_src.exists():
+        shutil.rmtree(build_src)
+    # Markdown pages, the toc and the bibliography travel with the executed notebooks.
+    shutil.copytree(paths.book_source_dir(), build_src, ignore=shutil.ignore_patterns("*.ipynb", "_build"))
+    parameters = {
+        "profile": cfg.profile,
+        "seed": cfg.seed,
+        "manifest": str(Path(manifest).resolve()) if manifest else None,
+        "out": str(root),
+    }
+    execute_chapters(parameters, build_src)
+    return build_html(build_src, root)

@@ -1,0 +1,107 @@
+"""The ``bmd`` command line. Each verb is a thin wrapper over a function of the package.
+
+Exit status is 0 only when everything asked for succeeded. Expected failures (bad input files,
+invalid manifests, bad profiles) print one clear line each, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from bmd.io import ImageReadError, describe
+
+    failed = 0
+    for path in args.images:
+        try:
+            print(f"{path}: {describe(path)}")
+        except ImageReadError as exc:
+            failed += 1
+            print(f"{path}: cannot use: {exc}")
+    return 1 if failed else 0
+
+
+def _cmd_validate_manifest(args: argparse.Namespace) -> int:
+    from bmd.manifest import ManifestError, load_manifest, summarize
+
+    try:
+        manifest = load_manifest(args.manifest, check_files=not args.no_file_check)
+    except ManifestError as exc:
+        print(f"{args.manifest}: invalid manifest ({len(exc.errors)} error(s)):", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(summarize(manifest))
+    return 0
+
+
+def _cmd_twin(args: argparse.Namespace) -> int:
+    from bmd.config import load_profile
+    from bmd.twin import generate_twin
+
+    profile = load_profile(args.profile, seed=args.seed)
+    out = generate_twin(args.out, profile, seed=profile.seed, workers=args.workers, progress=not args.quiet)
+    print(f"twin cohort ({profile.profile}, seed {profile.seed}): {out / 'manifest.csv'}")
+    return 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from bmd.book import build_book
+
+    html = build_book(profile=args.profile, manifest=args.manifest, seed=args.seed, out=args.out)
+    print(f"book built: {html / 'index.html'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``bmd`` command."""
+    parser = argparse.ArgumentParser(prog="bmd", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="one line per image: size, spacing, value range, photometric")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("validate-manifest", help="check a manifest CSV and print its summary")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--no-file-check", action="store_true", help="do not open the image files")
+    p.set_defaults(func=_cmd_validate_manifest)
+
+    p = sub.add_parser("twin", help="generate (or reuse) the synthetic twin cohort")
+    p.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--seed", type=int, default=None, help="cohort seed (default: the profile's)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_twin)
+
+    p = sub.add_parser("book", help="run the study's notebooks and build the book")
+    p.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")
+    p.add_argument("--manifest", type=Path, default=None, help="your own manifest instead of the twin")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the profile's)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the repository root)")
+    p.set_defaults(func=_cmd_book)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bmd`` console script."""
+    from bmd.config import ProfileError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ProfileError as exc:
+        print(f"bmd {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bmd {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
