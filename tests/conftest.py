@@ -28,3 +28,16 @@ def realdata() -> Path:
     if folder is None:
         pytest.skip("real radiographs folder not present")
     return folder
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory) -> Path:
+    """One smoke-profile book build per test session (cohort, notebooks, HTML) under a temp folder.
+
+    Returns the ``--out`` folder; every test that needs a built book reads this one build.
+    """
+    from bmd.book import build_book
+
+    out = tmp_path_factory.mktemp("smoke_book")
+    build_book(profile="smoke", out=out)
+    return out

@@ -1,0 +1,30 @@
+"""The book builds from its sources with Jupyter Book, warnings as errors."""
+
+from bmd.book import chapter_notebooks
+
+
+def test_smoke_book_builds_html(smoke_book):
+    html = smoke_book / "_build" / "html"
+    assert (html / "index.html").is_file()
+    text = " ".join((html / "intro.html").read_text().split())
+    assert "Bone mineral density from a frontal chest X-ray" in text
+    assert "verify the pipeline, not the clinical claim" in text
+    assert (html / "appendix" / "data.html").is_file()
+
+
+def test_every_notebook_in_the_toc_is_executed(smoke_book):
+    for rel in chapter_notebooks():
+        assert (smoke_book / "_build" / "src" / rel).is_file(), rel
+        assert (smoke_book / "_build" / "html" / rel.with_suffix(".html")).is_file(), rel
+
+
+def test_source_notebooks_carry_no_outputs():
+    import nbformat
+
+    for rel in chapter_notebooks():
+        from bmd import paths
+
+        nb = nbformat.read(paths.book_source_dir() / rel, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, rel
