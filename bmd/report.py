@@ -1,0 +1,120 @@
+"""Tables and figures that describe a cohort (the book's cohort chapter).
+
+Every function takes a loaded manifest DataFrame (see ``data_manifest/README.md``) and returns a
+DataFrame or a matplotlib Figure; nothing here reads files or prints.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bmd import VERTEBRAE, paper
+
+BMD_COLUMNS = tuple(f"bmd_{v.lower()}" for v in VERTEBRAE)
+SPLITS = ("train", "val", "test")
+
+
+def split_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Cases and patients per split, beside the paper's case counts."""
+    rows = []
+    for split in SPLITS:
+        part = df[df["split"] == split]
+        rows.append({"split": split, "cases": len(part), "patients": part["patient_id"].nunique(),
+                     "paper_cases": paper.SPLIT_SIZES[split]})
+    rows.append({"split": "total", "cases": len(df), "patients": df["patient_id"].nunique(),
+                 "paper_cases": sum(paper.SPLIT_SIZES.values())})
+    return pd.DataFrame(rows).set_index("split")
+
+
+def bmd_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per vertebra: measured and excluded counts, mean, SD, min and max BMD (g/cm²)."""
+    rows = []
+    for v, col in zip(VERTEBRAE, BMD_COLUMNS, strict=True):
+        x = df[col].astype(float)
+        rows.append({"vertebra": v, "n": int(x.notna().sum()), "excluded": int(x.isna().sum()),
+                     "mean": x.mean(), "sd": x.std(), "min": x.min(), "max": x.max()})
+    return pd.DataFrame(rows).set_index("vertebra")
+
+
+def correlation_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Pearson correlations between vertebrae (pairwise complete), with the paper's where reported."""
+    corr = df[list(BMD_COLUMNS)].astype(float).corr()
+    rows = []
+    for i, a in enumerate(VERTEBRAE):
+        for b in VERTEBRAE[i + 1:]:
+            rows.append({"pair": f"{a}–{b}", "r": corr.loc[f"bmd_{a.lower()}", f"bmd_{b.lower()}"],
+                         "paper_r": paper.VERTEBRA_CORRELATIONS.get((a, b), np.nan)})
+    return pd.DataFrame(rows).set_index("pair")
+
+
+def category_table(df: pd.DataFrame, threshold: float = -2.5) -> pd.DataFrame:
+    """WHO categories per vertebra and for the lowest valid vertebra (the patient-level endpoint).
+
+    Columns: counts of normal / osteopenia / osteoporosis (WHO: T ≤ threshold) and the share with
+    T < threshold (the paper's positive label).
+    """
+    from bmd.tscores import osteoporotic, patient_level, t_scores_for_manifest, who_category
+
+    t = t_scores_for_manifest(df)
+    columns = {v: t[f"t_{v.lower()}"] for v in VERTEBRAE}
+    columns["lowest (patient level)"] = patient_level(t)["t_min"]
+    rows = []
+    for name, values in columns.items():
+        values = values.astype(float)
+        valid = values.dropna()
+        cats = pd.Series(who_category(valid.to_numpy(), threshold=threshold))
+        rows.append({
+            "vertebra": name, "n": len(valid),
+            "normal": int((cats == "normal").sum()),
+            "osteopenia": int((cats == "osteopenia").sum()),
+            "osteoporosis": int((cats == "osteoporosis").sum()),
+            "positive_pct": 100.0 * float(np.mean(osteoporotic(valid.to_numpy(), threshold=threshold))),
+        })
+    return pd.DataFrame(rows).set_index("vertebra")
+
+
+def plot_bmd_distributions(df: pd.DataFrame):
+    """Histograms of BMD per vertebra, by sex (seaborn); returns the Figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    long = df.melt(id_vars=["sex"], value_vars=list(BMD_COLUMNS), var_name="vertebra", value_name="bmd")
+    long["vertebra"] = long["vertebra"].str.replace("bmd_", "").str.upper()
+    long = long.dropna(subset=["bmd"])
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.8), sharex=True, sharey=True)
+    for ax, v in zip(axes, VERTEBRAE, strict=True):
+        sns.histplot(data=long[long.vertebra == v], x="bmd", hue="sex", bins=30, element="step",
+                     stat="count", ax=ax, legend=(v == "L4"))
+        ax.set_title(v)
+        ax.set_xlabel("BMD (g/cm²)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_correlation_matrix(df: pd.DataFrame):
+    """Heat map of the L1–L4 BMD correlation matrix; returns the Figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    corr = df[list(BMD_COLUMNS)].astype(float).corr()
+    corr.index = corr.columns = list(VERTEBRAE)
+    fig, ax = plt.subplots(figsize=(3.6, 3.0))
+    sns.heatmap(corr, annot=True, fmt=".3f", vmin=0.5, vmax=1.0, cmap="viridis", ax=ax, cbar=False)
+    ax.set_title("DXA BMD correlations")
+    fig.tight_layout()
+    return fig
+
+
+def oracle_table(oracle: dict) -> pd.DataFrame:
+    """The twin's oracle ceilings (R and AUC per ROI family and vertebra), beside the paper's Table 2 R."""
+    rows = pd.DataFrame(oracle["ceilings"])
+    paper_model = {"all": "multi_roi"}
+    rows["paper_r"] = [paper.value("table2", paper_model.get(roi, roi), v, "r")
+                       for roi, v in zip(rows["roi"], rows["vertebra"], strict=True)]
+    wide = rows.pivot(index="roi", columns="vertebra", values="r")
+    wide = wide[[*VERTEBRAE, "avg"]]
+    wide["paper_avg_r"] = rows[rows.vertebra == "avg"].set_index("roi")["paper_r"]
+    wide["auc_avg"] = rows[rows.vertebra == "avg"].set_index("roi")["auc"]
+    order = [r for r in ("cervi", "clavi", "lumbar", "ribcage", "chest", "all") if r in wide.index]
+    return wide.loc[order]
