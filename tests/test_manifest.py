@@ -8,7 +8,14 @@ import pytest
 from PIL import Image
 
 from bmd.cli import main as cli_main
-from bmd.manifest import ManifestError, load_manifest, required_columns, split_manifest, summarize, write_manifest
+from bmd.manifest import (
+    ManifestError,
+    load_manifest,
+    required_columns,
+    split_manifest,
+    summarize,
+    write_manifest,
+)
 
 HEADER = "case_id,patient_id,image,bmd_l1,bmd_l2,bmd_l3,bmd_l4,sex,age,reference,split"
 GOOD_ROWS = [

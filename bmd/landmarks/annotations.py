@@ -1,0 +1,174 @@
+"""Import ground-truth landmarks from annotation tools into the project's landmark CSV layout.
+
+Supported inputs (:func:`import_annotations` picks by file type):
+
+* the **project CSV**: a ``case_id`` or ``image`` column and the 32 ``x_<name>, y_<name>`` columns;
+* **Labelme** JSON (one file per image, or a folder of them): ``point`` shapes whose ``label`` is a
+  landmark name;
+* **CVAT** XML ("CVAT for images 1.1"): per ``<image>``, ``<points label="<name>" points="x,y"/>``.
+
+Every importer returns a DataFrame with ``case_id``, ``image`` and the 32 coordinate columns in
+:data:`~bmd.landmarks.points.COORD_COLUMNS` order. Coordinates follow the project convention (pixel
+centres at integers). Labelme and CVAT draw on a canvas whose pixel *corners* sit at integers, so 0.5 is
+subtracted from their coordinates (``corner_origin=False`` keeps them as they are).
+Problems raise :class:`AnnotationError` with a one-line message naming the file and listing the points
+that are missing or unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bmd.landmarks.points import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be imported; the message is one line and names the file."""
+
+
+def _frame(records: list[tuple[str, str, np.ndarray]]) -> pd.DataFrame:
+    coords = np.array([r[2] for r in records], dtype=np.float64).reshape(len(records), 2 * N_LANDMARKS)
+    df = pd.DataFrame(coords, columns=list(COORD_COLUMNS))
+    df.insert(0, "image", [r[1] for r in records])
+    df.insert(0, "case_id", [r[0] for r in records])
+    return df
+
+
+def _check_names(path: Path, where: str, found: dict[str, list[tuple[float, float]]]) -> np.ndarray:
+    """(16, 2) points from a name → positions map; errors list unknown, missing and repeated names."""
+    unknown = sorted(n for n in found if n not in LANDMARK_NAMES)
+    if unknown:
+        raise AnnotationError(f"{path}: {where}unknown point name(s): {', '.join(unknown)} "
+                              f"(expected the 16 landmark names, e.g. {LANDMARK_NAMES[0]})")
+    missing = [n for n in LANDMARK_NAMES if n not in found]
+    if missing:
+        raise AnnotationError(f"{path}: {where}missing point(s): {', '.join(missing)}")
+    repeated = [n for n in LANDMARK_NAMES if len(found[n]) > 1]
+    if repeated:
+        raise AnnotationError(f"{path}: {where}point(s) given more than once: {', '.join(repeated)}")
+    pts = np.array([found[n][0] for n in LANDMARK_NAMES], dtype=np.float64)
+    if not np.isfinite(pts).all():
+        raise AnnotationError(f"{path}: {where}non-finite coordinates")
+    return pts
+
+
+def read_landmark_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a project landmark CSV; keeps ``case_id``/``image`` and returns the 32 columns as floats."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise AnnotationError(f"{path}: cannot read landmark CSV: {exc}".splitlines()[0]) from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if "case_id" not in df.columns and "image" not in df.columns:
+        raise AnnotationError(f"{path}: needs a case_id or image column")
+    coord_cols = [c for c in df.columns if c[:2] in ("x_", "y_")]
+    unknown = sorted({c[2:] for c in coord_cols} - set(LANDMARK_NAMES))
+    if unknown:
+        raise AnnotationError(f"{path}: unknown point name(s): {', '.join(unknown)}")
+    missing = [n for n in LANDMARK_NAMES if f"x_{n}" not in df.columns or f"y_{n}" not in df.columns]
+    if missing:
+        raise AnnotationError(f"{path}: missing point(s): {', '.join(missing)}")
+    out = df[[c for c in ("case_id", "image") if c in df.columns]].copy()
+    values = df[list(COORD_COLUMNS)].apply(lambda s: pd.to_numeric(s.str.strip(), errors="coerce"))
+    bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=np.float64))
+    if bad.to_numpy().any():
+        row, col = np.argwhere(bad.to_numpy())[0]
+        n_bad = int(bad.to_numpy().any(axis=1).sum())
+        raise AnnotationError(f"{path}: row {row + 2}, column {COORD_COLUMNS[col]}: missing or non-numeric "
+                              f"coordinate {df.iat[row, df.columns.get_loc(COORD_COLUMNS[col])]!r} "
+                              f"({n_bad} row(s) affected)")
+    for c in COORD_COLUMNS:
+        out[c] = values[c].astype(np.float64)
+    return out.reset_index(drop=True)
+
+
+def read_labelme(path: str | os.PathLike, corner_origin: bool = True) -> pd.DataFrame:
+    """Read one Labelme JSON file or a folder of them (one image per file, ``case_id`` = file stem)."""
+    path = Path(path)
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files:
+        raise AnnotationError(f"{path}: no Labelme .json files in this folder")
+    shift = 0.5 if corner_origin else 0.0
+    records = []
+    for f in files:
+        try:
+            doc = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AnnotationError(f"{f}: not a readable Labelme JSON file: {exc}".splitlines()[0]) from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
+            raise AnnotationError(f"{f}: not a Labelme file (no 'shapes' list)")
+        found: dict[str, list[tuple[float, float]]] = {}
+        for shape in doc["shapes"]:
+            if shape.get("shape_type", "point") != "point":
+                continue  # polygons, boxes etc. are other annotations, not landmarks
+            label = str(shape.get("label", "")).strip()
+            pts = shape.get("points") or []
+            if len(pts) != 1 or len(pts[0]) != 2:
+                raise AnnotationError(f"{f}: point {label!r} must have exactly one (x, y) pair")
+            found.setdefault(label, []).append((float(pts[0][0]) - shift, float(pts[0][1]) - shift))
+        pts = _check_names(f, "", found)
+        records.append((f.stem, str(doc.get("imagePath") or f.stem), pts))
+    return _frame(records)
+
+
+def read_cvat_xml(path: str | os.PathLike, corner_origin: bool = True) -> pd.DataFrame:
+    """Read a CVAT-for-images XML export (``case_id`` = image file stem, ``image`` = the name as exported)."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise AnnotationError(f"{path}: not a readable CVAT XML file: {exc}".splitlines()[0]) from None
+    images = root.findall(".//image")
+    if not images:
+        raise AnnotationError(f"{path}: no <image> elements (expected a 'CVAT for images' export)")
+    shift = 0.5 if corner_origin else 0.0
+    records = []
+    for im in images:
+        name = im.get("name") or im.get("id") or "?"
+        found: dict[str, list[tuple[float, float]]] = {}
+        for el in im.findall("points"):
+            label = (el.get("label") or "").strip()
+            pairs = [p for p in (el.get("points") or "").split(";") if p.strip()]
+            if len(pairs) != 1:
+                raise AnnotationError(f"{path}: image {name}: point {label!r} must have exactly one x,y pair, "
+                                      f"got {len(pairs)}")
+            try:
+                x, y = (float(v) for v in pairs[0].split(","))
+            except ValueError:
+                raise AnnotationError(f"{path}: image {name}: point {label!r} has unreadable coordinates "
+                                      f"{pairs[0]!r}") from None
+            found.setdefault(label, []).append((x - shift, y - shift))
+        pts = _check_names(path, f"image {name}: ", found)
+        records.append((Path(name).stem, name, pts))
+    return _frame(records)
+
+
+def import_annotations(path: str | os.PathLike, corner_origin: bool = True) -> pd.DataFrame:
+    """Import landmarks from a project CSV, a Labelme JSON file/folder or a CVAT XML file."""
+    path = Path(path)
+    if not path.exists():
+        raise AnnotationError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".json":
+        return read_labelme(path, corner_origin=corner_origin)
+    if suffix == ".xml":
+        return read_cvat_xml(path, corner_origin=corner_origin)
+    if suffix == ".csv":
+        return read_landmark_csv(path)
+    raise AnnotationError(f"{path}: unknown annotation format (expected .csv, Labelme .json or CVAT .xml)")
+
+
+def write_landmark_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write landmarks in the project CSV layout (``case_id``/``image`` then the 32 coordinates)."""
+    path = Path(path)
+    cols = [c for c in ("case_id", "image") if c in df.columns] + list(COORD_COLUMNS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df[cols].to_csv(path, index=False, float_format="%.2f")
+    return path

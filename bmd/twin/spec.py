@@ -1,0 +1,83 @@
+"""The twin cohort's specification: every constant of the generator, versioned and hashed.
+
+``TWIN_VERSION`` names the generator ("twin-v1"). Any change to a constant changes ``spec_hash``,
+which ``oracle.json`` records and the reuse check compares: change constants only on purpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+TWIN_VERSION = "twin-v1"
+
+#: Chest bone families carrying a latent density, in a fixed order.
+BONES: tuple[str, ...] = ("cervi", "clav_l", "clav_r", "rib_l", "rib_r", "t12")
+#: ROI families (paper names) → the bones their regions show. "lumbar" is the T12 region.
+FAMILY_BONES: dict[str, tuple[str, ...]] = {
+    "cervi": ("cervi",), "clavi": ("clav_l", "clav_r"), "ribcage": ("rib_l", "rib_r"), "lumbar": ("t12",),
+    "chest": BONES, "all": BONES,
+}
+
+
+@dataclass(frozen=True)
+class TwinSpec:
+    """Constants of the twin generator (population, bone signal, anatomy, acquisition)."""
+
+    version: str = TWIN_VERSION
+    # --- population (DXA-referred: mostly post-menopausal women)
+    female_share: float = 0.80
+    repeat_share: float = 0.025  # share of cases that are a patient's second radiograph
+    age_mean: float = 67.0
+    age_per_sd_bmd: float = -3.5  # years per SD of lumbar bone health (older → lower BMD)
+    age_noise_sd: float = 8.5
+    age_range: tuple[float, float] = (42.0, 92.0)
+    bmd_mean_f: tuple[float, float, float, float] = (0.77, 0.835, 0.875, 0.895)  # g/cm², L1..L4
+    bmd_mean_m_shift: float = 0.07
+    bmd_sd: tuple[float, float, float, float] = (0.14, 0.15, 0.15, 0.16)
+    # correlation of L1..L4 (the paper: L1–L2 0.907, L1–L3 0.883, L1–L4 0.825)
+    bmd_corr: tuple[tuple[float, ...], ...] = (
+        (1.000, 0.907, 0.883, 0.825),
+        (0.907, 1.000, 0.935, 0.875),
+        (0.883, 0.935, 1.000, 0.925),
+        (0.825, 0.875, 0.925, 1.000),
+    )
+    excluded_vertebra_share: float = 0.03  # cases with one vertebra excluded at DXA
+    repeat_bmd_change_sd: float = 0.01  # g/cm² between a patient's two DXA-matched radiographs
+    # --- latent chest-bone densities: d_k = g + shared + specific_k (g = standardised lumbar health)
+    shared_sd: float = 0.35  # systemic chest-versus-lumbar discrepancy, common to all chest bones
+    specific_sd: dict[str, float] = field(default_factory=lambda: {
+        "cervi": 0.35, "clav_l": 0.77, "clav_r": 0.77, "rib_l": 0.86, "rib_r": 0.86, "t12": 0.52})
+    attenuation_noise_sd: float = 0.50  # extra noise of the mean-attenuation channel
+    texture_noise_sd: float = 0.28  # extra noise of the trabecular-texture channel
+    # --- anatomy and pose
+    rotation_deg: float = 8.0  # uniform ±
+    translation_frac: float = 0.05  # uniform ± of the image width
+    scale_frac: float = 0.10  # uniform ±
+    body_width_sd: float = 0.05
+    # --- image formation
+    bone_contrast_per_sd: float = 0.25  # relative change of bone attenuation per SD of the attenuation channel
+    bone_size_sd: float = 0.10  # per-person bone thickness factor (confounds mean attenuation)
+    texture_period_px: tuple[float, float] = (4.0, 9.0)  # trabecular pattern period at 512 px (scales with size)
+    texture_amp: float = 0.30  # relative trabecular modulation at the mean
+    texture_amp_per_sd: float = 0.12
+    soft_tissue_field_sd: float = 0.18  # smooth local soft-tissue thickness variation (relative)
+    scatter_fraction: tuple[float, float] = (0.15, 0.45)
+    heel_gradient: tuple[float, float] = (0.05, 0.25)
+    photons: tuple[float, float] = (600.0, 2500.0)  # detected quanta per pixel at open field
+    blur_px: tuple[float, float] = (0.5, 1.0)  # detector blur (sigma, pixels of a 512 image)
+    monochrome1_share: float = 0.30
+    bits_stored: tuple[int, ...] = (12, 14, 16)
+    field_width_mm: float = 380.0
+
+    def as_dict(self) -> dict:
+        """The spec as plain JSON-able data."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def spec_hash(spec: TwinSpec, sizes: dict) -> str:
+    """SHA-256 of the canonical JSON of the spec plus the profile's sizes."""
+    payload = json.dumps({"spec": spec.as_dict(), "sizes": sizes}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,0 +1,205 @@
+"""The twin cohort: files, manifest, landmarks, determinism, population statistics and ceilings."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from bmd import paper
+from bmd.config import Profile, load_profile
+from bmd.io import read_image
+from bmd.landmarks.points import LANDMARK_NAMES
+from bmd.manifest import load_manifest
+from bmd.tscores import osteoporotic, t_scores_for_manifest
+from bmd.twin import TwinError, TwinSpec, generate_twin, is_complete
+from bmd.twin.cohort import _Lock
+from bmd.twin.oracle import ceilings
+from bmd.twin.population import sample_population
+from bmd.twin.spec import spec_hash
+
+TINY = Profile(profile="tiny", seed=0, twin_n_train=4, twin_n_val=1, twin_n_test=1, twin_image_size=128,
+               chest_size=32, roi_size=16)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("twin_smoke")
+    return generate_twin(out, load_profile("smoke"), workers=2, progress=False)
+
+
+def _points(folder) -> pd.DataFrame:
+    return pd.read_csv(folder / "landmarks.csv").set_index("case_id")
+
+
+def test_smoke_manifest_is_valid_and_split_by_patient(smoke):
+    df = load_manifest(smoke / "manifest.csv")
+    profile = load_profile("smoke")
+    assert df["split"].value_counts().to_dict() == {"train": profile.twin_n_train, "val": profile.twin_n_val,
+                                                    "test": profile.twin_n_test}
+    assert (df.groupby("patient_id")["split"].nunique() == 1).all()
+    assert set(df["reference"]) == {"hologic"} and set(df["sex"]) <= {"F", "M"}
+
+
+def test_dicoms_decode_bone_bright_with_spacing_and_synthetic_ids(smoke):
+    df = pd.read_csv(smoke / "manifest.csv")
+    photometrics = set()
+    for _, case in df.iterrows():
+        image, meta = read_image(smoke / case["image"])
+        assert image.shape == (256, 256) and meta.spacing is not None and meta.modality == "CR"
+        assert 12 <= meta.bits_stored <= 16
+        photometrics.add(meta.photometric)
+        h, w = image.shape
+        rows = slice(int(0.3 * h), int(0.6 * h))
+        mediastinum = image[rows, int(0.46 * w):int(0.54 * w)].mean()
+        lungs = (image[rows, int(0.22 * w):int(0.32 * w)].mean() + image[rows, int(0.68 * w):int(0.78 * w)].mean()) / 2
+        assert mediastinum > lungs + 0.05, case["case_id"]
+    assert photometrics == {"MONOCHROME1", "MONOCHROME2"}
+    ds = pydicom.dcmread(smoke / df["image"][0])
+    assert ds.PatientID == df["patient_id"][0] and "BirthDate" not in str(ds.dir())
+
+
+def test_landmarks_inside_and_in_anatomical_order(smoke):
+    pts = _points(smoke)
+    xy = pts.to_numpy().reshape(len(pts), 16, 2)
+    assert (xy >= 0).all() and (xy <= 255).all()
+    i = {n: k for k, n in enumerate(LANDMARK_NAMES)}
+    y, x = xy[..., 1], xy[..., 0]
+    for side in "lr":
+        for part in ("medial", "mid", "lateral"):
+            assert (y[:, i[f"clav_{side}_{part}"]] < y[:, i[f"rib_{side}_2"]]).all()
+        for k in (1, 2, 3):
+            assert (y[:, i[f"rib_{side}_{k}"]] < y[:, i[f"rib_{side}_{k + 1}"]]).all()
+        assert (y[:, i["t12"]] > y[:, i[f"rib_{side}_3"]]).all()
+    assert (y[:, i["cervical"]] < y[:, i["t12"]]).all()
+    # PA view: the patient's left is on the image right
+    assert (x[:, i["clav_l_lateral"]] > x[:, i["clav_r_lateral"]]).all()
+    assert (x[:, i["rib_l_3"]] > x[:, i["t12"]]).all() and (x[:, i["rib_r_3"]] < x[:, i["t12"]]).all()
+
+
+def test_same_seed_same_bytes_and_reuse_touches_nothing(tmp_path):
+    a = generate_twin(tmp_path / "a", TINY, workers=1, progress=False)
+    b = generate_twin(tmp_path / "b", TINY, workers=2, progress=False)
+    names = sorted(p.name for p in (a / "images").iterdir())
+    assert len(names) == 6
+    for name in names:
+        assert pydicom.dcmread(a / "images" / name).PixelData == pydicom.dcmread(b / "images" / name).PixelData
+    assert (a / "landmarks.csv").read_bytes() == (b / "landmarks.csv").read_bytes()
+    before = {p: p.stat().st_mtime_ns for p in a.rglob("*") if p.is_file()}
+    generate_twin(a, TINY, workers=1, progress=False)
+    assert before == {p: p.stat().st_mtime_ns for p in a.rglob("*") if p.is_file()}
+    c = generate_twin(tmp_path / "c", TINY, seed=1, workers=1, progress=False)
+    assert pydicom.dcmread(a / "images" / names[0]).PixelData != pydicom.dcmread(c / "images" / names[0]).PixelData
+
+
+def test_interrupted_or_changed_cohort_is_rebuilt_and_locked(tmp_path):
+    out = generate_twin(tmp_path / "t", TINY, workers=1, progress=False)
+    digest = json.loads((out / "oracle.json").read_text())["spec_hash"]
+    assert digest == spec_hash(TwinSpec(), {"train": 4, "val": 1, "test": 1, "image_size": 128})
+    assert is_complete(out, digest, 0)
+    (out / "oracle.json").unlink()  # as if killed before the end
+    assert not is_complete(out, digest, 0)
+    generate_twin(out, TINY, workers=1, progress=False)
+    assert is_complete(out, digest, 0)
+    next(iter((out / "images").iterdir())).unlink()  # a missing image
+    assert not is_complete(out, digest, 0)
+    assert not is_complete(out, digest, seed=3)
+    (out / ".twin.lock").write_text(str(os.getpid()))  # a live writer
+    with pytest.raises(TwinError, match="another twin generation"):
+        generate_twin(out, TINY, workers=1, progress=False)
+    (out / ".twin.lock").write_text("999999999")  # a dead writer's lock is taken over
+    with _Lock(out):
+        pass
+    assert not (out / ".twin.lock").exists()
+
+
+QUICK = {"train": 1087, "val": 265, "test": 329}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 12345])
+def test_quick_population_statistics(seed):
+    df = sample_population(QUICK, seed)
+    assert len(df) == 1681 and 1600 < df["patient_id"].nunique() < 1681
+    bmd = df[[f"bmd_l{k}" for k in range(1, 5)]]
+    means = bmd.mean().to_numpy()
+    assert (np.diff(means) > 0).all()
+    assert ((bmd.std() > 0.12) & (bmd.std() < 0.18)).all()
+    corr = bmd.corr().to_numpy()
+    for (a, b), target in paper.VERTEBRA_CORRELATIONS.items():
+        assert abs(corr[int(a[1]) - 1, int(b[1]) - 1] - target) < 0.05, (a, b)
+    df["reference"] = "hologic"
+    t = t_scores_for_manifest(df)
+    for col in t:
+        prevalence = np.mean(osteoporotic(t[col].dropna().to_numpy()))
+        assert 0.20 <= prevalence <= 0.35, (col, prevalence)
+    assert -0.5 < np.corrcoef(df["age"], df["g"])[0, 1] < -0.2  # age carries some information
+    assert not bmd.isna().all(axis=1).any() and bmd.isna().any(axis=1).mean() < 0.06
+
+
+def test_oracle_ceilings_sit_a_little_above_the_paper():
+    rows = pd.DataFrame(ceilings(n=40_000))
+    avg = rows[rows.vertebra == "avg"].set_index("roi")["r"]
+    for roi in ("cervi", "clavi", "lumbar", "ribcage", "chest", "all"):
+        published = paper.value("table2", "multi_roi" if roi == "all" else roi, "avg", "r")
+        assert published <= avg[roi] <= published + 0.08, roi
+    assert avg["cervi"] > avg["clavi"] > avg["ribcage"] and avg["lumbar"] > avg["ribcage"]
+    assert abs(avg["clavi"] - avg["lumbar"]) < 0.03
+    assert avg["chest"] < avg["all"] < 0.95
+    assert (rows["auc"] > 0.8).all() and (rows["auc"] < 1).all()
+
+
+def test_oracle_json_holds_spec_ceilings_and_realised_statistics(smoke):
+    oracle = json.loads((smoke / "oracle.json").read_text())
+    assert oracle["spec_version"] == "twin-v1" and oracle["seed"] == 0 and oracle["profile"] == "smoke"
+    assert {(r["roi"], r["vertebra"]) for r in oracle["ceilings"]} >= {("all", "avg"), ("chest", "L1")}
+    assert set(oracle["realised"]["bmd_mean"]) == {"L1", "L2", "L3", "L4"}
+
+
+def test_cli_twin_generates_and_reuses(tmp_path, capsys):
+    from bmd.cli import main
+
+    assert main(["twin", "--profile", "smoke", "--out", str(tmp_path / "x"), "--quiet", "--seed", "5"]) == 0
+    assert "seed 5" in capsys.readouterr().out
+    assert json.loads((tmp_path / "x" / "oracle.json").read_text())["seed"] == 5
+
+
+@pytest.mark.slow
+def test_bone_information_is_in_the_pixels_and_not_in_plain_brightness(tmp_path):
+    """Mean brightness around landmarks predicts BMD far below the ceiling; bone texture tracks density."""
+    from scipy import ndimage
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_predict
+
+    profile = Profile(profile="check", seed=3, twin_n_train=160, twin_n_val=0, twin_n_test=0, twin_image_size=512)
+    out = generate_twin(tmp_path / "c", profile, workers=2, progress=False)
+    df = pd.read_csv(out / "manifest.csv")
+    lat = pd.read_csv(out / "latents.csv").set_index("case_id")
+    pts = _points(out)
+    feats, texture, contrast = [], [], []
+    t12, clav = LANDMARK_NAMES.index("t12"), LANDMARK_NAMES.index("clav_l_mid")
+    for _, case in df.iterrows():
+        image, _ = read_image(out / case["image"])
+        band = ndimage.gaussian_filter(image, 1.5) - ndimage.gaussian_filter(image, 4)  # the trabecular band
+        smooth = ndimage.uniform_filter(image, 5)
+        xy = pts.loc[case["case_id"]].to_numpy().reshape(16, 2).round().astype(int)
+        feats.append([image[max(y - 8, 0):y + 8, max(x - 8, 0):x + 8].mean() for x, y in xy] + [image.mean()])
+        x, y = xy[t12]
+        texture.append(band[y - 5:y + 5, x - 5:x + 5].std())
+        x, y = xy[clav]
+        contrast.append(smooth[y, x] - 0.5 * (smooth[max(y - 14, 0), x] + smooth[y + 14, x]))
+    target = df[[f"bmd_l{k}" for k in range(1, 5)]].mean(axis=1).to_numpy()
+    pred = cross_val_predict(RidgeCV(alphas=np.logspace(-4, 2, 13)), np.asarray(feats), target, cv=5)
+    r_intensity = np.corrcoef(pred, target)[0, 1]
+    ceiling = pd.DataFrame(json.loads((out / "oracle.json").read_text())["ceilings"])
+    all_avg = float(ceiling.query("roi == 'all' and vertebra == 'avg'")["r"].iloc[0])
+    print(f"mean-intensity R {r_intensity:.3f}, all-ROI ceiling {all_avg:.3f}")
+    assert r_intensity < all_avg - 0.2, r_intensity
+    r_texture = np.corrcoef(texture, lat.loc[df["case_id"], "tau_t12"])[0, 1]
+    r_contrast = np.corrcoef(contrast, lat.loc[df["case_id"], "m_clav_l"])[0, 1]
+    print(f"T12 texture vs latent texture R {r_texture:.3f}; clavicle contrast vs attenuation R {r_contrast:.3f}")
+    assert r_texture > 0.3, r_texture  # texture carries density, visible with a 10-pixel window
+    assert r_contrast > 0.15, r_contrast  # bone against its own surroundings carries density too
