@@ -1,0 +1,159 @@
+"""Backbones, the ROI model and the multi-ROI model of the paper.
+
+A backbone is a torchvision feature extractor followed by global average pooling; it turns a batch of
+grey crops (N, 1, H, W) into features (N, D). Grey is repeated to three channels, as in the paper.
+``width`` scales every layer's channels (1.0 = the paper's full width; the CPU profiles use less).
+Weights are random unless a local weights file is given; nothing is ever downloaded.
+
+* :class:`ROIModel` — one backbone on one ROI family → BMD of L1–L4. Paired families (clavicles,
+  rib cages) pass both crops through the backbone; the two predictions are averaged.
+* :class:`MultiROIModel` — the 7 ROIs through the same backbone, a shared FC on each ROI's feature
+  (7 predictions), an FC on the concatenated features (the joint prediction, the model's output);
+  training loss = mean of the 8 MSEs (:func:`multi_roi_loss`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+from torchvision.models import vgg as tv_vgg
+
+BACKBONES: tuple[str, ...] = ("vgg11", "vgg16", "resnet18", "resnet34", "resnet50")
+N_VERTEBRAE = 4
+
+_VGG_CFG = {"vgg11": "A", "vgg16": "D"}
+_RESNET = {"resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]), "resnet34": (tv_resnet.BasicBlock, [3, 4, 6, 3]),
+           "resnet50": (tv_resnet.Bottleneck, [3, 4, 6, 3])}
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(8, int(round(channels * width)))
+
+
+class Backbone(nn.Module):
+    """A feature extractor with global average pooling: (N, 1, H, W) → (N, ``out_features``)."""
+
+    def __init__(self, name: str, width: float = 1.0, batch_norm: bool = False):
+        super().__init__()
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r}: expected one of {', '.join(BACKBONES)}")
+        self.name, self.width = name, width
+        if name.startswith("vgg"):
+            cfg = [v if v == "M" else _scaled(int(v), width) for v in tv_vgg.cfgs[_VGG_CFG[name]]]
+            self.features = tv_vgg.make_layers(cfg, batch_norm=batch_norm)
+            self.out_features = cfg[-2]
+        else:
+            self.features, self.out_features = _resnet_trunk(name, width)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # grey → 3 channels, as in the paper
+        return self.pool(self.features(x)).flatten(1)
+
+
+def _resnet_trunk(name: str, width: float) -> tuple[nn.Module, int]:
+    """A torchvision ResNet trunk (everything before pooling) with every stage's width scaled."""
+    block, layers = _RESNET[name]
+    inplanes = _scaled(64, width)
+    stem = [nn.Conv2d(3, inplanes, 7, 2, 3, bias=False), nn.BatchNorm2d(inplanes), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1)]
+    stages = []
+    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+        planes = _scaled(planes, width)
+        stride = 1 if i == 0 else 2
+        downsample = None
+        if stride != 1 or inplanes != planes * block.expansion:
+            downsample = nn.Sequential(nn.Conv2d(inplanes, planes * block.expansion, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        stage = [block(inplanes, planes, stride, downsample)]
+        inplanes = planes * block.expansion
+        stage += [block(inplanes, planes) for _ in range(1, blocks)]
+        stages.append(nn.Sequential(*stage))
+    trunk = nn.Sequential(*stem, *stages)
+    for m in trunk.modules():  # torchvision's initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return trunk, inplanes
+
+
+def build_backbone(name: str, width: float = 1.0, batch_norm: bool = False,
+                   weights: str | Path | None = None) -> Backbone:
+    """A backbone by name; ``weights`` is an optional local state-dict file (never a download)."""
+    backbone = Backbone(name, width, batch_norm)
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        if not any(k.startswith("features") for k in state) or len(missing) == len(backbone.state_dict()):
+            raise ValueError(f"{weights}: no matching backbone weights (missing {len(missing)} tensors)")
+    return backbone
+
+
+class ROIModel(nn.Module):
+    """One backbone on one ROI family: crops (B, K, 1, H, W) → BMD (B, 4); K crops averaged."""
+
+    def __init__(self, backbone: Backbone, n_outputs: int = N_VERTEBRAE):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.out_features, n_outputs)
+
+    def forward(self, crops: Tensor) -> Tensor:
+        b, k = crops.shape[:2]
+        pred = self.head(self.backbone(crops.flatten(0, 1)))
+        return pred.view(b, k, -1).mean(dim=1)
+
+
+@dataclass
+class MultiROIOutput:
+    """Per-ROI predictions (B, 7, 4) and the joint prediction (B, 4), the model's output."""
+
+    per_roi: Tensor
+    joint: Tensor
+
+
+class MultiROIModel(nn.Module):
+    """The paper's multi-ROI model: shared backbone, shared per-ROI FC, joint FC on concatenated features."""
+
+    def __init__(self, backbone: Backbone, n_rois: int = 7, n_outputs: int = N_VERTEBRAE):
+        super().__init__()
+        self.backbone = backbone
+        self.n_rois = n_rois
+        self.roi_head = nn.Linear(backbone.out_features, n_outputs)  # shared by the 7 ROIs
+        self.joint_head = nn.Linear(n_rois * backbone.out_features, n_outputs)
+
+    def features(self, chest: Tensor, local: Tensor) -> Tensor:
+        """ROI features (B, 7, D): chest first, then the local ROIs in their fixed order."""
+        b = chest.shape[0]
+        if chest.shape[-2:] == local.shape[-2:]:
+            # all 7 ROIs through the backbone as one batch
+            rois = torch.cat([chest.unsqueeze(1), local], dim=1)
+            return self.backbone(rois.flatten(0, 1)).view(b, self.n_rois, -1)
+        # different input sizes (CPU profiles): two passes through the same backbone
+        f_chest = self.backbone(chest).unsqueeze(1)
+        f_local = self.backbone(local.flatten(0, 1)).view(b, self.n_rois - 1, -1)
+        return torch.cat([f_chest, f_local], dim=1)
+
+    def forward(self, chest: Tensor, local: Tensor) -> MultiROIOutput:
+        feats = self.features(chest, local)
+        return MultiROIOutput(per_roi=self.roi_head(feats), joint=self.joint_head(feats.flatten(1)))
+
+
+def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """MSE over finite targets only (NaN = excluded vertebra); 0 when nothing is valid."""
+    valid = torch.isfinite(target)
+    if not valid.any():
+        return pred.sum() * 0.0
+    diff = (pred - torch.nan_to_num(target)) * valid
+    return (diff**2).sum() / valid.sum()
+
+
+def multi_roi_loss(out: MultiROIOutput, target: Tensor, loss: Callable[[Tensor, Tensor], Tensor] = masked_mse
+                   ) -> Tensor:
+    """The paper's loss: the mean of the 7 per-ROI MSEs and the joint MSE (8 terms)."""
+    terms = [loss(out.per_roi[:, i], target) for i in range(out.per_roi.shape[1])]
+    terms.append(loss(out.joint, target))
+    return torch.stack(terms).mean()

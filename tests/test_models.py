@@ -1,0 +1,72 @@
+"""Backbones, ROI and multi-ROI models: shapes, widths, the 8-term loss and masking."""
+
+import pytest
+import torch
+
+from bmd.models import (
+    BACKBONES,
+    MultiROIModel,
+    ROIModel,
+    build_backbone,
+    masked_mse,
+    multi_roi_loss,
+)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_backbones_scale_with_width_and_pool_to_a_vector(name):
+    torch.manual_seed(0)
+    bb = build_backbone(name, width=0.125, batch_norm=True)
+    full = {"vgg11": 512, "vgg16": 512, "resnet18": 512, "resnet34": 512, "resnet50": 2048}[name]
+    assert bb.out_features == full // 8
+    assert bb(torch.rand(2, 1, 64, 64)).shape == (2, bb.out_features)
+
+
+def test_roi_model_averages_paired_crops():
+    torch.manual_seed(0)
+    model = ROIModel(build_backbone("vgg11", width=0.125)).eval()
+    a, b = torch.rand(3, 1, 1, 32, 32), torch.rand(3, 1, 1, 32, 32)
+    with torch.no_grad():
+        pair = model(torch.cat([a, b], dim=1))
+        assert pair.shape == (3, 4)
+        assert torch.allclose(pair, (model(a) + model(b)) / 2, atol=1e-6)
+
+
+def test_multi_roi_one_batch_equals_two_passes():
+    torch.manual_seed(0)
+    model = MultiROIModel(build_backbone("vgg11", width=0.125), n_rois=7).eval()
+    chest, local = torch.rand(2, 1, 32, 32), torch.rand(2, 6, 1, 32, 32)
+    with torch.no_grad():
+        out = model(chest, local)
+        assert out.per_roi.shape == (2, 7, 4) and out.joint.shape == (2, 4)
+        f_chest = model.backbone(chest)
+        assert torch.allclose(out.per_roi[:, 0], model.roi_head(f_chest), atol=1e-5)
+        small = model(torch.rand(2, 1, 48, 48), local)  # chest of another size: still works
+        assert small.joint.shape == (2, 4)
+
+
+def test_loss_is_the_mean_of_eight_masked_mses():
+    torch.manual_seed(0)
+    model = MultiROIModel(build_backbone("vgg11", width=0.125))
+    out = model(torch.rand(4, 1, 32, 32), torch.rand(4, 6, 1, 32, 32))
+    target = torch.randn(4, 4)
+    target[1, 2] = float("nan")  # excluded vertebra
+    valid = torch.isfinite(target)
+    by_hand = [((out.per_roi[:, i] - target.nan_to_num())[valid] ** 2).mean() for i in range(7)]
+    by_hand.append(((out.joint - target.nan_to_num())[valid] ** 2).mean())
+    assert torch.allclose(multi_roi_loss(out, target), torch.stack(by_hand).mean())
+    assert masked_mse(torch.ones(2, 4), torch.full((2, 4), float("nan"))).item() == 0.0
+    multi_roi_loss(out, target).backward()
+    assert model.backbone.features[0].weight.grad is not None
+
+
+def test_local_weights_file_loads_and_a_wrong_one_is_refused(tmp_path):
+    torch.manual_seed(0)
+    src = build_backbone("resnet18", width=0.125)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    dst = build_backbone("resnet18", width=0.125, weights=tmp_path / "w.pt")
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.allclose(src.eval()(x), dst.eval()(x))
+    torch.save({"other": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="no matching backbone weights"):
+        build_backbone("resnet18", width=0.125, weights=tmp_path / "bad.pt")
