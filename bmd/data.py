@@ -1,0 +1,111 @@
+"""Training data: ROI arrays joined to DXA targets, target scaling and per-crop augmentation.
+
+The ROI cache gives, per case, the whole chest (Hc × Wc) and six local crops (6 × H × W) in a fixed
+order (cervi, clavi_l, clavi_r, ribcage_l, ribcage_r, lumbar), already oriented (right-side crops
+mirrored into the left orientation). Training never decodes an image: it indexes these arrays.
+Augmentation (scaling, rotation, translation, horizontal flip) is applied to every crop separately
+*after* extraction, so a flip never swaps left and right anatomy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from bmd import VERTEBRAE
+
+LOCAL_ROIS: tuple[str, ...] = ("cervi", "clavi_l", "clavi_r", "ribcage_l", "ribcage_r", "lumbar")
+#: ROI family → indices into the local crops (the chest family uses the chest array instead)
+FAMILY_LOCAL_INDEX: dict[str, tuple[int, ...]] = {"cervi": (0,), "clavi": (1, 2), "ribcage": (3, 4), "lumbar": (5,)}
+FAMILIES: tuple[str, ...] = ("chest", "cervi", "clavi", "ribcage", "lumbar")
+BMD_COLUMNS: tuple[str, ...] = tuple(f"bmd_{v.lower()}" for v in VERTEBRAE)
+
+
+@dataclass
+class TargetScaler:
+    """Per-vertebra standardisation of BMD with training-split statistics (NaN-aware)."""
+
+    mean: np.ndarray  # (4,)
+    std: np.ndarray  # (4,)
+
+    @classmethod
+    def fit(cls, bmd: np.ndarray) -> TargetScaler:
+        """Fit on training BMD (N, 4); excluded vertebrae (NaN) are ignored."""
+        return cls(mean=np.nanmean(bmd, axis=0), std=np.nanstd(bmd, axis=0))
+
+    def transform(self, bmd: np.ndarray) -> np.ndarray:
+        """g/cm² → standardised units."""
+        return (bmd - self.mean) / self.std
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        """Standardised units → g/cm²."""
+        return z * self.std + self.mean
+
+    def to_dict(self) -> dict:
+        """JSON-able form (stored in checkpoints and model bundles)."""
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TargetScaler:
+        """Inverse of :meth:`to_dict`."""
+        return cls(mean=np.asarray(d["mean"], float), std=np.asarray(d["std"], float))
+
+
+def _as_float(a: np.ndarray) -> Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+
+
+class RoiDataset(Dataset):
+    """Cases of one split: ``(chest (1,Hc,Wc), local (6,1,H,W), target (4,), index)``.
+
+    ``chest`` and ``local`` are the cache arrays (uint8 or float, memory-mapped is fine); ``rows``
+    selects the cases of the split; ``targets`` are standardised BMD (NaN = excluded vertebra).
+    """
+
+    def __init__(self, chest: np.ndarray, local: np.ndarray, targets: np.ndarray, rows: np.ndarray):
+        self.chest, self.local, self.targets, self.rows = chest, local, targets, np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        r = int(self.rows[i])
+        return (_as_float(self.chest[r])[None], _as_float(self.local[r])[:, None],
+                torch.as_tensor(self.targets[r], dtype=torch.float32), r)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Per-crop random affine and flip (the paper: scaling, rotation, translation, random flip)."""
+
+    scale: float = 0.10  # ± relative
+    rotation_deg: float = 10.0  # ±
+    translation: float = 0.06  # ± fraction of the crop side
+    flip: bool = True
+
+    def __call__(self, crops: Tensor, generator: torch.Generator) -> Tensor:
+        """Augment a batch of crops (N, 1, H, W), each crop with its own draw."""
+        n = crops.shape[0]
+        u = torch.rand(n, 5, generator=generator) * 2 - 1
+        scale = 1 + self.scale * u[:, 0]
+        angle = math.radians(self.rotation_deg) * u[:, 1]
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        flip = torch.where((u[:, 4] > 0) & self.flip, -1.0, 1.0)
+        theta = torch.stack([torch.stack([cos * flip, -sin, self.translation * 2 * u[:, 2]], 1),
+                             torch.stack([sin * flip, cos, self.translation * 2 * u[:, 3]], 1)], 1)
+        grid = F.affine_grid(theta, list(crops.shape), align_corners=False)
+        return F.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def select_family(chest: Tensor, local: Tensor, family: str) -> Tensor:
+    """The crops of one ROI family as (B, K, 1, H, W): the chest (K=1) or its local crops."""
+    if family == "chest":
+        return chest.unsqueeze(1)
+    return local[:, list(FAMILY_LOCAL_INDEX[family])]
