@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_twin)
 
+    sub.add_parser("train", help="train a model from a config JSON (the torchrun entry point; bmd train --help)")
+
     p = sub.add_parser("book", help="run the study's notebooks and build the book")
     p.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")
     p.add_argument("--manifest", type=Path, default=None, help="your own manifest instead of the twin")
@@ -92,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bmd`` console script."""
     from bmd.config import ProfileError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # its own parser: every argument goes to the training entry point
+        from bmd.train import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
