@@ -34,7 +34,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from bmd import VERTEBRAE
 from bmd.data import BMD_COLUMNS, Augment, RoiDataset, TargetScaler, select_family
 from bmd.models import MultiROIModel, ROIModel, build_backbone, masked_mse, multi_roi_loss
 
@@ -299,28 +298,20 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
 
 
 def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path, best_epoch: int) -> None:
-    from bmd.metrics import evaluate
-    from bmd.tscores import t_scores_for_manifest
+    from bmd.evaluation import ID_COLUMNS, PRED_COLUMNS, evaluate_predictions
 
-    frames, metrics = [], {"best_epoch": best_epoch, "splits": {}}
+    frames = []
     for split in ("val", "test"):
         ds = datasets[split]
-        pred = scaler.inverse(predict(model, ds, cfg, device))
         part = manifest.iloc[ds.rows].reset_index(drop=True)
-        frame = part[["case_id", "patient_id", "split", *BMD_COLUMNS]].copy()
-        for j, v in enumerate(VERTEBRAE):
-            frame[f"pred_{v.lower()}"] = pred[:, j]
+        frame = part[[c for c in (*ID_COLUMNS, *BMD_COLUMNS, "t_l1", "t_l2", "t_l3", "t_l4") if c in part]].copy()
+        frame[PRED_COLUMNS] = scaler.inverse(predict(model, ds, cfg, device))
         frames.append(frame)
-        truth = part[list(BMD_COLUMNS)].to_numpy(dtype=float)
-        t_true = t_scores_for_manifest(part).to_numpy()
-        as_pred = part.copy()
-        as_pred[list(BMD_COLUMNS)] = pred
-        for col in ("t_l1", "t_l2", "t_l3", "t_l4"):
-            as_pred.pop(col) if col in as_pred else None
-        t_pred = t_scores_for_manifest(as_pred).to_numpy()
-        table = evaluate(pred, truth, t_pred, t_true, part["patient_id"].to_numpy(), seed=cfg.seed)
-        metrics["splits"][split] = table.to_dict(orient="records")
-    _atomic_write(run_dir / "predictions.csv", pd.concat(frames).to_csv(index=False, float_format="%.5f").encode())
+    predictions = pd.concat(frames, ignore_index=True)
+    metrics = {"best_epoch": best_epoch,
+               "splits": {s: evaluate_predictions(predictions, s, seed=cfg.seed).to_dict(orient="records")
+                          for s in ("val", "test")}}
+    _atomic_write(run_dir / "predictions.csv", predictions.to_csv(index=False, float_format="%.5f").encode())
     _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=1, default=float).encode())
 
 

@@ -1,0 +1,81 @@
+"""From per-case predictions to the paper's metrics, ensembles and the two baselines.
+
+A *predictions frame* has one row per case: ``case_id, patient_id, split, sex, reference``, the DXA
+truth ``bmd_l1..bmd_l4`` (NaN = excluded) and the predictions ``pred_l1..pred_l4`` (g/cm²); T-scores
+copied from DXA reports (``t_l1..t_l4``) may ride along and are used for the truth only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LinearRegression, RidgeCV
+
+from bmd import VERTEBRAE
+from bmd.metrics import evaluate
+
+BMD_COLUMNS = [f"bmd_{v.lower()}" for v in VERTEBRAE]
+PRED_COLUMNS = [f"pred_{v.lower()}" for v in VERTEBRAE]
+ID_COLUMNS = ["case_id", "patient_id", "split", "sex", "reference"]
+
+
+def predicted_t_scores(frame: pd.DataFrame) -> np.ndarray:
+    """T-scores (N, 4) of the predicted BMD, with each row's reference table and sex."""
+    from bmd.tscores import t_scores_for_manifest
+
+    as_bmd = frame[["sex", "reference"]].copy()
+    for b, p in zip(BMD_COLUMNS, PRED_COLUMNS, strict=True):
+        as_bmd[b] = frame[p].to_numpy()
+    return t_scores_for_manifest(as_bmd).to_numpy()
+
+
+def evaluate_predictions(frame: pd.DataFrame, split: str = "test", threshold: float = -2.5, n_boot: int = 2000,
+                         seed: int = 0) -> pd.DataFrame:
+    """The metrics table of :func:`bmd.metrics.evaluate` for one split of a predictions frame."""
+    from bmd.tscores import t_scores_for_manifest
+
+    part = frame[frame["split"] == split].reset_index(drop=True)
+    return evaluate(part[PRED_COLUMNS].to_numpy(float), part[BMD_COLUMNS].to_numpy(float),
+                    predicted_t_scores(part), t_scores_for_manifest(part).to_numpy(),
+                    part["patient_id"].to_numpy(), threshold=threshold, n_boot=n_boot, seed=seed)
+
+
+def ensemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Mean prediction of several models' frames (aligned on ``case_id``; no retraining)."""
+    if not frames:
+        raise ValueError("an ensemble needs at least one predictions frame")
+    base = frames[0].set_index("case_id")
+    preds = [f.set_index("case_id").loc[base.index, PRED_COLUMNS].to_numpy(float) for f in frames]
+    out = base.copy()
+    out[PRED_COLUMNS] = np.mean(preds, axis=0)
+    return out.reset_index()
+
+
+def _fit_predict(model, features: np.ndarray, manifest: pd.DataFrame) -> pd.DataFrame:
+    train = (manifest["split"] == "train").to_numpy()
+    out = manifest[[c for c in ID_COLUMNS + BMD_COLUMNS + ["t_l1", "t_l2", "t_l3", "t_l4"]
+                    if c in manifest.columns]].copy()
+    for b, p in zip(BMD_COLUMNS, PRED_COLUMNS, strict=True):
+        y = manifest[b].to_numpy(float)
+        ok = train & np.isfinite(y)
+        out[p] = model.fit(features[ok], y[ok]).predict(features)
+    return out[out["split"].isin(["val", "test"])].reset_index(drop=True)
+
+
+def age_sex_baseline(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The clinical baseline: a linear model of BMD on age and sex, fitted on the training split."""
+    features = np.column_stack([manifest["age"].to_numpy(float), (manifest["sex"] == "M").to_numpy(float)])
+    return _fit_predict(LinearRegression(), features, manifest)
+
+
+def roi_intensity_features(chest: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """Hand-crafted features: the mean intensity of each of the 7 ROIs (N, 7), in [0, 1]."""
+    scale = 255.0 if chest.dtype == np.uint8 else 1.0
+    means = [np.asarray(chest, dtype=np.float32).reshape(len(chest), -1).mean(axis=1) / scale]
+    flat = np.asarray(local, dtype=np.float32).reshape(len(local), local.shape[1], -1).mean(axis=2) / scale
+    return np.column_stack([means[0], flat])
+
+
+def roi_intensity_baseline(manifest: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
+    """A ridge model of BMD on per-ROI mean intensities (rows of ``features`` follow ``manifest``)."""
+    return _fit_predict(RidgeCV(alphas=np.logspace(-4, 3, 15)), features, manifest)
