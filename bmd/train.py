@@ -143,23 +143,18 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 # --------------------------------------------------------------------------------------- the loop
 
 
-def _augment_batch(chest: torch.Tensor, local: torch.Tensor, rows: torch.Tensor, seed: int, epoch: int,
-                   aug: Augment) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment every crop with draws seeded by (seed, epoch, case): independent of ranks and batching."""
-    out_chest, out_local = torch.empty_like(chest), torch.empty_like(local)
+def _augment_batch(crops: list[torch.Tensor], rows: torch.Tensor, seed: int, epoch: int,
+                   aug: Augment) -> list[torch.Tensor]:
+    """Augment every crop with draws seeded by (seed, epoch, case): independent of ranks and batching.
+
+    ``crops`` are batches shaped (B, K, H, W) with K crops per case (K = 1 for the chest).
+    """
+    out = [torch.empty_like(c) for c in crops]
     for i, r in enumerate(rows.tolist()):
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 100_003 + int(r))
-        out_chest[i] = aug(chest[i:i + 1], g)[0]
-        out_local[i] = aug(local[i], g)
-    return out_chest, out_local
-
-
-def _forward_loss(model: nn.Module, cfg: TrainConfig, chest, local, target):
-    if cfg.model == "multi_roi":
-        out = model(chest, local)
-        return multi_roi_loss(out, target), out.joint
-    pred = model(select_family(chest, local, cfg.family))
-    return masked_mse(pred, target), pred
+        for c, o in zip(crops, out, strict=True):
+            o[i] = aug(c[i].unsqueeze(1), g).squeeze(1)
+    return out
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, epoch: int, device, aug) -> float:
@@ -168,11 +163,21 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, epoch
     loader.sampler.set_epoch(epoch)
     total, count = 0.0, 0
     for chest, local, target, rows in loader:
+        # only the crops the model reads are augmented (and moved to the device)
+        if cfg.model == "multi_roi":
+            crops = [chest, local[:, :, 0]]
+        else:
+            crops = [select_family(chest, local, cfg.family)[:, :, 0]]
         if cfg.augment:
-            chest, local = _augment_batch(chest, local, rows, cfg.seed, epoch, aug)
-        chest, local, target = (t.to(device, non_blocking=True) for t in (chest, local, target))
+            crops = _augment_batch(crops, rows, cfg.seed, epoch, aug)
+        crops = [c.to(device, non_blocking=True) for c in crops]
+        target = target.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, _ = _forward_loss(model, cfg, chest, local, target)
+            if cfg.model == "multi_roi":
+                out = model(crops[0], crops[1].unsqueeze(2))
+                loss = multi_roi_loss(out, target)
+            else:
+                loss = masked_mse(model(crops[0].unsqueeze(2)), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
