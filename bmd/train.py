@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from bmd.atomic import atomic_path, write_bytes
 from bmd.data import BMD_COLUMNS, Augment, RoiDataset, TargetScaler, select_family
 from bmd.models import MultiROIModel, ROIModel, build_backbone, masked_mse, multi_roi_loss
 
@@ -70,30 +70,12 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the config JSON atomically."""
-        _atomic_write(Path(path), json.dumps(dataclasses.asdict(self), indent=1).encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_bytes(Path(path), json.dumps(dataclasses.asdict(self), indent=1).encode())
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------ set-up
@@ -290,7 +272,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
                                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                                 "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
                                 "log": log_rows, "scaler": scaler.to_dict()}, ckpt_path)
-            _atomic_write(run_dir / "log.csv", pd.DataFrame(log_rows).to_csv(index=False).encode())
+            write_bytes(run_dir / "log.csv", pd.DataFrame(log_rows).to_csv(index=False).encode())
         dist.barrier()
 
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
@@ -316,8 +298,8 @@ def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path
     metrics = {"best_epoch": best_epoch,
                "splits": {s: evaluate_predictions(predictions, s, seed=cfg.seed).to_dict(orient="records")
                           for s in ("val", "test")}}
-    _atomic_write(run_dir / "predictions.csv", predictions.to_csv(index=False, float_format="%.5f").encode())
-    _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=1, default=float).encode())
+    write_bytes(run_dir / "predictions.csv", predictions.to_csv(index=False, float_format="%.5f").encode())
+    write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=1, default=float).encode())
 
 
 def launch(cfg: TrainConfig, nproc: int = 1, resume: bool = False) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bmd import VERTEBRAE
+from bmd.atomic import write_text
 from bmd.config import Profile
 from bmd.landmarks.points import COORD_COLUMNS
 from bmd.twin.dicom import write_dicom
@@ -44,17 +44,6 @@ class TwinError(RuntimeError):
 def _sizes(profile: Profile) -> dict:
     return {"train": profile.twin_n_train, "val": profile.twin_n_val, "test": profile.twin_n_test,
             "image_size": profile.twin_image_size}
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def is_complete(out: Path, expected_hash: str, seed: int) -> bool:
@@ -177,8 +166,8 @@ def generate_twin(out: str | os.PathLike, profile: Profile, seed: int | None = N
 
         marks = pd.DataFrame(points.reshape(len(df), 32).round(2), columns=list(COORD_COLUMNS))
         marks.insert(0, "case_id", df["case_id"])
-        _atomic_text(out / "landmarks.csv", marks.to_csv(index=False))
-        _atomic_text(out / "latents.csv", df[["case_id", *LATENT_COLUMNS]].round(5).to_csv(index=False))
+        write_text(out / "landmarks.csv", marks.to_csv(index=False))
+        write_text(out / "latents.csv", df[["case_id", *LATENT_COLUMNS]].round(5).to_csv(index=False))
 
         rng = np.random.default_rng([seed, 202])
         manifest = df[["case_id", "patient_id"]].copy()
@@ -200,5 +189,5 @@ def generate_twin(out: str | os.PathLike, profile: Profile, seed: int | None = N
             "sizes": sizes, "spec": spec.as_dict(), "ceilings": ceilings(spec),
             "realised": _realised(manifest), "generation_seconds": round(time.perf_counter() - start, 2),
         }
-        _atomic_text(out / "oracle.json", json.dumps(oracle, indent=1))
+        write_text(out / "oracle.json", json.dumps(oracle, indent=1))
     return out

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
+
+from bmd.atomic import atomic_path
 
 _UID_ROOT = "1.2.826.0.1.3680043.10.1188."  # synthetic: fixed root + hash, so files are deterministic
 
@@ -49,12 +49,5 @@ def write_dicom(path: Path, stored: np.ndarray, *, bits: int, monochrome1: bool,
     ds.WindowCenter = (2**bits) // 2
     ds.WindowWidth = 2**bits
     ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
