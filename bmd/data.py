@@ -58,7 +58,7 @@ class TargetScaler:
 
 
 def _as_float(a: np.ndarray) -> Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = torch.from_numpy(np.array(a, copy=True))  # memory-mapped cache rows are read-only
     return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
 
