@@ -3,3 +3,27 @@
 from bmd.landmarks.points import LANDMARK_NAMES, N_LANDMARKS
 
 __all__ = ["LANDMARK_NAMES", "N_LANDMARKS"]
+
+# The detector's API is imported lazily: the point names are needed by light code (the twin, manifests)
+# that should not pay for importing torch.
+_LAZY = {
+    "train_landmark_model": "bmd.landmarks.train", "load_landmark_model": "bmd.landmarks.train",
+    "save_landmark_model": "bmd.landmarks.train", "predict_landmarks": "bmd.landmarks.train",
+    "evaluate_landmarks": "bmd.landmarks.train", "recipe_for_profile": "bmd.landmarks.train",
+    "default_input_size": "bmd.landmarks.train", "LandmarkModel": "bmd.landmarks.train",
+    "LandmarkPredictions": "bmd.landmarks.train", "LandmarkEvaluation": "bmd.landmarks.train",
+    "import_annotations": "bmd.landmarks.annotations", "AnnotationError": "bmd.landmarks.annotations",
+    "read_landmark_csv": "bmd.landmarks.annotations", "write_landmark_csv": "bmd.landmarks.annotations",
+    "PlausibilityModel": "bmd.landmarks.plausibility", "LandmarkNet": "bmd.landmarks.model",
+    "ModelConfig": "bmd.landmarks.model",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    """Import the detector's functions on first use (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

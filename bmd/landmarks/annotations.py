@@ -40,15 +40,22 @@ def _frame(records: list[tuple[str, str, np.ndarray]]) -> pd.DataFrame:
     return df
 
 
+def _name_problems(path: Path, where: str, names: set[str]) -> None:
+    """Raise one error listing unknown names and missing landmarks together (a renamed point is both)."""
+    unknown = sorted(n for n in names if n not in LANDMARK_NAMES)
+    missing = [n for n in LANDMARK_NAMES if n not in names]
+    parts = []
+    if unknown:
+        parts.append(f"unknown point name(s): {', '.join(unknown)}")
+    if missing:
+        parts.append(f"missing point(s): {', '.join(missing)}")
+    if parts:
+        raise AnnotationError(f"{path}: {where}{'; '.join(parts)}")
+
+
 def _check_names(path: Path, where: str, found: dict[str, list[tuple[float, float]]]) -> np.ndarray:
     """(16, 2) points from a name → positions map; errors list unknown, missing and repeated names."""
-    unknown = sorted(n for n in found if n not in LANDMARK_NAMES)
-    if unknown:
-        raise AnnotationError(f"{path}: {where}unknown point name(s): {', '.join(unknown)} "
-                              f"(expected the 16 landmark names, e.g. {LANDMARK_NAMES[0]})")
-    missing = [n for n in LANDMARK_NAMES if n not in found]
-    if missing:
-        raise AnnotationError(f"{path}: {where}missing point(s): {', '.join(missing)}")
+    _name_problems(path, where, set(found))
     repeated = [n for n in LANDMARK_NAMES if len(found[n]) > 1]
     if repeated:
         raise AnnotationError(f"{path}: {where}point(s) given more than once: {', '.join(repeated)}")
@@ -69,21 +76,20 @@ def read_landmark_csv(path: str | os.PathLike) -> pd.DataFrame:
     if "case_id" not in df.columns and "image" not in df.columns:
         raise AnnotationError(f"{path}: needs a case_id or image column")
     coord_cols = [c for c in df.columns if c[:2] in ("x_", "y_")]
-    unknown = sorted({c[2:] for c in coord_cols} - set(LANDMARK_NAMES))
-    if unknown:
-        raise AnnotationError(f"{path}: unknown point name(s): {', '.join(unknown)}")
-    missing = [n for n in LANDMARK_NAMES if f"x_{n}" not in df.columns or f"y_{n}" not in df.columns]
-    if missing:
-        raise AnnotationError(f"{path}: missing point(s): {', '.join(missing)}")
+    # a point counts as present only with both its x_ and y_ columns
+    present = {n for n in {c[2:] for c in coord_cols} if f"x_{n}" in df.columns and f"y_{n}" in df.columns}
+    _name_problems(path, "", present | ({c[2:] for c in coord_cols} - set(LANDMARK_NAMES)))
     out = df[[c for c in ("case_id", "image") if c in df.columns]].copy()
     values = df[list(COORD_COLUMNS)].apply(lambda s: pd.to_numeric(s.str.strip(), errors="coerce"))
     bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=np.float64))
     if bad.to_numpy().any():
         row, col = np.argwhere(bad.to_numpy())[0]
         n_bad = int(bad.to_numpy().any(axis=1).sum())
-        raise AnnotationError(f"{path}: row {row + 2}, column {COORD_COLUMNS[col]}: missing or non-numeric "
-                              f"coordinate {df.iat[row, df.columns.get_loc(COORD_COLUMNS[col])]!r} "
-                              f"({n_bad} row(s) affected)")
+        raise AnnotationError(
+            f"{path}: row {row + 2}, column {COORD_COLUMNS[col]}: missing or non-numeric "
+            f"coordinate {df.iat[row, df.columns.get_loc(COORD_COLUMNS[col])]!r} "
+            f"({n_bad} row(s) affected)"
+        )
     for c in COORD_COLUMNS:
         out[c] = values[c].astype(np.float64)
     return out.reset_index(drop=True)
@@ -137,13 +143,15 @@ def read_cvat_xml(path: str | os.PathLike, corner_origin: bool = True) -> pd.Dat
             label = (el.get("label") or "").strip()
             pairs = [p for p in (el.get("points") or "").split(";") if p.strip()]
             if len(pairs) != 1:
-                raise AnnotationError(f"{path}: image {name}: point {label!r} must have exactly one x,y pair, "
-                                      f"got {len(pairs)}")
+                raise AnnotationError(
+                    f"{path}: image {name}: point {label!r} must have exactly one x,y pair, got {len(pairs)}"
+                )
             try:
                 x, y = (float(v) for v in pairs[0].split(","))
             except ValueError:
-                raise AnnotationError(f"{path}: image {name}: point {label!r} has unreadable coordinates "
-                                      f"{pairs[0]!r}") from None
+                raise AnnotationError(
+                    f"{path}: image {name}: point {label!r} has unreadable coordinates {pairs[0]!r}"
+                ) from None
             found.setdefault(label, []).append((x - shift, y - shift))
         pts = _check_names(path, f"image {name}: ", found)
         records.append((Path(name).stem, name, pts))

@@ -58,7 +58,10 @@ class Letterbox:
     def resized(self) -> tuple[int, int]:
         """(rows, cols) of the image inside the square, before padding."""
         scale = self.size / max(self.height, self.width)
-        return (max(1, min(self.size, round(self.height * scale))), max(1, min(self.size, round(self.width * scale))))
+        return (
+            max(1, min(self.size, round(self.height * scale))),
+            max(1, min(self.size, round(self.width * scale))),
+        )
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -103,7 +106,7 @@ def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox
     small = F.interpolate(t, size=(rows, cols), mode="bilinear", align_corners=False, antialias=True)[0, 0]
     out = np.zeros((size, size), dtype=np.float32)
     px, py = box.pad
-    out[py:py + rows, px:px + cols] = small.clamp(0, 1).numpy()
+    out[py : py + rows, px : px + cols] = small.clamp(0, 1).numpy()
     return out, box
 
 
@@ -136,8 +139,11 @@ class LandmarkCohort:
 
     def normalised_points(self) -> np.ndarray:
         """(N, 16, 2) ground truth in normalised network coordinates."""
-        return np.stack([b.to_normalised(p) for b, p in zip(self.boxes, self.points, strict=True)]) \
-            if len(self) else np.zeros((0, N_LANDMARKS, 2))
+        return (
+            np.stack([b.to_normalised(p) for b, p in zip(self.boxes, self.points, strict=True)])
+            if len(self)
+            else np.zeros((0, N_LANDMARKS, 2))
+        )
 
 
 def landmarks_for_manifest(df: pd.DataFrame) -> np.ndarray:
@@ -165,16 +171,25 @@ def landmarks_for_manifest(df: pd.DataFrame) -> np.ndarray:
             for i, name in enumerate(table["image"].astype(str)):
                 index[name] = i
                 index.setdefault(Path(name).name, i)
-            keys = [str(df.at[r, "image"]) if str(df.at[r, "image"]) in index else Path(str(df.at[r, "image"])).name
-                    for r in rows]
+            keys = [
+                str(df.at[r, "image"])
+                if str(df.at[r, "image"]) in index
+                else Path(str(df.at[r, "image"])).name
+                for r in rows
+            ]
         for r, key in zip(rows, keys, strict=True):
             if key in index:
                 out[df.index.get_loc(r)] = coords[index[key]]
     return out
 
 
-def load_cohort(manifest: str | os.PathLike | pd.DataFrame, splits: Sequence[str] | None, input_size: int,
-                progress: bool = False, require_points: bool = True) -> LandmarkCohort:
+def load_cohort(
+    manifest: str | os.PathLike | pd.DataFrame,
+    splits: Sequence[str] | None,
+    input_size: int,
+    progress: bool = False,
+    require_points: bool = True,
+) -> LandmarkCohort:
     """Read and letterbox the images of the given manifest splits (all rows when ``splits`` is None)."""
     from bmd.io import read_image
     from bmd.manifest import load_manifest
@@ -189,7 +204,9 @@ def load_cohort(manifest: str | os.PathLike | pd.DataFrame, splits: Sequence[str
     if require_points:
         missing = df["case_id"][np.isnan(points).any(axis=(1, 2))].tolist()
         if missing:
-            shown = ", ".join(map(str, missing[:5])) + (f" … ({len(missing)} cases)" if len(missing) > 5 else "")
+            shown = ", ".join(map(str, missing[:5])) + (
+                f" … ({len(missing)} cases)" if len(missing) > 5 else ""
+            )
             raise ValueError(f"no ground-truth landmarks for case(s) {shown}")
     images = np.zeros((len(df), input_size, input_size), dtype=np.uint8)
     boxes: list[Letterbox] = []
@@ -203,7 +220,9 @@ def load_cohort(manifest: str | os.PathLike | pd.DataFrame, splits: Sequence[str
         boxed, box = letterbox_image(image, input_size)
         images[i] = to_uint8(boxed)
         boxes.append(box)
-    return LandmarkCohort(df["case_id"].astype(str).tolist(), df["image_path"].tolist(), images, boxes, points)
+    return LandmarkCohort(
+        df["case_id"].astype(str).tolist(), df["image_path"].tolist(), images, boxes, points
+    )
 
 
 # --------------------------------------------------------------------------------------------- augmentation
@@ -215,6 +234,7 @@ class RandomHorizontalFlipLR(v2.Transform):
     torchvision mirrors key-point coordinates but cannot know that the patient's left clavicle, once on
     the other side of the image, must be called the right one; here the last-but-one axis of every
     :class:`~torchvision.tv_tensors.KeyPoints` (the 16 landmarks) is permuted with :data:`FLIP_PERMUTATION`.
+    Key points are continuous coordinates (the image spans ``[0, W]``), mirrored as ``x → W − x``.
     """
 
     def __init__(self, p: float = 0.5):
@@ -227,12 +247,17 @@ class RandomHorizontalFlipLR(v2.Transform):
     def transform(self, inpt, params: dict):
         if not params["flip"]:
             return inpt
-        out = self._call_kernel(TF.horizontal_flip, inpt)
         if isinstance(inpt, tv_tensors.KeyPoints):
-            if out.shape[-2] != N_LANDMARKS:
-                raise ValueError(f"expected {N_LANDMARKS} key points on axis -2, got shape {tuple(out.shape)}")
-            out = tv_tensors.wrap(out[..., list(FLIP_PERMUTATION), :], like=inpt)
-        return out
+            if inpt.shape[-2] != N_LANDMARKS:
+                raise ValueError(
+                    f"expected {N_LANDMARKS} key points on axis -2, got shape {tuple(inpt.shape)}"
+                )
+            # torchvision 0.29 flips key points as W-1-x (pixel-index convention) although its affine
+            # kernels treat them as continuous (rotation about W/2); the continuous W-x keeps both consistent
+            flipped = inpt.as_subclass(torch.Tensor).clone()
+            flipped[..., 0] = inpt.canvas_size[1] - flipped[..., 0]
+            return tv_tensors.wrap(flipped[..., list(FLIP_PERMUTATION), :], like=inpt)
+        return self._call_kernel(TF.horizontal_flip, inpt)
 
 
 def flip_points(points: np.ndarray, width: float) -> np.ndarray:
@@ -268,15 +293,24 @@ class LandmarkAugment:
     def __init__(self, config: AugmentConfig | None = None):
         c = config or AugmentConfig()
         self.config = c
-        self.geometry = v2.Compose([
-            RandomHorizontalFlipLR(c.flip_p),
-            v2.RandomAffine(degrees=c.degrees, translate=(c.translate, c.translate), scale=c.scale,
-                            interpolation=v2.InterpolationMode.BILINEAR, fill=0.0),
-        ])
-        self.intensity = v2.Compose([
-            v2.ColorJitter(brightness=c.brightness, contrast=c.contrast),
-            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.3, 1.2))], p=c.blur_p),
-        ])
+        self.geometry = v2.Compose(
+            [
+                RandomHorizontalFlipLR(c.flip_p),
+                v2.RandomAffine(
+                    degrees=c.degrees,
+                    translate=(c.translate, c.translate),
+                    scale=c.scale,
+                    interpolation=v2.InterpolationMode.BILINEAR,
+                    fill=0.0,
+                ),
+            ]
+        )
+        self.intensity = v2.Compose(
+            [
+                v2.ColorJitter(brightness=c.brightness, contrast=c.contrast),
+                v2.RandomApply([v2.GaussianBlur(5, sigma=(0.3, 1.2))], p=c.blur_p),
+            ]
+        )
 
     def __call__(self, image: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = tuple(image.shape[-2:])

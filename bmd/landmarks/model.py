@@ -37,6 +37,9 @@ from torch import nn
 
 from bmd.landmarks.points import N_LANDMARKS
 
+GLOBAL_SCALE = 0.1
+LOCAL_SCALE = 0.05
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -93,7 +96,9 @@ class LandmarkOutput(NamedTuple):
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class Backbone(nn.Module):
@@ -106,7 +111,8 @@ class Backbone(nn.Module):
         widths = (w, 2 * w, 4 * w, 8 * w, 8 * w)
         self.stages = nn.ModuleList(
             nn.Sequential(_conv_bn(widths[i], widths[i + 1], 2), _conv_bn(widths[i + 1], widths[i + 1]))
-            for i in range(4))  # strides 4, 8, 16, 32
+            for i in range(4)
+        )  # strides 4, 8, 16, 32
         self.levels = {2: 0, 4: 1, 8: 2}[feature_stride]  # index into (stem, s1, s2) of the output level
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in widths)
         self.smooth = _conv_bn(channels, channels)
@@ -123,12 +129,14 @@ class Backbone(nn.Module):
             top = F.interpolate(top, size=feats[i].shape[-2:], mode="bilinear", align_corners=False)
             top = top + self.lateral[i](feats[i])
         fmap = self.smooth(top)
-        pooled = torch.cat([torch.cat([f.mean(dim=(2, 3)), f.std(dim=(2, 3))], dim=1) for f in feats[-2:]], dim=1)
+        pooled = torch.cat(
+            [torch.cat([f.mean(dim=(2, 3)), f.std(dim=(2, 3))], dim=1) for f in feats[-2:]], dim=1
+        )
         return fmap, pooled
 
 
 class GraphConv(nn.Module):
-    """One graph convolution over a learnable adjacency: ``h' = ReLU(LN(A h W_n + h W_s))`` plus a residual."""
+    """Graph convolution over a learnable adjacency: ``h' = h + ReLU(LN(A h W_n + h W_s))``."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -188,22 +196,28 @@ class LandmarkNet(nn.Module):
         self.register_buffer("mean_shape", mean_shape.detach().clone().float())
         self.register_buffer("offsets", _patch_offsets(config.patch))
         self.backbone = Backbone(config.width, config.channels, config.feature_stride)
-        c, p, n = config.channels, config.patch ** 2, N_LANDMARKS
+        c, p, n = config.channels, config.patch**2, N_LANDMARKS
         node_in = c * p + 2 * n
         self.global_gcn = GCN(node_in + self.backbone.pooled_dim, config.hidden, config.gcn_layers)
-        self.global_head = nn.Linear(config.hidden * n, 6)
-        self.local_gcns = nn.ModuleList(GCN(node_in, config.hidden, config.gcn_layers) for _ in range(config.n_local))
+        self.global_head = nn.Sequential(
+            nn.Linear(config.hidden * n, config.hidden), nn.ReLU(inplace=True), nn.Linear(config.hidden, 6)
+        )
+        self.local_gcns = nn.ModuleList(
+            GCN(node_in, config.hidden, config.gcn_layers) for _ in range(config.n_local)
+        )
         self.local_heads = nn.ModuleList(nn.Linear(config.hidden, 2) for _ in range(config.n_local))
-        # zero heads: the untrained network returns the mean shape, so training starts from the DAG prior
-        for head in (self.global_head, *self.local_heads):
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
+        # zero last layers: the untrained network returns the mean shape (training starts from DAG's prior)
+        for last in (self.global_head[-1], *self.local_heads):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def sample(self, fmap: torch.Tensor, points: torch.Tensor, radius: float) -> torch.Tensor:
         """Bilinear features (B, N, C·P) on a patch grid of half-width ``radius`` around each point."""
         b, n, _ = points.shape
         grid = points[:, :, None, :] + radius * self.offsets[None, None]  # (B, N, P, 2)
-        out = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (B, C, N, P)
+        out = F.grid_sample(
+            fmap, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )  # (B, C, N, P)
         return out.permute(0, 2, 1, 3).reshape(b, n, -1)
 
     @staticmethod
@@ -220,10 +234,18 @@ class LandmarkNet(nn.Module):
         pts = self.mean_shape[None].expand(b, -1, -1)
         radii = self.config.radii
 
-        node = torch.cat([self.sample(fmap, pts, radii[0]), shape_features(pts),
-                          pooled[:, None, :].expand(-1, N_LANDMARKS, -1)], dim=-1)
+        node = torch.cat(
+            [
+                self.sample(fmap, pts, radii[0]),
+                shape_features(pts),
+                pooled[:, None, :].expand(-1, N_LANDMARKS, -1),
+            ],
+            dim=-1,
+        )
         h = self.global_gcn(node)
-        theta = self.global_head(h.flatten(1)).view(b, 2, 3)
+        # output scales match the size of pose changes (~0.1) and local corrections (~0.02), so that one
+        # Adam step (which moves every weight by ~lr) cannot throw the shape far off at the start
+        theta = GLOBAL_SCALE * self.global_head(h.flatten(1)).view(b, 2, 3)
         eye = torch.eye(2, 3, device=x.device, dtype=x.dtype)
         affine = eye[None] + theta
         centre = self.mean_shape.mean(dim=0)
@@ -231,10 +253,11 @@ class LandmarkNet(nn.Module):
         stages = [pts]
         for k, (gcn, head) in enumerate(zip(self.local_gcns, self.local_heads, strict=True)):
             node = torch.cat([self.sample(fmap, pts, radii[k + 1]), shape_features(pts)], dim=-1)
-            pts = pts + head(gcn(node))
+            pts = pts + LOCAL_SCALE * head(gcn(node))
             stages.append(pts)
-        local = F.grid_sample(fmap, pts[:, :, None, :], mode="bilinear", padding_mode="border",
-                              align_corners=False)[..., 0].transpose(1, 2)
+        local = F.grid_sample(
+            fmap, pts[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=False
+        )[..., 0].transpose(1, 2)
         return LandmarkOutput(stages=stages, pooled=pooled, local=local, affine=affine)
 
 
