@@ -49,6 +49,46 @@ def _cmd_twin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_landmarks_train(args: argparse.Namespace) -> int:
+    from bmd.config import load_profile
+    from bmd.landmarks.train import recipe_for_profile, train_landmark_model
+
+    recipe = recipe_for_profile(load_profile(args.profile, seed=args.seed))
+    if args.epochs is not None:
+        recipe["epochs"] = args.epochs
+    bundle = train_landmark_model(args.manifest, args.out, progress=not args.quiet, **recipe)
+    print(f"landmark model: {bundle}")
+    return 0
+
+
+def _cmd_landmarks_predict(args: argparse.Namespace) -> int:
+    from bmd.atomic import write_text
+    from bmd.landmarks.train import predict_landmarks
+
+    images = _expand_images(args.images)
+    frame = predict_landmarks(args.model, [str(p) for p in images]).to_frame()
+    text = frame.to_csv(index=False, float_format="%.2f")
+    if args.out:
+        write_text(args.out, text)
+        counts = frame["status"].value_counts().to_dict()
+        print(f"{len(frame)} image(s) → {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    else:
+        sys.stdout.write(text)
+    return 1 if (frame["status"] == "failed").any() else 0
+
+
+def _expand_images(items: Sequence[str]) -> list[Path]:
+    """Files as given; folders expanded to the files they hold (sorted, hidden files skipped)."""
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+        else:
+            out.append(path)
+    return out
+
+
 def _cmd_book(args: argparse.Namespace) -> int:
     from bmd.book import build_book
 
@@ -78,6 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_twin)
+
+    p = sub.add_parser("landmarks", help="train the landmark detector or detect landmarks on images")
+    lsub = p.add_subparsers(dest="landmarks_command", required=True, metavar="ACTION")
+    q = lsub.add_parser("train", help="train on a manifest's train split (val selects and calibrates)")
+    q.add_argument("--manifest", required=True, type=Path)
+    q.add_argument("--out", required=True, type=Path, help="model bundle folder")
+    q.add_argument("--profile", default="quick", help="recipe: input size and epochs (default quick)")
+    q.add_argument("--epochs", type=int, default=None)
+    q.add_argument("--seed", type=int, default=None)
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=_cmd_landmarks_train)
+    q = lsub.add_parser("predict", help="16 landmarks + plausibility per image (CSV)")
+    q.add_argument("--model", required=True, type=Path, help="landmark model bundle folder")
+    q.add_argument("images", nargs="+", metavar="IMAGE", help="files or folders")
+    q.add_argument("--out", type=Path, default=None, help="CSV file (default: standard output)")
+    q.set_defaults(func=_cmd_landmarks_predict)
 
     sub.add_parser("train", help="train a model from a config JSON (the torchrun entry point; bmd train --help)")
 

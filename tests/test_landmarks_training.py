@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 import torch
@@ -177,3 +178,29 @@ def test_chest_radiographs_like_the_training_ones_mostly_pass(smoke_model, smoke
     pred = predict_landmarks(smoke_model, images)
     assert np.mean([s == "ok" for s in pred.status]) >= 0.8
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_cli_landmarks_predict_writes_the_csv_and_fails_on_unreadable(smoke_model, smoke_twin, tmp_path, capsys):
+    from bmd.cli import main
+
+    images = sorted((smoke_twin / "images").iterdir())[:3]
+    out = tmp_path / "lm.csv"
+    assert main(["landmarks", "predict", "--model", str(smoke_model), *map(str, images), "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns[:4]) == ["image", "status", "reason", "plausibility"] and len(frame.columns) == 36
+    bad = tmp_path / "bad.dcm"
+    bad.write_text("nope")
+    assert main(["landmarks", "predict", "--model", str(smoke_model), str(images[0]), str(bad)]) == 1
+    assert "not a DICOM, PNG or JPEG file" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_landmarks_train_uses_the_profile_recipe(smoke_twin, tmp_path):
+    from bmd.cli import main
+
+    out = tmp_path / "bundle"
+    args = ["landmarks", "train", "--manifest", str(smoke_twin / "manifest.csv"), "--out", str(out),
+            "--profile", "smoke", "--epochs", "1", "--quiet"]
+    assert main(args) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["input_size"] == 128
