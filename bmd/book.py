@@ -98,8 +98,13 @@ def build_book(profile: str = "quick", manifest: str | Path | None = None, seed:
     ``manifest`` runs the study on a site's own data instead of the twin cohort; ``out`` is where the
     run folder, executed notebooks and HTML go (default: the repository root).
     """
+    from bmd import summary
+
+    start = time.perf_counter()
     cfg = load_profile(profile, seed=seed)
     root = paths.out_root(out)
+    summary_file = summary.summary_path(cfg.profile, root)
+    summary_file.unlink(missing_ok=True)  # every build writes its own summary from scratch
     build_src = root / "_build" / "src"
     if build_src.exists():
         shutil.rmtree(build_src)
@@ -112,4 +117,8 @@ def build_book(profile: str = "quick", manifest: str | Path | None = None, seed:
         "out": str(root),
     }
     execute_chapters(parameters, build_src)
-    return build_html(build_src, root)
+    book_start = time.perf_counter()
+    html = build_html(build_src, root)
+    summary.stamp(summary_file, cfg.profile, total_seconds=time.perf_counter() - start,
+                  book_seconds=time.perf_counter() - book_start)
+    return html

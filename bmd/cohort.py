@@ -7,6 +7,7 @@ it needs instead of assuming an earlier chapter ran.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,3 +56,32 @@ def load_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Pat
     oracle = json.loads((folder / "oracle.json").read_text())
     df = load_manifest(folder / "manifest.csv")
     return Cohort(manifest=df, manifest_path=folder / "manifest.csv", is_twin=True, oracle=oracle)
+
+
+def cohort_summary(cohort: Cohort) -> dict:
+    """The cohort block of ``summary.json``: sizes, BMD statistics, correlations and prevalence."""
+    from bmd import report
+
+    df = cohort.manifest
+    bmd = report.bmd_table(df)
+    cats = report.category_table(df)
+    return {
+        "source": "twin" if cohort.is_twin else "manifest",
+        "cases": len(df), "patients": int(df["patient_id"].nunique()),
+        "split_cases": report.split_table(df)["cases"].drop("total").to_dict(),
+        "bmd_mean": bmd["mean"].round(4).to_dict(), "bmd_sd": bmd["sd"].round(4).to_dict(),
+        "bmd_corr": report.correlation_table(df)["r"].round(4).to_dict(),
+        "positive_pct": cats["positive_pct"].round(2).to_dict(),
+    }
+
+
+def study_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Path | None = None) -> Cohort:
+    """:func:`load_cohort`, timed and recorded in ``summary.json`` (oracle ceilings and cohort block)."""
+    from bmd import summary
+
+    start = time.perf_counter()
+    cohort = load_cohort(cfg, manifest=manifest, out=out)
+    path = summary.summary_path(cfg.profile, out)
+    summary.record_timing(path, "twin", time.perf_counter() - start)
+    summary.update(path, oracle=cohort.oracle["ceilings"] if cohort.is_twin else [], cohort=cohort_summary(cohort))
+    return cohort

@@ -28,3 +28,13 @@ def test_source_notebooks_carry_no_outputs():
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, rel
+
+
+def test_smoke_book_writes_summary_json(smoke_book):
+    import json
+
+    data = json.loads((smoke_book / "runs" / "smoke" / "summary.json").read_text())
+    assert data["profile"] == "smoke" and data["commit"] and data["created"]
+    assert {"twin", "book", "total"} <= set(data["timings_s"])
+    assert {(r["roi"], r["vertebra"]) for r in data["oracle"]} >= {("all", "avg"), ("cervi", "L1")}
+    assert data["cohort"]["cases"] == 48 and data["cohort"]["split_cases"] == {"train": 24, "val": 12, "test": 12}
