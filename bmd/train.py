@@ -43,7 +43,7 @@ class TrainConfig:
     """Everything a training run needs; written to ``run_dir/config.json``."""
 
     run_dir: str
-    cache: str  # ROI arrays folder: chest.npy (N,Hc,Wc), local.npy (N,6,H,W), case_ids.txt
+    cache: str  # ROI cache folder (bmd.roi_cache): chest.npy (N,Hc,Wc), local.npy (N,6,H,W), case_ids.txt
     manifest: str  # the study manifest (targets, splits, patient ids)
     model: str = "multi_roi"  # multi_roi | roi
     family: str = "chest"  # ROI family of a roi model: chest, cervi, clavi, ribcage, lumbar
@@ -106,8 +106,18 @@ def _free_port() -> int:
 
 
 def load_arrays(cache: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The ROI arrays of a cache folder, memory-mapped: chest (N,Hc,Wc), local (N,6,H,W), case ids."""
+    """The ROI arrays of a cache folder, memory-mapped: chest (N,Hc,Wc), local (N,6,H,W), case ids.
+
+    A folder written by :func:`bmd.roi_cache.build_roi_cache` is verified (checksums) first.
+    """
+    from bmd.roi_cache import load_cache
+
     cache = Path(cache)
+    if (cache / "meta.json").is_file():
+        verified = load_cache(cache)
+        if verified is None:
+            raise ValueError(f"{cache}: the ROI cache is incomplete or corrupt; rebuild it")
+        return verified.chest, verified.local, verified.case_ids
     chest = np.load(cache / "chest.npy", mmap_mode="r")
     local = np.load(cache / "local.npy", mmap_mode="r")
     case_ids = (cache / "case_ids.txt").read_text().split()
