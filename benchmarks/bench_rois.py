@@ -1,6 +1,11 @@
-"""Time the ROI cache build for a cohort (default: the quick twin, ground-truth landmarks) and print figures.
+"""Time the ROI cache build of a cohort and print crops/s, seconds and MB on disk.
 
-    python benchmarks/bench_rois.py [--cohort DIR] [--workers 2] [--roi 64] [--chest 128]
+    python benchmarks/bench_rois.py [MANIFEST] [--workers 2] [--profile quick] [--dtype uint8]
+
+Without MANIFEST the twin cohort of the profile (default quick: 1681 images of 512²) is generated
+or reused. Landmarks are the manifest's ground-truth landmark files. The cache is built into a
+temporary folder (removed afterwards) unless --cache-dir is given; the reuse of the finished cache
+(key check plus checksum verification) is timed too.
 """
 
 from __future__ import annotations
@@ -10,37 +15,55 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from bmd import paths
 from bmd.config import load_profile
+from bmd.io import read_image
+from bmd.landmarks.data import landmarks_for_manifest
 from bmd.manifest import load_manifest
-from bmd.roi_cache import build_roi_cache
-from bmd.twin import generate_twin
+from bmd.roi_cache import RoiCache, build_roi_cache
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cohort", type=Path, default=None, help="cohort folder (default: the quick twin)")
+    parser.add_argument("manifest", nargs="?", type=Path, help="manifest CSV (default: the profile's twin cohort)")
+    parser.add_argument("--profile", default="quick", help="profile giving the ROI and chest sizes (and the twin)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--roi", type=int, default=64)
-    parser.add_argument("--chest", type=int, default=128)
+    parser.add_argument("--dtype", default="uint8", choices=("uint8", "float16"))
+    parser.add_argument("--cache-dir", type=Path, default=None, help="keep the cache here (default: a temp folder)")
     args = parser.parse_args()
-    folder = args.cohort or generate_twin(paths.twin_dir("quick", 0), load_profile("quick"), progress=False)
-    manifest = load_manifest(folder / "manifest.csv", check_files=False)
-    marks = pd.read_csv(folder / "landmarks.csv")
-    with tempfile.TemporaryDirectory() as tmp:
+    profile = load_profile(args.profile)
+    if args.manifest is None:
+        from bmd.twin import generate_twin
+
         start = time.perf_counter()
-        cache = build_roi_cache(manifest, marks, tmp, args.roi, args.chest, workers=args.workers)
+        folder = generate_twin(paths.twin_dir(profile.profile, profile.seed), profile, progress=False)
+        print(f"twin cohort {folder} ready in {time.perf_counter() - start:.1f} s")
+        args.manifest = folder / "manifest.csv"
+    manifest = load_manifest(args.manifest, check_files=False)
+    landmarks = landmarks_for_manifest(manifest)
+
+    with tempfile.TemporaryDirectory(prefix="bench_rois_") as tmp:
+        root = args.cache_dir or Path(tmp)
+        start = time.perf_counter()
+        cache = build_roi_cache(manifest, landmarks, root, profile.roi_size, profile.chest_size, source="ground_truth",
+                                dtype=args.dtype, workers=args.workers, force=True)
         seconds = time.perf_counter() - start
-        mb = sum(p.stat().st_size for p in cache.path.iterdir()) / 2**20
+        mb = sum(p.stat().st_size for p in cache.path.iterdir()) / 1e6
         start = time.perf_counter()
-        build_roi_cache(manifest, marks, tmp, args.roi, args.chest, workers=args.workers)
+        again = build_roi_cache(manifest, landmarks, root, profile.roi_size, profile.chest_size, source="ground_truth",
+                                dtype=args.dtype, workers=args.workers)
         reuse = time.perf_counter() - start
+        start = time.perf_counter()
+        RoiCache.open(cache.path, verify="quick")
+        quick = time.perf_counter() - start
+        assert not again.built
     n = len(manifest)
-    print(f"{n} images → {7 * n} crops (chest {args.chest}², 6 × {args.roi}²) with {args.workers} workers: "
-          f"{seconds:.1f} s, {7 * n / seconds:.0f} crops/s, {n / seconds:.1f} images/s, {mb:.0f} MB; "
-          f"reuse (verify checksums) {reuse:.2f} s")
+    h, w = read_image(manifest["image_path"].iloc[0])[0].shape
+    image = f"{n} images (first {h}×{w})"
+    print(f"{image} → {7 * n} crops (chest {profile.chest_size}², 6 × {profile.roi_size}², {args.dtype}) "
+          f"with {args.workers} worker(s): {seconds:.1f} s total, {7 * n / seconds:.0f} crops/s "
+          f"({n / seconds:.1f} images/s), {mb:.0f} MB on disk")
+    print(f"reuse: {reuse:.2f} s (key + checksums), open with quick verification {quick * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -71,3 +71,10 @@ def book_source_dir() -> Path:
 def book_config_file() -> Path:
     """The Jupyter Book configuration (``_config.yml`` at the repository root)."""
     return repo_root() / "_config.yml"
+
+
+def realdata_dir() -> Path | None:
+    """Real test radiographs: ``$BMD_REALDATA``, else ``shared/realdata`` beside the checkout; None if absent."""
+    env = os.environ.get("BMD_REALDATA")
+    folder = Path(env) if env else repo_root().parent / "shared" / "realdata"
+    return folder if folder.is_dir() else None

@@ -151,7 +151,8 @@ def generate_twin(out: str | os.PathLike, profile: Profile, seed: int | None = N
             results = map(_render_one, tasks)
             pool = None
         else:
-            pool = ProcessPoolExecutor(n_workers, mp_context=get_context("fork"))
+            # forkserver: forking a process that already ran torch can deadlock the children
+            pool = ProcessPoolExecutor(n_workers, mp_context=get_context("forkserver"))
             results = pool.map(_render_one, tasks, chunksize=8)
         try:
             if progress:
