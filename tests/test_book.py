@@ -38,3 +38,7 @@ def test_smoke_book_writes_summary_json(smoke_book):
     assert {"twin", "book", "total"} <= set(data["timings_s"])
     assert {(r["roi"], r["vertebra"]) for r in data["oracle"]} >= {("all", "avg"), ("cervi", "L1")}
     assert data["cohort"]["cases"] == 48 and data["cohort"]["split_cases"] == {"train": 24, "val": 12, "test": 12}
+    assert {"twin", "landmarks", "rois"} <= set(data["timings_s"])
+    lm = data["landmarks"]
+    assert lm["mean_error_pct"] > 0 and {"mean_shape", "global_only"} <= set(lm["baselines"])
+    assert (smoke_book / data["artifacts"]["landmark_model"] / "config.json").is_file()
