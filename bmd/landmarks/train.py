@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from bmd.atomic import atomic_path, write_text
 from bmd.landmarks.data import (
     AugmentConfig,
     LandmarkAugment,
@@ -124,25 +124,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @torch.no_grad()
@@ -451,7 +434,7 @@ def save_landmark_model(model: LandmarkModel, out_dir: str | os.PathLike) -> Pat
         _atomic_save(model.plausibility.state(), out / PLAUSIBILITY_FILE)
     else:
         (out / PLAUSIBILITY_FILE).unlink(missing_ok=True)
-    _atomic_text(out / CONFIG_FILE, json.dumps(info, indent=1))
+    write_text(out / CONFIG_FILE, json.dumps(info, indent=1))
     return out
 
 
