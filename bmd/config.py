@@ -36,6 +36,16 @@ class Profile:
     # model inputs: the whole-chest input side and the local ROI side, in pixels
     chest_size: int = 128
     roi_size: int = 64
+    # training recipe (the paper profile follows the paper; the CPU profiles use a faster recipe)
+    train_width: float = 1.0  # backbone width multiplier
+    train_batch_norm: bool = False  # batch-norm backbone variants
+    train_optimizer: str = "sgd"  # sgd | adamw
+    train_lr: float = 1e-4
+    train_weight_decay: float = 4e-4
+    train_epochs: int = 100
+    train_batch_size: int = 64
+    train_schedule: str = "none"  # none | onecycle
+    train_nproc: int = 1  # DDP processes per training run
 
     @property
     def twin_n_cases(self) -> int:

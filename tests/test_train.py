@@ -85,3 +85,21 @@ def test_ddp_resumed_run_ends_with_the_same_weights(tiny, tmp_path):
 def test_ddp_roi_model_trains_on_a_paired_family(tiny, tmp_path):
     run = launch(_cfg(tiny, tmp_path / "roi", model="roi", family="clavi", epochs=1), nproc=1)
     assert (run / "predictions.csv").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_finished_run_is_reused_and_a_changed_config_retrains(tiny, tmp_path, monkeypatch):
+    import bmd.train as train
+    from bmd.experiments import is_finished, train_model
+
+    cfg = _cfg(tiny, tmp_path / "run", epochs=1)
+    train_model(cfg)
+    assert is_finished(cfg)
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("retrained")
+
+    monkeypatch.setattr(train, "launch", no_launch)
+    train_model(cfg)  # identical config: nothing to do
+    with pytest.raises(AssertionError, match="retrained"):
+        train_model(dataclasses.replace(cfg, lr=0.02))

@@ -1,0 +1,100 @@
+"""The paper's experiments as runnable specs: which model each table cell needs, trained once.
+
+* Table 1 — five backbones on the whole chest;
+* Table 2 — the five ROI models (one backbone on one ROI family) and the multi-ROI model;
+  Table 2's ``chest`` *is* Table 1's VGG-16, so it is trained once;
+* Table 3 — the ensembles "Ensm roi" (mean of the 5 ROI models) and "Ensm all" (+ the multi-ROI
+  model), computed from saved predictions without retraining.
+
+A :class:`ModelSpec` plus a profile gives a :class:`bmd.train.TrainConfig`; :func:`train_model`
+launches the DDP entry point, or reuses a finished run whose config is identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bmd.config import Profile
+
+BACKBONES_TABLE1: tuple[str, ...] = ("vgg11", "resnet18", "resnet34", "resnet50", "vgg16")
+ROI_FAMILIES_TABLE2: tuple[str, ...] = ("cervi", "clavi", "lumbar", "ribcage", "chest")
+ENSEMBLES: dict[str, tuple[str, ...]] = {
+    "ensm_roi": tuple(f"roi-{f}-vgg16" for f in ROI_FAMILIES_TABLE2),
+    "ensm_all": (*(f"roi-{f}-vgg16" for f in ROI_FAMILIES_TABLE2), "multi_roi-vgg16"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trained model: a ROI model (family + backbone) or the multi-ROI model (backbone)."""
+
+    model: str  # roi | multi_roi
+    backbone: str = "vgg16"
+    family: str = "all"  # the ROI family of a roi model; "all" for the multi-ROI model
+
+    @property
+    def name(self) -> str:
+        """A stable id, also the run folder's name (e.g. ``roi-chest-vgg16``, ``multi_roi-vgg16``)."""
+        return f"roi-{self.family}-{self.backbone}" if self.model == "roi" else f"multi_roi-{self.backbone}"
+
+
+def table_models() -> dict[str, dict[str, ModelSpec]]:
+    """For each table, its row label → the model behind it (shared models appear once per row)."""
+    table1 = {b: ModelSpec("roi", b, "chest") for b in BACKBONES_TABLE1}
+    table2 = {f: ModelSpec("roi", "vgg16", f) for f in ROI_FAMILIES_TABLE2}
+    table2["multi_roi"] = ModelSpec("multi_roi", "vgg16")
+    return {"table1": table1, "table2": table2}
+
+
+def all_models() -> list[ModelSpec]:
+    """Every model the tables need, each once (Table 1's VGG-16 is Table 2's chest model)."""
+    seen: dict[str, ModelSpec] = {}
+    for rows in table_models().values():
+        for spec in rows.values():
+            seen.setdefault(spec.name, spec)
+    return list(seen.values())
+
+
+def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str | Path, runs: str | Path):
+    """The training config of a spec under a profile's recipe."""
+    from bmd.train import TrainConfig
+
+    return TrainConfig(
+        run_dir=str(Path(runs) / spec.name), cache=str(cache), manifest=str(manifest), model=spec.model,
+        family="chest" if spec.model == "multi_roi" else spec.family, backbone=spec.backbone,
+        width=cfg.train_width, batch_norm=cfg.train_batch_norm, epochs=cfg.train_epochs,
+        batch_size=cfg.train_batch_size, optimizer=cfg.train_optimizer, lr=cfg.train_lr,
+        weight_decay=cfg.train_weight_decay, schedule=cfg.train_schedule, seed=cfg.seed,
+    )
+
+
+def is_finished(config) -> bool:
+    """True when the run folder holds metrics from exactly this config (nothing to retrain)."""
+    run = Path(config.run_dir)
+    try:
+        saved = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return saved == dataclasses.asdict(config) and (run / "metrics.json").is_file() and (
+        run / "predictions.csv").is_file()
+
+
+def train_model(config, nproc: int = 1) -> Path:
+    """Train through the DDP entry point unless an identical finished run exists; returns the run folder."""
+    from bmd.train import launch
+
+    run = Path(config.run_dir)
+    if is_finished(config):
+        return run
+    # a checkpoint is resumed only when it belongs to this very config (a killed run); else start afresh
+    try:
+        same = json.loads((run / "config.json").read_text()) == dataclasses.asdict(config)
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        for name in ("checkpoint.pt", "best.pt", "metrics.json", "predictions.csv", "log.csv"):
+            (run / name).unlink(missing_ok=True)
+    return launch(config, nproc=nproc, resume=same and (run / "checkpoint.pt").is_file())
