@@ -118,3 +118,74 @@ def oracle_table(oracle: dict) -> pd.DataFrame:
     wide["auc_avg"] = rows[rows.vertebra == "avg"].set_index("roi")["auc"]
     order = [r for r in ("cervi", "clavi", "lumbar", "ribcage", "chest", "all") if r in wide.index]
     return wide.loc[order]
+
+
+#: ROI family / model row → the oracle ceiling that bounds it
+CEILING_OF = {"chest": "chest", "cervi": "cervi", "clavi": "clavi", "lumbar": "lumbar", "ribcage": "ribcage",
+              "multi_roi": "all", "vgg11": "chest", "vgg16": "chest", "resnet18": "chest", "resnet34": "chest",
+              "resnet50": "chest", "ensm_roi": "all", "ensm_all": "all"}
+
+
+def results_rows(table: str, frames: dict, oracle: dict | None, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """``summary.json`` rows of a results table: test-split R and AUC with CIs, the paper's values and ceilings."""
+    from bmd.evaluation import evaluate_predictions
+
+    ceilings = {}
+    if oracle:
+        ceilings = {(r["roi"], r["vertebra"]): r["r"] for r in oracle["ceilings"]}
+    rows = []
+    for model, frame in frames.items():
+        metrics = evaluate_predictions(frame, "test", n_boot=n_boot, seed=seed)
+        for rec in metrics.to_dict(orient="records"):
+            v = rec["vertebra"]
+            rows.append({"model": model, "vertebra": v, "r": rec["r"], "r_ci": [rec["r_lo"], rec["r_hi"]],
+                         "auc": rec["auc"], "auc_ci": [rec["auc_lo"], rec["auc_hi"]],
+                         "mae": rec["mae"], "paper_r": paper.value(table, model, v, "r"),
+                         "paper_auc": paper.value(table, model, v, "auc"),
+                         "ceiling_r": ceilings.get((CEILING_OF.get(model, ""), v))})
+    return rows
+
+
+def _fmt(x: float | None, ci: list | None = None) -> str:
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    if ci is None or not all(c is not None and np.isfinite(c) for c in ci):
+        return f"{x:.3f}"
+    return f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def results_table(rows: list[dict], vertebra: str = "avg") -> pd.DataFrame:
+    """One line per model for a vertebra: ours (with 95% CI) beside the paper's and the ceiling.
+
+    ``n/a`` marks a value that cannot be computed (e.g. an AUC on a split without positives).
+    """
+    out = []
+    for r in rows:
+        if r["vertebra"] != vertebra:
+            continue
+        out.append({"model": r["model"], "R": _fmt(r["r"], r["r_ci"]), "paper R": _fmt(r["paper_r"]).replace(
+                    "n/a", "—"), "ceiling R": _fmt(r["ceiling_r"]).replace("n/a", "—"),
+                    "AUC": _fmt(r["auc"], r["auc_ci"]), "paper AUC": _fmt(r["paper_auc"]).replace("n/a", "—"),
+                    "MAE (g/cm²)": _fmt(r["mae"])})
+    return pd.DataFrame(out).set_index("model")
+
+
+def plot_predicted_vs_dxa(frame: pd.DataFrame, split: str = "test"):
+    """Figure 2 of the paper: predicted vs DXA BMD per vertebra (seaborn scatter with identity line)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    part = frame[frame["split"] == split]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.3), sharex=True, sharey=True)
+    lo = float(np.nanmin(part[[*BMD_COLUMNS]].to_numpy())) - 0.05
+    hi = float(np.nanmax(part[[*BMD_COLUMNS]].to_numpy())) + 0.05
+    for ax, v, col in zip(axes, VERTEBRAE, BMD_COLUMNS, strict=True):
+        sub = part[[col, f"pred_{v.lower()}"]].dropna()
+        r = np.corrcoef(sub[col], sub[f"pred_{v.lower()}"])[0, 1]
+        sns.scatterplot(x=sub[col], y=sub[f"pred_{v.lower()}"], s=10, alpha=0.6, ax=ax, edgecolor=None)
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+        ax.set_title(f"{v}  (R = {r:.3f})")
+        ax.set_xlabel("DXA BMD (g/cm²)")
+        ax.set_ylabel("predicted BMD (g/cm²)")
+    fig.tight_layout()
+    return fig

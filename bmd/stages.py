@@ -71,24 +71,41 @@ def ground_truth_landmarks(cohort: Cohort) -> pd.DataFrame | None:
     return table.loc[present, list(COORD_COLUMNS)].reset_index()
 
 
-def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None) -> LandmarkResults:
-    """Test-split errors (model, mean shape, global stage) and detector landmarks for every case."""
-    from bmd.landmarks.train import evaluate_landmarks, predict_landmarks
+def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None) -> pd.DataFrame:
+    """Detector landmarks for every case (case_id, 32 coordinates, status, width), computed once per bundle."""
+    from bmd.landmarks.train import predict_landmarks
 
-    truth = ground_truth_landmarks(cohort)
-    evaluation = None
-    if truth is not None:
-        evaluation = evaluate_landmarks(bundle, cohort.manifest_path, split="test")
-        summary.update(summary.summary_path(cfg.profile, out), landmarks=evaluation.summary())
+    saved = paths.run_dir(cfg.profile, out) / "landmarks_detected.csv"
+    weights = bundle / "weights.pt"
+    if saved.is_file() and saved.stat().st_mtime_ns >= weights.stat().st_mtime_ns:
+        detected = pd.read_csv(saved, dtype={"case_id": str})
+        if list(detected["case_id"]) == list(cohort.manifest["case_id"]):
+            return detected
     pred = predict_landmarks(bundle, list(cohort.manifest["image_path"]))
     detected = pd.DataFrame(pred.points.reshape(len(cohort.manifest), -1), columns=list(COORD_COLUMNS))
     detected.insert(0, "case_id", cohort.manifest["case_id"].to_numpy())
     detected["status"] = pred.status
     detected["width"] = pred.widths
-    return LandmarkResults(evaluation, detected, truth)
+    from bmd.atomic import write_text
+
+    write_text(saved, detected.to_csv(index=False))
+    return detected
 
 
-def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, out: str | Path | None = None):
+def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None,
+                      evaluate: bool = True) -> LandmarkResults:
+    """Test-split errors (model, mean shape, global stage) and detector landmarks for every case."""
+    from bmd.landmarks.train import evaluate_landmarks
+
+    truth = ground_truth_landmarks(cohort)
+    evaluation = None
+    if truth is not None and evaluate:
+        evaluation = evaluate_landmarks(bundle, cohort.manifest_path, split="test")
+        summary.update(summary.summary_path(cfg.profile, out), landmarks=evaluation.summary())
+    return LandmarkResults(evaluation, detected_landmarks(cfg, cohort, bundle, out), truth)
+
+
+def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, bundle: Path, out: str | Path | None = None):
     """Crop every case once: detector landmarks for val/test, ground truth jittered like the detector for train.
 
     Training crops come from ground truth plus Gaussian jitter with the detector's validation error, so
@@ -103,7 +120,7 @@ def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, out: str |
         truth = results.ground_truth.set_index("case_id")
         train_ids = [c for c in cohort.manifest.loc[cohort.manifest["split"] == "train", "case_id"] if c in truth.index]
         width = results.detected.set_index("case_id").loc[train_ids, "width"].to_numpy(dtype=float)
-        sd_pct = _jitter_pct(results)
+        sd_pct = _jitter_pct(bundle)
         rng = np.random.default_rng(cfg.seed)
         noise = rng.normal(0, 1, (len(train_ids), 32)) * (sd_pct / 100 * width)[:, None]
         marks.loc[train_ids] = truth.loc[train_ids].to_numpy() + noise
@@ -114,9 +131,39 @@ def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, out: str |
     return cache
 
 
-def _jitter_pct(results: LandmarkResults) -> float:
-    """Per-coordinate SD (% of width) matching the detector's mean radial error on held-out cases."""
-    if results.evaluation is None:
-        return 0.0
-    mean_radial = float(np.mean(results.evaluation.errors["model"]))
+def _jitter_pct(bundle: Path) -> float:
+    """Per-coordinate SD (% of width) matching the detector's mean radial error on the validation split.
+
+    The validation error (recorded in the bundle) sets it, so no test-split information reaches training.
+    """
+    info = json.loads((bundle / "config.json").read_text())
+    mean_radial = float(info["val_errors"]["model"]["mean_error_pct"])
     return mean_radial / np.sqrt(np.pi / 2)  # a 2-D Gaussian with this SD per axis has this mean radius
+
+
+def train_models(cfg: Profile, cohort: Cohort, cache, specs: list, out: str | Path | None = None) -> dict[str, Path]:
+    """Train (or reuse) each model spec on the ROI cache through the DDP entry point; name → run folder."""
+    from bmd.experiments import train_config, train_model
+
+    start = time.perf_counter()
+    runs = paths.run_dir(cfg.profile, out) / "models"
+    done = {}
+    for spec in specs:
+        config = train_config(spec, cfg, cache.path, cohort.manifest_path, runs)
+        done[spec.name] = train_model(config, nproc=cfg.train_nproc)
+    summary.record_timing(summary.summary_path(cfg.profile, out), "training", time.perf_counter() - start)
+    return done
+
+
+def predictions(run: Path) -> pd.DataFrame:
+    """The saved val/test predictions of a training run."""
+    return pd.read_csv(run / "predictions.csv", dtype={"case_id": str, "patient_id": str})
+
+
+def baseline_predictions(cohort: Cohort, cache) -> dict[str, pd.DataFrame]:
+    """The two baselines' val/test predictions: ``age_sex`` and ``roi_intensity`` (on the ROI cache)."""
+    from bmd.evaluation import age_sex_baseline, roi_intensity_baseline, roi_intensity_features
+
+    manifest = cohort.manifest.set_index("case_id").loc[cache.case_ids].reset_index()
+    features = roi_intensity_features(np.asarray(cache.chest), np.asarray(cache.local))
+    return {"age_sex": age_sex_baseline(manifest), "roi_intensity": roi_intensity_baseline(manifest, features)}

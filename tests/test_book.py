@@ -42,3 +42,17 @@ def test_smoke_book_writes_summary_json(smoke_book):
     lm = data["landmarks"]
     assert lm["mean_error_pct"] > 0 and {"mean_shape", "global_only"} <= set(lm["baselines"])
     assert (smoke_book / data["artifacts"]["landmark_model"] / "config.json").is_file()
+
+
+def test_smoke_book_table2_has_every_model_and_the_papers_values(smoke_book):
+    import json
+
+    data = json.loads((smoke_book / "runs" / "smoke" / "summary.json").read_text())
+    rows = data["tables"]["table2"]
+    models = {r["model"] for r in rows}
+    assert models == {"cervi", "clavi", "lumbar", "ribcage", "chest", "multi_roi", "age_sex", "roi_intensity"}
+    multi = next(r for r in rows if r["model"] == "multi_roi" and r["vertebra"] == "avg")
+    assert multi["paper_r"] == 0.840 and multi["ceiling_r"] is not None and len(multi["r_ci"]) == 2
+    assert (smoke_book / data["artifacts"]["multi_roi_model"] / "predictions.csv").is_file()
+    html = " ".join((smoke_book / "_build" / "html" / "table2.html").read_text().split())
+    assert "0.840" in html and "multi_roi" in html  # the paper's value beside ours
