@@ -9,19 +9,22 @@
 
 DICOM intensity pipeline (pydicom with the pylibjpeg decoders):
 
-1. decode the first frame (multi-frame files: frame 0 only); colour images become grey luminance;
+1. decode the first frame only (multi-frame files: frame 0); colour (RGB, YBR, palette) becomes grey
+   luminance (0.299 R + 0.587 G + 0.114 B);
 2. modality LUT: a Modality LUT Sequence, else RescaleSlope/RescaleIntercept;
-3. VOI: a VOI LUT Sequence (first LUT), else the first WindowCenter/WindowWidth pair with the
-   VOILUTFunction (LINEAR, LINEAR_EXACT or SIGMOID); an absurd window (width ≤ 0, not finite, or
-   far wider than the data) is ignored and the plain min–max of the modality values is used, which
-   keeps the mapping monotone;
-4. scale to [0, 1]; MONOCHROME1 (or a PresentationLUTShape of INVERSE on MONOCHROME2) is inverted so
-   that bone is always bright.
+3. VOI: a VOI LUT Sequence (first LUT, output scaled by the LUT's own min–max), else the first
+   WindowCenter/WindowWidth pair with its VOILUTFunction (LINEAR, LINEAR_EXACT or SIGMOID). An absurd
+   window (width not positive, not finite, or far off or far wider than the data) is ignored and the
+   plain min–max of the modality values is used instead: no percentiles, so the mapping stays monotone;
+4. MONOCHROME1, or a PresentationLUTShape of INVERSE, inverts (1 − x) so that bone is always bright.
+   Both together invert once: an INVERSE shape on MONOCHROME1 is how the standard spells the same
+   display, not a second inversion.
 
 Files without a preamble or file meta header are read with ``force=True`` and their transfer syntax
-is inferred from the encoding pydicom detected. Declared sizes are checked before any pixel buffer is
-allocated. PNG/JPEG go through Pillow: 8-bit data is divided by 255, 16-bit by 65535, colour is
-converted to luminance; no pixel spacing is known for them.
+is inferred from the encoding pydicom detected. Declared sizes, and for uncompressed data the pixel
+data length, are checked before any pixel buffer is allocated. PNG/JPEG (and TIFF/BMP/GIF) go
+through Pillow: 8-bit data is divided by 255, 16-bit by 65535, colour becomes luminance; no pixel
+spacing is known for them.
 """
 
 from __future__ import annotations
@@ -29,26 +32,32 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-#: Largest accepted side and pixel count of one frame (a 43 cm detector at 0.1 mm is ~4300 px).
-MAX_SIDE = 16384
-MAX_PIXELS = 80_000_000
-#: Files larger than this are refused before reading (no radiograph frame needs more).
+#: Largest accepted side and pixel count (× samples) of one frame; a 43 cm detector at 0.1 mm is ~4300 px
+#: a side, so these only stop corrupt or hostile headers. They stay below Pillow's own bomb limit (89 Mpx).
+MAX_SIDE = 20_000
+MAX_FRAME_PIXELS = 80_000_000
+#: Largest accepted Rows × Columns × SamplesPerPixel × NumberOfFrames of a DICOM file.
+MAX_TOTAL_PIXELS = 200_000_000
+#: Files larger than this are refused before reading.
 MAX_FILE_BYTES = 1 << 30
 #: Plausible pixel spacing in mm; anything else (0, negative, absurd) is treated as unknown.
 SPACING_RANGE_MM = (0.01, 5.0)
 
-logging.getLogger("pydicom").addHandler(logging.NullHandler())
-logging.getLogger("pydicom").propagate = False
-
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _OTHER_PIL_MAGIC = (b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
+_NOT_AN_IMAGE = "not a DICOM, PNG or JPEG file"
+# header values of these VRs may identify a patient; an error message quoting one is dropped
+_TEXT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT", "TM", "AE", "AS", "UI"}
 
 
 class ImageReadError(ValueError):
@@ -61,30 +70,13 @@ class ImageMeta:
 
     rows: int
     cols: int
-    spacing: tuple[float, float] | None  # (row, column) spacing in mm, None when unknown or absurd
-    photometric: str  # of the source, e.g. MONOCHROME1, MONOCHROME2, RGB, PNG-L, JPEG-RGB
+    spacing: tuple[float, float] | None  # (row, column) spacing in mm; None when unknown or absurd
+    photometric: str  # of the source: MONOCHROME1, MONOCHROME2, RGB, ... or PNG-L, JPEG-RGB, PNG-I;16
     bits_stored: int | None
     modality: str | None
-    view: str | None
+    view: str | None  # DICOM ViewPosition (PA, AP, LL, ...)
     source_format: str  # dicom | png | jpeg | tiff | bmp | gif
-    transfer_syntax: str | None  # DICOM transfer syntax name, None for other formats
-    raw_min: float  # range of the stored values before any LUT (for inspection)
-    raw_max: float
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(rows, cols) of the image."""
-        return self.rows, self.cols
-
-
-def _fail(reason: str) -> ImageReadError:
-    return ImageReadError(" ".join(str(reason).split())[:200])
-
-
-def _short(exc: BaseException) -> str:
-    """A short, single-line description of a low-level error (class name and a clipped message)."""
-    msg = " ".join(str(exc).split())[:100]
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    transfer_syntax: str | None  # DICOM transfer syntax name; None for other formats
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
@@ -92,7 +84,27 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
 
     Raises :class:`ImageReadError` with a one-line reason for any file that cannot be used.
     """
-    p = Path(path)
+    image, meta, _raw = _read(Path(path))
+    return image, meta
+
+
+def describe(path: str | os.PathLike) -> str:
+    """One line about an image: format, photometric, size (rows x columns), spacing, bits, modality,
+    transfer syntax and value range, e.g. ``dicom MONOCHROME1 1955x1841 px, spacing unknown, 15-bit, CR,
+    JPEG 2000 Image Compression, range [0.116, 0.973] (raw 803..26512)``.
+
+    Raises :class:`ImageReadError` like :func:`read_image`.
+    """
+    image, m, (raw_min, raw_max) = _read(Path(path))
+    parts = [f"{m.source_format} {m.photometric} {m.rows}x{m.cols} px",
+             f"spacing {m.spacing[0]:.4g}x{m.spacing[1]:.4g} mm" if m.spacing else "spacing unknown",
+             f"{m.bits_stored}-bit" if m.bits_stored else "bits unknown"]
+    parts += [x for x in (m.modality, m.view, m.transfer_syntax) if x]
+    parts.append(f"range [{image.min():.3f}, {image.max():.3f}] (raw {raw_min:g}..{raw_max:g})")
+    return ", ".join(parts)
+
+
+def _read(p: Path) -> tuple[np.ndarray, ImageMeta, tuple[float, float]]:
     if not p.exists():
         raise _fail("file not found")
     if p.is_dir():
@@ -107,183 +119,257 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
         raise _fail("empty file")
     if size > MAX_FILE_BYTES:
         raise _fail(f"file of {size} bytes is too large for a radiograph")
-    has_preamble = head[128:132] == b"DICM"  # checked first: a DICOM preamble may look like a TIFF header
-    if not has_preamble and (head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC)
-                             or head.startswith(_OTHER_PIL_MAGIC)):
-        return _read_pillow(p)
-    # pydicom warns (and logs) about every oddity of a forced read; the caller gets one clear error instead
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    has_preamble = head[128:132] == b"DICM"  # checked first: a preamble may itself look like a TIFF header
+    with _quiet():
+        if not has_preamble and head.startswith((_PNG_MAGIC, _JPEG_MAGIC, *_OTHER_PIL_MAGIC)):
+            return _read_pillow(p)
         return _read_dicom(p, has_preamble=has_preamble)
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def _fail(reason: str) -> ImageReadError:
+    return ImageReadError(" ".join(str(reason).split())[:300])
+
+
+def _reason(exc: BaseException, ds=None) -> str:
+    """Class name and a clipped one-line message of a low-level error.
+
+    With a dataset, the message is dropped when it quotes any textual header value (a name, id, date,
+    free text): library messages sometimes cite element values.
+    """
+    msg = " ".join(str(exc).split())
+    msg = msg.replace("Unable to decode as exceptions were raised by all available plugins: ", "")
+    if msg and ds is not None:
+        values = _text_values(ds)
+        if values is None or any(v in msg for v in values):
+            msg = ""
+    msg = msg[:150]
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _text_values(ds) -> list[str] | None:
+    """Every part (≥ 3 characters) of every textual header value; None when the header cannot be walked."""
+    try:
+        values = []
+        for elem in ds.iterall():
+            if elem.VR in _TEXT_VRS and elem.value:
+                items = elem.value if type(elem.value).__name__ == "MultiValue" else [elem.value]
+                values += [s.strip() for v in items for s in re.split(r"[\^=\\]", str(v)) if len(s.strip()) >= 3]
+        return values
+    except Exception:
+        return None
+
+
+def _drop_record(record: logging.LogRecord) -> bool:
+    return False
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence pydicom/Pillow warnings and pydicom log records while a file is read.
+
+    A forced read of an odd file warns about every oddity, and some of those messages quote header
+    values; the caller gets one clear ImageReadError instead.
+    """
+    names = [n for n in list(logging.root.manager.loggerDict) if n == "pydicom" or n.startswith("pydicom.")]
+    loggers = [logging.getLogger(n) for n in names] or [logging.getLogger("pydicom")]
+    for lg in loggers:
+        lg.addFilter(_drop_record)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(_drop_record)
+
+
+def _check_size(rows: int, cols: int, spp: int = 1, frames: int = 1) -> None:
+    if rows <= 0 or cols <= 0:
+        raise _fail(f"declared size {rows}x{cols} is empty")
+    if rows > MAX_SIDE or cols > MAX_SIDE or rows * cols * spp > MAX_FRAME_PIXELS:
+        raise _fail(f"declared size {rows}x{cols} is absurd for a radiograph")
+    if frames < 1 or rows * cols * spp * frames > MAX_TOTAL_PIXELS:
+        raise _fail(f"declared {frames} frames of {rows}x{cols} is absurd for a radiograph")
 
 
 # --------------------------------------------------------------------------------------------- Pillow
 
 
-def _read_pillow(p: Path) -> tuple[np.ndarray, ImageMeta]:
+def _read_pillow(p: Path) -> tuple[np.ndarray, ImageMeta, tuple[float, float]]:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(p)
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # inside _quiet's catch_warnings
+        with Image.open(p) as im:
             cols, rows = im.size
-            _check_size(rows, cols, 1, 1)
+            _check_size(rows, cols)  # from the header alone, before any pixel is decoded
             fmt = (im.format or "image").lower()
             mode = im.mode
             im.seek(0)
             im.load()
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                raw = np.asarray(im).astype(np.float32)
+                image, bits = raw / 65535.0, 16
+            elif mode == "I":
+                raw = np.asarray(im).astype(np.float64)
+                # 16-bit data some formats open as 32-bit ints; anything wider is stretched min–max
+                fits16 = raw.size and raw.min() >= 0 and raw.max() <= 65535
+                image, bits = (raw / 65535.0, 16) if fits16 else (_minmax(raw), None)
+            elif mode == "F":
+                raw = np.asarray(im).astype(np.float64)
+                image, bits = _minmax(raw), None
+            elif mode == "1":
+                raw = np.asarray(im).astype(np.float32)
+                image, bits = raw, 1
+            else:  # L, and colour / palette / alpha converted to luminance
+                grey = im if mode == "L" else im.convert("L")
+                raw = np.asarray(grey).astype(np.float32)
+                image, bits = raw / 255.0, 8
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _fail("declared size is absurd for a radiograph") from None
+        raise _fail("declared size is absurd for a radiograph (over the decompression-bomb limit)") from None
     except Exception as exc:  # truncated, corrupt or unsupported files
-        raise _fail(f"cannot decode image file ({_short(exc)})") from None
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        raw = np.asarray(im, dtype=np.float32)
-        image = raw / 65535.0
-    elif mode in ("I", "F"):
-        raw = np.asarray(im, dtype=np.float64)
-        image = _minmax(raw)
-    elif mode == "1":
-        raw = np.asarray(im, dtype=np.float32)
-        image = raw
-    else:
-        grey = im if mode == "L" else im.convert("L")  # colour, palette, alpha → luminance
-        raw = np.asarray(grey, dtype=np.float32)
-        image = raw / 255.0
+        raise _fail(f"cannot decode image file ({_reason(exc)})") from None
     fmt = "jpeg" if fmt in ("jpeg", "mpo") else fmt
     meta = ImageMeta(rows=rows, cols=cols, spacing=None, photometric=f"{fmt.upper()}-{mode}",
-                     bits_stored=16 if mode.startswith("I;16") else (8 if mode in ("L", "RGB", "RGBA", "P", "LA")
-                                                                     else None),
-                     modality=None, view=None, source_format=fmt, transfer_syntax=None,
-                     raw_min=float(raw.min()), raw_max=float(raw.max()))
-    return _finish(image), meta
+                     bits_stored=bits, modality=None, view=None, source_format=fmt, transfer_syntax=None)
+    return _finish(image), meta, (float(raw.min()), float(raw.max()))
 
 
 # ---------------------------------------------------------------------------------------------- DICOM
 
 
-def _read_dicom(p: Path, has_preamble: bool) -> tuple[np.ndarray, ImageMeta]:
+def _read_dicom(p: Path, has_preamble: bool) -> tuple[np.ndarray, ImageMeta, tuple[float, float]]:
     import pydicom
-    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(p, force=True)
+        ds = pydicom.dcmread(p, force=True)
     except Exception as exc:
         # parse errors may quote element values, so only the error class is reported
+        if not has_preamble:
+            raise _fail(_NOT_AN_IMAGE) from None
         raise _fail(f"not a readable DICOM file ({type(exc).__name__})") from None
-    if not has_preamble and len(ds) == 0:
-        raise _fail("not a DICOM, PNG or JPEG file")
-    if not has_preamble and not any(el.tag.group in (0x0008, 0x0010, 0x0018, 0x0020, 0x0028) for el in ds):
-        raise _fail("not a DICOM, PNG or JPEG file")
-    if "PixelData" not in ds:
-        kind = "FloatPixelData" if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else None
-        raise _fail("DICOM float pixel data is not supported" if kind else "DICOM has no pixel data")
+    try:
+        return _dicom_image(ds, has_preamble)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # a header value pydicom cannot convert, or anything else unforeseen
+        raise _fail(f"unusable DICOM file ({_reason(exc, ds)})") from None
 
-    tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+
+def _dicom_image(ds, has_preamble: bool) -> tuple[np.ndarray, ImageMeta, tuple[float, float]]:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.pixels import apply_color_lut, pixel_array
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    # a forced read of random bytes "succeeds"; without a preamble, demand the usual image groups
+    tags = ds.keys()  # tags only: iterating the dataset would convert (and validate) every value
+    if not has_preamble and not any(t.group in (0x0008, 0x0010, 0x0018, 0x0020, 0x0028) for t in tags):
+        raise _fail(_NOT_AN_IMAGE)
+    if "PixelData" not in ds:
+        floats = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+        raise _fail("DICOM float pixel data is not supported" if floats else "DICOM has no pixel data")
+
+    file_meta = getattr(ds, "file_meta", None)
+    tsuid = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if not tsuid:
+        if ds["PixelData"].is_undefined_length:
+            raise _fail("DICOM pixel data is compressed but the file names no transfer syntax")
         implicit, little = ds.original_encoding
         if implicit is None:
             implicit, little = True, True
         tsuid = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-        ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = tsuid
+        if file_meta is None:
+            ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = tsuid  # the pixel decoders read it from here
     tsuid = UID(str(tsuid))
+    ts_name = tsuid.name if tsuid.is_transfer_syntax else "unknown transfer syntax"
 
-    rows = _int_attr(ds, "Rows")
-    cols = _int_attr(ds, "Columns")
+    rows, cols = _int_attr(ds, "Rows"), _int_attr(ds, "Columns")
     spp = _int_attr(ds, "SamplesPerPixel", default=1)
-    frames = _int_attr(ds, "NumberOfFrames", default=1) or 1
+    frames = _int_attr(ds, "NumberOfFrames", default=1)
     bits_alloc = _int_attr(ds, "BitsAllocated")
     bits_stored = _int_attr(ds, "BitsStored", default=bits_alloc)
-    _check_size(rows, cols, spp, 1)
+    _check_size(rows, cols, spp, frames)
     if spp not in (1, 3):
         raise _fail(f"SamplesPerPixel {spp} is not 1 or 3")
     if bits_alloc not in (1, 8, 16, 32):
         raise _fail(f"BitsAllocated {bits_alloc} is not 1, 8, 16 or 32")
-    if not (1 <= (bits_stored or 0) <= bits_alloc):
+    if not 1 <= bits_stored <= bits_alloc:
         raise _fail(f"BitsStored {bits_stored} does not fit BitsAllocated {bits_alloc}")
-    if frames > 10000:
-        raise _fail(f"NumberOfFrames {frames} is absurd")
 
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper() or "MONOCHROME2"
-    if not tsuid.is_compressed:
+    if tsuid.is_transfer_syntax and not tsuid.is_compressed:
         samples = 2 if photometric == "YBR_FULL_422" else spp  # 4:2:2 stores two samples per pixel
         expected = (rows * cols * samples * frames * bits_alloc + 7) // 8
         found = len(ds.PixelData)
         if found < expected:
             raise _fail(f"pixel data is truncated (expected {expected} bytes, found {found})")
-        # trailing padding is common and harmless; much more data means Rows/Columns are wrong
+        # a padding byte (or a few) is harmless; much more data means Rows/Columns/Bits are wrong
         if found > expected + max(1, expected // 50):
-            raise _fail(f"pixel data ({found} bytes) does not match the declared size "
-                        f"{rows}x{cols}x{spp}, {bits_alloc}-bit, {frames} frame(s) ({expected} bytes)")
+            raise _fail(f"pixel data ({found} bytes) does not match the declared size {rows}x{cols}x{spp}, "
+                        f"{bits_alloc}-bit, {frames} frame(s) ({expected} bytes)")
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pydicom.pixels import pixel_array
-
-            arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
+        arr = pixel_array(ds, index=0)  # only the first frame is decoded
+        if photometric == "PALETTE COLOR":
+            arr = apply_color_lut(arr, ds)
     except Exception as exc:
-        name = tsuid.name if tsuid.is_transfer_syntax else "unknown transfer syntax"
-        raise _fail(f"cannot decode pixel data ({name}; {_short(exc)})") from None
-    if arr.ndim == 3 and spp == 3:
+        raise _fail(f"cannot decode {ts_name} pixel data: {_reason(exc, ds)}") from None
+    if arr.ndim == 3 and arr.shape[-1] == 3:
         arr = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114  # colour → luminance
-    if arr.ndim != 2 or arr.shape != (rows, cols):
-        raise _fail(f"decoded pixel data has shape {arr.shape}, header says {rows}x{cols}")
+    if arr.shape != (rows, cols):
+        raise _fail(f"decoded pixel data has shape {arr.shape}, the header says {rows}x{cols}")
+    raw = (float(np.min(arr)), float(np.max(arr)))
 
-    raw_min, raw_max = float(np.min(arr)), float(np.max(arr))
     try:
-        image = _dicom_intensities(arr, ds)
+        image = _dicom_intensities(arr, ds, colour=photometric != "MONOCHROME1" and photometric != "MONOCHROME2")
     except ImageReadError:
         raise
     except Exception as exc:
-        raise _fail(f"cannot apply the intensity LUTs ({_short(exc)})") from None
-
+        raise _fail(f"cannot apply the intensity LUTs ({_reason(exc, ds)})") from None
     shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
-    if photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE"):
+    if photometric == "MONOCHROME1" or shape == "INVERSE":
         image = 1.0 - image
     meta = ImageMeta(
-        rows=rows, cols=cols, spacing=_spacing(ds), photometric=photometric, bits_stored=bits_stored,
-        modality=_short_str(ds.get("Modality")), view=_short_str(ds.get("ViewPosition")),
-        source_format="dicom", transfer_syntax=tsuid.name if tsuid.is_transfer_syntax else str(tsuid),
-        raw_min=raw_min, raw_max=raw_max,
+        rows=rows, cols=cols, spacing=_spacing(ds), photometric=photometric[:32], bits_stored=bits_stored,
+        modality=_code(ds.get("Modality")), view=_code(ds.get("ViewPosition")), source_format="dicom",
+        transfer_syntax=tsuid.name if tsuid.is_transfer_syntax else None,
     )
-    return _finish(image), meta
+    return _finish(image), meta, raw
 
 
-def _dicom_intensities(arr: np.ndarray, ds) -> np.ndarray:
-    """Modality LUT, then VOI LUT or window, scaled to [0, 1] (before any MONOCHROME1 inversion)."""
+def _dicom_intensities(arr: np.ndarray, ds, colour: bool) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window (or min–max), scaled to [0, 1]; before any inversion."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = apply_modality_lut(arr, ds).astype(np.float64) if _has_modality_transform(ds) else arr.astype(
-        np.float64)
+    if colour:  # LUTs and windows are defined for monochrome data only
+        return _minmax(arr.astype(np.float64))
+    has_modality = "ModalityLUTSequence" in ds or "RescaleSlope" in ds or "RescaleIntercept" in ds
+    values = (apply_modality_lut(arr, ds) if has_modality else arr).astype(np.float64)
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
         try:
-            lut_item = ds.VOILUTSequence[0]
-            lut = np.asarray(lut_item.LUTData, dtype=np.float64).ravel()
+            lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64).ravel()
             out = apply_voi_lut(values, ds, index=0, prefer_lut=True).astype(np.float64)
             if lut.size > 1 and np.ptp(lut) > 0:
                 return np.clip((out - lut.min()) / np.ptp(lut), 0.0, 1.0)
         except Exception:  # a broken LUT falls back to the window or min–max
             pass
     window = _window(ds, values)
-    if window is not None:
-        centre, width, func = window
-        if func == "SIGMOID":
-            return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - centre) / width, -50, 50)))
-        if func == "LINEAR_EXACT":
-            return np.clip((values - centre) / width + 0.5, 0.0, 1.0)
-        return np.clip((values - (centre - 0.5)) / max(width - 1.0, 1e-6) + 0.5, 0.0, 1.0)
-    return _minmax(values)
-
-
-def _has_modality_transform(ds) -> bool:
-    return "ModalityLUTSequence" in ds or "RescaleSlope" in ds or "RescaleIntercept" in ds
+    if window is None:
+        return _minmax(values)
+    centre, width, func = window
+    if func == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - centre) / width, -50.0, 50.0)))
+    if func == "LINEAR_EXACT":
+        return np.clip((values - centre) / width + 0.5, 0.0, 1.0)
+    if width == 1.0:  # LINEAR with width 1 is a threshold (DICOM PS3.3 C.11.2.1.2.1)
+        return (values > centre - 0.5).astype(np.float64)
+    return np.clip((values - (centre - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
 def _window(ds, values: np.ndarray) -> tuple[float, float, str] | None:
@@ -291,19 +377,19 @@ def _window(ds, values: np.ndarray) -> tuple[float, float, str] | None:
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return None
     try:
-        centre = float(_first(ds.WindowCenter))
-        width = float(_first(ds.WindowWidth))
+        centre, width = float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth))
     except (TypeError, ValueError):
+        return None
+    func = str(_first(ds.get("VOILUTFunction", "LINEAR")) or "LINEAR").strip().upper()
+    func = func if func in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR"
+    if not (math.isfinite(centre) and math.isfinite(width)) or width <= 0 or (func == "LINEAR" and width < 1):
         return None
     lo, hi = float(values.min()), float(values.max())
     span = max(hi - lo, 1.0)
-    if not (math.isfinite(centre) and math.isfinite(width)) or width <= 1.0:
-        return None
-    # a window far outside or far wider than the data would turn the image into one flat grey
+    # a window far off or far wider than the data would turn the image into one flat grey
     if width > 100 * span or centre < lo - 10 * span or centre > hi + 10 * span:
         return None
-    func = str(_first(ds.get("VOILUTFunction", "LINEAR")) or "LINEAR").strip().upper()
-    return centre, width, func if func in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR"
+    return centre, width, func
 
 
 def _first(value):
@@ -313,41 +399,34 @@ def _first(value):
 
 
 def _int_attr(ds, keyword: str, default: int | None = None) -> int:
-    value = ds.get(keyword, default)
+    value = _first(ds.get(keyword))
+    if value in (None, "") and default is not None:
+        return default
     try:
-        value = int(_first(value))
+        return int(value)
     except (TypeError, ValueError):
         raise _fail(f"DICOM {keyword} is missing or not an integer") from None
-    return value
-
-
-def _check_size(rows: int, cols: int, spp: int, frames: int) -> None:
-    if rows <= 0 or cols <= 0:
-        raise _fail(f"declared size {rows}x{cols} is empty")
-    if rows > MAX_SIDE or cols > MAX_SIDE or rows * cols * spp * frames > MAX_PIXELS:
-        raise _fail(f"declared size {rows}x{cols} is absurd for a radiograph")
 
 
 def _spacing(ds) -> tuple[float, float] | None:
+    """PixelSpacing, else ImagerPixelSpacing, as (row, column) mm; None when absent or implausible."""
+    lo, hi = SPACING_RANGE_MM
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        if keyword not in ds:
-            continue
         try:
-            values = [float(v) for v in (ds[keyword].value if ds[keyword].VM > 1 else [ds[keyword].value])]
+            value = ds.get(keyword)
+            values = [float(v) for v in (value if type(value).__name__ == "MultiValue" else [value])]
         except (TypeError, ValueError):
             continue
         if len(values) == 1:
-            values = values * 2
-        lo, hi = SPACING_RANGE_MM
-        if len(values) >= 2 and all(math.isfinite(v) and lo <= v <= hi for v in values[:2]):
-            return float(values[0]), float(values[1])
+            values *= 2
+        if len(values) == 2 and all(math.isfinite(v) and lo <= v <= hi for v in values):
+            return values[0], values[1]
     return None
 
 
-def _short_str(value) -> str | None:
-    if value is None:
-        return None
-    text = str(_first(value) or "").strip()
+def _code(value) -> str | None:
+    """A short code string (Modality, ViewPosition); never free text."""
+    text = str(_first(value) or "").strip() if value is not None else ""
     return text[:16] or None
 
 
@@ -355,26 +434,9 @@ def _minmax(values: np.ndarray) -> np.ndarray:
     lo, hi = float(np.min(values)), float(np.max(values))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise _fail("pixel values are not finite")
-    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    return (values - lo) / (hi - lo) if hi > lo else np.zeros(values.shape)
 
 
 def _finish(image: np.ndarray) -> np.ndarray:
     out = np.clip(np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0), 0.0, 1.0)
     return np.ascontiguousarray(out)
-
-
-# ------------------------------------------------------------------------------------------- describe
-
-
-def describe(path: str | os.PathLike) -> str:
-    """One line about an image: format, photometric, size, spacing, bits, modality and value range."""
-    image, m = read_image(path)
-    spacing = f"spacing {m.spacing[0]:.3g}x{m.spacing[1]:.3g} mm" if m.spacing else "spacing unknown"
-    bits = f"{m.bits_stored}-bit" if m.bits_stored else "bits unknown"
-    parts = [m.source_format, m.photometric, f"{m.cols}x{m.rows} px (WxH)", spacing, bits]
-    if m.modality:
-        parts.append(m.modality)
-    if m.transfer_syntax:
-        parts.append(m.transfer_syntax)
-    parts.append(f"range [{image.min():.3f}, {image.max():.3f}] (raw {m.raw_min:g}..{m.raw_max:g})")
-    return ", ".join(parts)
