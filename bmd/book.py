@@ -102,6 +102,10 @@ def build_book(profile: str = "quick", manifest: str | Path | None = None, seed:
 
     start = time.perf_counter()
     cfg = load_profile(profile, seed=seed)
+    if manifest is not None:
+        from bmd.manifest import load_manifest
+
+        load_manifest(manifest)  # a bad manifest is refused (ManifestError) before anything is written
     root = paths.out_root(out)
     summary_file = summary.summary_path(cfg.profile, root)
     summary_file.unlink(missing_ok=True)  # every build writes its own summary from scratch

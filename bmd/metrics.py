@@ -11,6 +11,7 @@ truth) are masked everywhere.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,11 +140,13 @@ def evaluate(pred: np.ndarray, truth: np.ndarray, t_pred: np.ndarray, t_true: np
                      "auc_delong_lo": d_lo, "auc_delong_hi": d_hi, "mae": agr.mae, "rmse": agr.rmse,
                      "bias": agr.bias, "loa_low": agr.loa_low, "loa_high": agr.loa_high, "n": agr.n,
                      "n_positive": int(positive[valid, j].sum())})
-    avg_boot = np.nanmean(boot, axis=2)  # the avg of each bootstrap sample, so its CI is consistent
-    rows.append({"vertebra": "avg", "r": float(np.nanmean(point[0])), "r_lo": ci(avg_boot[:, 0])[0],
-                 "r_hi": ci(avg_boot[:, 0])[1], "auc": float(np.nanmean(point[1])), "auc_lo": ci(avg_boot[:, 1])[0],
-                 "auc_hi": ci(avg_boot[:, 1])[1], "auc_delong_lo": np.nan, "auc_delong_hi": np.nan,
-                 **{k: float(np.nanmean([r[k] for r in rows])) for k in ("mae", "rmse", "bias", "loa_low",
-                                                                         "loa_high")},
-                 "n": int(sum(r["n"] for r in rows)), "n_positive": int(sum(r["n_positive"] for r in rows))})
+    with warnings.catch_warnings():  # an all-NaN sample (no positives anywhere) stays NaN, shown as n/a
+        warnings.simplefilter("ignore", RuntimeWarning)
+        avg_boot = np.nanmean(boot, axis=2)  # the avg of each bootstrap sample, so its CI is consistent
+        rows.append({
+            "vertebra": "avg", "r": float(np.nanmean(point[0])), "r_lo": ci(avg_boot[:, 0])[0],
+            "r_hi": ci(avg_boot[:, 0])[1], "auc": float(np.nanmean(point[1])), "auc_lo": ci(avg_boot[:, 1])[0],
+            "auc_hi": ci(avg_boot[:, 1])[1], "auc_delong_lo": np.nan, "auc_delong_hi": np.nan,
+            **{k: float(np.nanmean([r[k] for r in rows])) for k in ("mae", "rmse", "bias", "loa_low", "loa_high")},
+            "n": int(sum(r["n"] for r in rows)), "n_positive": int(sum(r["n_positive"] for r in rows))})
     return pd.DataFrame(rows)

@@ -1,7 +1,8 @@
-"""Tables and figures that describe a cohort (the book's cohort chapter).
+"""Tables and figures of the book: the cohort, the oracle ceilings and the results tables.
 
-Every function takes a loaded manifest DataFrame (see ``data_manifest/README.md``) and returns a
-DataFrame or a matplotlib Figure; nothing here reads files or prints.
+Every function takes plain data (a loaded manifest DataFrame, see ``data_manifest/README.md``, or
+results rows in the ``summary.json`` layout) and returns a DataFrame or a matplotlib Figure; nothing
+here reads files or prints.
 """
 
 from __future__ import annotations
@@ -187,5 +188,48 @@ def plot_predicted_vs_dxa(frame: pd.DataFrame, split: str = "test"):
         ax.set_title(f"{v}  (R = {r:.3f})")
         ax.set_xlabel("DXA BMD (g/cm²)")
         ax.set_ylabel("predicted BMD (g/cm²)")
+    fig.tight_layout()
+    return fig
+
+
+def per_vertebra_table(rows: list[dict], order: list[str] | None = None) -> pd.DataFrame:
+    """R (95% CI), the paper's R and AUC per model (rows) and vertebra (columns)."""
+    per = pd.DataFrame([{"model": r["model"], "vertebra": r["vertebra"], "R": _fmt(r["r"], r["r_ci"]),
+                         "paper R": _fmt(r["paper_r"]).replace("n/a", "—"), "AUC": _fmt(r["auc"], r["auc_ci"])}
+                        for r in rows if r["vertebra"] != "avg"])
+    wide = per.pivot(index="model", columns="vertebra", values=["R", "paper R", "AUC"])
+    order = order or list(dict.fromkeys(per["model"]))
+    return wide.loc[[m for m in order if m in wide.index]]
+
+
+def plot_results(rows: list[dict], title: str, metric: str = "r"):
+    """Our test-split R (or AUC) per model with its 95% CI (L1–L4 mean), the paper's value beside it."""
+    import matplotlib.pyplot as plt
+
+    avg = [r for r in rows if r["vertebra"] == "avg"]
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(avg) + 1.2))
+    labelled: set[str] = set()
+
+    def label(name: str) -> str | None:  # each legend entry once
+        if name in labelled:
+            return None
+        labelled.add(name)
+        return name
+
+    for i, r in enumerate(avg):
+        value, (lo, hi) = r[metric], r[f"{metric}_ci"]
+        if value is not None and np.isfinite(value):
+            err = None if lo is None or hi is None else [[value - lo], [hi - value]]
+            ax.errorbar(value, i, xerr=err, fmt="o", color="C0", capsize=3, label=label("ours (95% CI)"))
+        if r.get(f"paper_{metric}") is not None:
+            ax.plot(r[f"paper_{metric}"], i, "D", color="C3", label=label("paper (its own data)"))
+        if metric == "r" and r.get("ceiling_r") is not None:
+            ax.plot(r["ceiling_r"], i, "|", color="grey", ms=14, label=label("twin ceiling"))
+    ax.set_yticks(range(len(avg)), [r["model"] for r in avg])
+    ax.invert_yaxis()
+    ax.set_xlabel({"r": "Pearson R (mean over L1–L4)", "auc": "osteoporosis AUC (mean over L1–L4)"}[metric])
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

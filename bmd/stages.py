@@ -167,3 +167,134 @@ def baseline_predictions(cohort: Cohort, cache) -> dict[str, pd.DataFrame]:
     manifest = cohort.manifest.set_index("case_id").loc[cache.case_ids].reset_index()
     features = roi_intensity_features(np.asarray(cache.chest), np.asarray(cache.local))
     return {"age_sex": age_sex_baseline(manifest), "roi_intensity": roi_intensity_baseline(manifest, features)}
+
+
+@dataclass
+class TableResults:
+    """One results table: its rows (the ``summary.json`` layout), the predictions behind each row and the runs."""
+
+    table: str
+    rows: list[dict]
+    frames: dict[str, pd.DataFrame]  # row label → val/test predictions frame
+    runs: dict[str, Path]  # row label → training run folder (ensembles and baselines have none)
+
+    def avg(self) -> dict[str, dict]:
+        """Row label → its ``avg`` row (the mean over L1–L4)."""
+        return {r["model"]: r for r in self.rows if r["vertebra"] == "avg"}
+
+
+def prepare_rois(cfg: Profile, cohort: Cohort, out: str | Path | None = None):
+    """The landmark detector and the ROI cache every model trains on (both built once, then reused)."""
+    bundle = landmark_detector(cfg, cohort, out)
+    return roi_cache(cfg, cohort, evaluate_detector(cfg, cohort, bundle, out, evaluate=False), bundle, out)
+
+
+def table_results(cfg: Profile, cohort: Cohort, table: str, out: str | Path | None = None,
+                  baselines: bool = False) -> TableResults:
+    """Train (or reuse) the models of ``table1``/``table2``, or ensemble saved predictions for ``table3``.
+
+    Every model is trained once through the DDP entry point; the rows (test-split R and AUC with
+    patient-level bootstrap CIs, the paper's values and, on the twin, the ceilings) are recorded in
+    ``summary.json`` under ``tables.<table>``. ``baselines`` adds the ``age_sex`` and ``roi_intensity``
+    rows.
+    """
+    from bmd import report
+    from bmd.evaluation import ensemble
+    from bmd.experiments import ENSEMBLES, table_models
+
+    cache = prepare_rois(cfg, cohort, out)
+    if table == "table3":
+        specs = {spec.name: spec for spec in table_models()["table2"].values()}
+        trained = train_models(cfg, cohort, cache, list(specs.values()), out)
+        saved = {name: predictions(run) for name, run in trained.items()}
+        frames = {label: ensemble([saved[name] for name in members]) for label, members in ENSEMBLES.items()}
+        runs: dict[str, Path] = {}
+    else:
+        specs = table_models()[table]
+        trained = train_models(cfg, cohort, cache, list(specs.values()), out)
+        runs = {label: trained[spec.name] for label, spec in specs.items()}
+        frames = {label: predictions(run) for label, run in runs.items()}
+    if baselines:
+        frames.update(baseline_predictions(cohort, cache))
+    rows = report.results_rows(table, frames, cohort.oracle, seed=cfg.seed)
+    summary.update(summary.summary_path(cfg.profile, out), tables={table: rows})
+    return TableResults(table, rows, frames, runs)
+
+
+def export_multi_roi(cfg: Profile, table2: TableResults, out: str | Path | None = None) -> Path:
+    """Export the multi-ROI model with its landmark detector as the bundle ``bmd predict`` takes.
+
+    Written to ``runs/<profile>/bundles/multi_roi`` (re-exported only when the run is newer) and named
+    in ``summary.json``'s ``artifacts.multi_roi_model``.
+    """
+    from bmd.bundle import export_bundle
+
+    run = table2.runs["multi_roi"]
+    run_root = paths.run_dir(cfg.profile, out)
+    dest = run_root / "bundles" / "multi_roi"
+    stale = not (dest / "bundle.json").is_file() or any(
+        (src.stat().st_mtime_ns > (dest / "bundle.json").stat().st_mtime_ns)
+        for src in (run / "best.pt", run_root / "landmark_model" / "weights.pt"))
+    if stale:
+        export_bundle(run, run_root / "landmark_model", dest)
+    summary.update(summary.summary_path(cfg.profile, out),
+                   artifacts={"multi_roi_model": str(dest.relative_to(paths.out_root(out)))})
+    return dest
+
+
+@dataclass
+class ScreeningResults:
+    """Everything the screening chapter shows, computed from saved predictions (nothing retrained)."""
+
+    frames: dict[str, pd.DataFrame]  # multi_roi, the best ensemble (chosen on validation), age_sex
+    recalibrated: dict[str, pd.DataFrame]  # the image models after the validation-split recalibration
+    operating_points: pd.DataFrame  # bmd.screening.operating_point_table, endpoints lowest and mean
+    who: dict[str, tuple[pd.DataFrame, float]]  # "raw"/"recalibrated" → (confusion matrix, weighted kappa)
+    subgroups: pd.DataFrame
+    agreement: pd.DataFrame
+    ablation: pd.DataFrame
+    weights: pd.DataFrame
+    rows: list[dict]  # table rows (R/AUC with CIs) of the models shown
+
+
+def screening_results(cfg: Profile, cohort: Cohort, out: str | Path | None = None) -> ScreeningResults:
+    """The screening chapter's numbers: operating points, WHO categories, subgroups, agreement, ROI roles."""
+    from bmd import ablation, screening
+
+    t2 = table_results(cfg, cohort, "table2", out, baselines=True)
+    t3 = table_results(cfg, cohort, "table3", out)
+    best_ensemble = screening.best_on_validation({k: t3.frames[k] for k in ("ensm_roi", "ensm_all")})
+    frames = {"multi_roi": t2.frames["multi_roi"], best_ensemble: t3.frames[best_ensemble],
+              "age_sex": t2.frames["age_sex"]}
+    # image models only: inverting the weak age+sex regression would only amplify noise
+    recal = {name: screening.Recalibration.fit(frame).apply(frame) for name, frame in frames.items()
+             if name != "age_sex"}
+    ops = pd.concat([screening.operating_point_table(frames, endpoint) for endpoint in ("lowest", "mean")],
+                    ignore_index=True)
+    who = {"raw": screening.who_confusion(frames["multi_roi"]),
+           "recalibrated": screening.who_confusion(recal["multi_roi"])}
+    cache = prepare_rois(cfg, cohort, out)
+    run = t2.runs["multi_roi"]
+    result = ScreeningResults(
+        frames=frames, recalibrated=recal, operating_points=ops, who=who,
+        subgroups=screening.subgroup_table(frames, cohort.manifest),
+        agreement=screening.agreement_table(frames),
+        ablation=ablation.roi_ablation(run, cache, cohort.manifest),
+        weights=ablation.joint_weight_norms(run),
+        rows=[r for r in t2.rows + t3.rows if r["model"] in frames],
+    )
+    summary.update(summary.summary_path(cfg.profile, out), screening={
+        "best_ensemble": best_ensemble,
+        "operating_points": _records(ops),
+        "who": {k: {"matrix": m.to_dict(), "weighted_kappa": kappa} for k, (m, kappa) in who.items()},
+        "subgroups": _records(result.subgroups),
+        "agreement": _records(result.agreement),
+        "roi_ablation": _records(result.ablation),
+        "joint_weight_share": _records(result.weights),
+    })
+    return result
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    """JSON-ready records (NaN → None)."""
+    return json.loads(df.to_json(orient="records"))
