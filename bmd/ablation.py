@@ -69,7 +69,9 @@ def roi_ablation(run: str | Path, cache, manifest: pd.DataFrame, split: str = "t
 
     def score(c: np.ndarray, loc: np.ndarray) -> float:
         pred = scaler.inverse(_joint(model, c, loc))
-        return float(np.nanmean([pearson_r(pred[:, j], truth[:, j]) for j in range(len(VERTEBRAE))]))
+        rs = [pearson_r(pred[:, j], truth[:, j]) for j in range(len(VERTEBRAE))]
+        # a prediction made constant by the ablation carries no information: R 0, not undefined
+        return float(np.mean([0.0 if not np.isfinite(r) else r for r in rs]))
 
     intact = score(chest, local)
     out = [{"roi": "none", "r": intact, "delta_r": 0.0}]

@@ -83,18 +83,26 @@ def is_finished(config) -> bool:
 
 
 def train_model(config, nproc: int = 1) -> Path:
-    """Train through the DDP entry point unless an identical finished run exists; returns the run folder."""
-    from bmd.train import launch
+    """Train through the DDP entry point unless an identical finished run exists; returns the run folder.
+
+    A killed run of the same config resumes from its checkpoint. Raises :class:`bmd.train.RunFolderBusy`
+    when another process is training in the folder.
+    """
+    from bmd.train import launch, run_lock
 
     run = Path(config.run_dir)
     if is_finished(config):
         return run
-    # a checkpoint is resumed only when it belongs to this very config (a killed run); else start afresh
-    try:
-        same = json.loads((run / "config.json").read_text()) == dataclasses.asdict(config)
-    except (OSError, ValueError):
-        same = False
-    if not same:
-        for name in ("checkpoint.pt", "best.pt", "metrics.json", "predictions.csv", "log.csv"):
-            (run / name).unlink(missing_ok=True)
-    return launch(config, nproc=nproc, resume=same and (run / "checkpoint.pt").is_file())
+    # the folder's lock before anything is deleted: a run training there refuses us (RunFolderBusy)
+    with run_lock(run):
+        if is_finished(config):  # finished between the check above and taking the lock
+            return run
+        # a checkpoint is resumed only when it belongs to this very config (a killed run); else start afresh
+        try:
+            same = json.loads((run / "config.json").read_text()) == dataclasses.asdict(config)
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            for name in ("checkpoint.pt", "best.pt", "metrics.json", "predictions.csv", "log.csv"):
+                (run / name).unlink(missing_ok=True)
+        return launch(config, nproc=nproc, resume=same and (run / "checkpoint.pt").is_file())

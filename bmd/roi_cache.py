@@ -30,7 +30,7 @@ serialised with a file lock, so concurrent callers build once.
 **Work.** Each image is decoded once (:func:`bmd.io.read_image`); cases are processed in chunks
 (one batched resampling per chunk, see :mod:`bmd.rois`) by worker processes (started from a
 fork server, never forked from a process that has run torch) that write straight into the
-memory-mapped output arrays.
+memory-mapped output arrays. Workers end with the build that started them, even when it is killed.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ import contextlib
 import hashlib
 import json
 import os
+import select
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -321,7 +323,38 @@ def _key_parts(manifest: pd.DataFrame, landmarks: LandmarkSource, roi_size: int,
 _STATE: dict[str, Any] = {}  # the build's inputs; handed to each worker by its initializer
 
 
-def _init_worker(threads: int, state: dict | None = None) -> None:
+def _exit_with(pid: int) -> None:
+    """End this worker process when process ``pid`` (the build) ends, however it ends.
+
+    An orphaned worker would keep writing crops into a folder the next build removes.
+    Workers come from a fork server, which lives as long as its workers do, so the kernel's
+    parent-death signal cannot be used: a daemon thread waits on the process instead.
+    """
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)  # Linux: readable once the process has exited
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while True:
+                time.sleep(0.5)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(threads: int, state: dict | None = None, parent: int | None = None) -> None:
+    if parent is not None:  # first: importing torch takes a while
+        _exit_with(parent)
     import torch
 
     # one thread per worker: the parallelism is over processes
@@ -488,7 +521,7 @@ def _build_into(tmp: Path, manifest: pd.DataFrame, ids: list[str], points: np.nd
             # forkserver, not fork: a process that has run torch (a notebook kernel after training) can
             # deadlock its forked children in the OpenMP runtime; the state travels pickled instead
             pool = ProcessPoolExecutor(n_workers, mp_context=get_context("forkserver"), initializer=_init_worker,
-                                       initargs=(1, dict(_STATE)))
+                                       initargs=(1, dict(_STATE), os.getpid()))
             results = pool.map(_process_chunk, chunks)
         else:
             results = map(_process_chunk, chunks)

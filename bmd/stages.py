@@ -248,6 +248,7 @@ class ScreeningResults:
 
     frames: dict[str, pd.DataFrame]  # multi_roi, the best ensemble (chosen on validation), age_sex
     recalibrated: dict[str, pd.DataFrame]  # the image models after the validation-split recalibration
+    recalibration_error: str | None  # why a model could not be recalibrated (its raw output is kept), or None
     operating_points: pd.DataFrame  # bmd.screening.operating_point_table, endpoints lowest and mean
     who: dict[str, tuple[pd.DataFrame, float]]  # "raw"/"recalibrated" → (confusion matrix, weighted kappa)
     subgroups: pd.DataFrame
@@ -267,8 +268,14 @@ def screening_results(cfg: Profile, cohort: Cohort, out: str | Path | None = Non
     frames = {"multi_roi": t2.frames["multi_roi"], best_ensemble: t3.frames[best_ensemble],
               "age_sex": t2.frames["age_sex"]}
     # image models only: inverting the weak age+sex regression would only amplify noise
-    recal = {name: screening.Recalibration.fit(frame).apply(frame) for name, frame in frames.items()
-             if name != "age_sex"}
+    recal, recal_error = {}, None
+    for name, frame in frames.items():
+        if name == "age_sex":
+            continue
+        try:
+            recal[name] = screening.Recalibration.fit(frame).apply(frame)
+        except ValueError as exc:  # e.g. a model that did not learn (tiny cohorts): say so, keep the raw output
+            recal[name], recal_error = frame, f"{name}: {exc}"
     ops = pd.concat([screening.operating_point_table(frames, endpoint) for endpoint in ("lowest", "mean")],
                     ignore_index=True)
     who = {"raw": screening.who_confusion(frames["multi_roi"]),
@@ -276,7 +283,7 @@ def screening_results(cfg: Profile, cohort: Cohort, out: str | Path | None = Non
     cache = prepare_rois(cfg, cohort, out)
     run = t2.runs["multi_roi"]
     result = ScreeningResults(
-        frames=frames, recalibrated=recal, operating_points=ops, who=who,
+        frames=frames, recalibrated=recal, recalibration_error=recal_error, operating_points=ops, who=who,
         subgroups=screening.subgroup_table(frames, cohort.manifest),
         agreement=screening.agreement_table(frames),
         ablation=ablation.roi_ablation(run, cache, cohort.manifest),
@@ -284,7 +291,7 @@ def screening_results(cfg: Profile, cohort: Cohort, out: str | Path | None = Non
         rows=[r for r in t2.rows + t3.rows if r["model"] in frames],
     )
     summary.update(summary.summary_path(cfg.profile, out), screening={
-        "best_ensemble": best_ensemble,
+        "best_ensemble": best_ensemble, "recalibration_error": recal_error,
         "operating_points": _records(ops),
         "who": {k: {"matrix": m.to_dict(), "weighted_kappa": kappa} for k, (m, kappa) in who.items()},
         "subgroups": _records(result.subgroups),

@@ -12,16 +12,35 @@ needs CUDA), so exact 1-vs-N equivalence holds for backbones without batch norm.
 A run folder holds ``config.json``, ``checkpoint.pt`` (every epoch, atomic; ``--resume`` continues
 from it), ``best.pt`` (best validation epoch), ``log.csv`` (one line per epoch), ``predictions.csv``
 (val and test: case and patient id, truth and prediction per vertebra, g/cm²) and ``metrics.json``.
+
+**Interruptions.** A killed run (SIGKILL, a lost node) resumes with ``--resume`` from the last finished
+epoch and ends with the weights and predictions an uninterrupted run gives: everything random in an
+epoch (data order, augmentation, the global torch generator) is drawn from (seed, epoch) alone, and the
+optimiser and schedule states are in the checkpoint. Files are replaced by renaming a complete
+temporary file (a half-written checkpoint is never loaded; leftover temporary files are removed on the
+next start). torchrun starts its workers in their own session; here they are tied to their launcher
+(``PR_SET_PDEATHSIG`` on Linux), so killing the launcher's process group ends the training too.
+
+**One run per folder.** Rank 0 holds an exclusive lock on ``run_dir/.run.lock`` (``flock``, with
+the holder's pid in it) for the whole run; :func:`launch` takes it before it starts torchrun. A second
+run on the same folder stops at once with "run folder X is in use by pid N" (exit status 1). The
+kernel releases the lock when its holder dies, so a killed run's lock is simply taken over.
+
+**Progress.** Rank 0 shows a tqdm bar over the batches of each epoch when stderr is a terminal (not in
+batch jobs, notebooks' training subprocesses or CI), besides one log line per epoch on stdout. The
+environment variable ``BMD_PROGRESS=1`` forces the bar on, ``BMD_PROGRESS=0`` off.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +95,135 @@ class TrainConfig:
 def _atomic_torch_save(obj: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+        # on disk before the rename, so even a power cut cannot leave a renamed, empty checkpoint
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+# ------------------------------------------------------------------------------- the run folder lock
+
+LOCK_FILE = ".run.lock"
+_LOCK_ENV = "BMD_RUN_LOCK"  # "<pid>:<run folder>": a launcher holding the folder's lock for its workers
+_HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]; the lock is re-entrant within a process
+
+
+class RunFolderBusy(RuntimeError):
+    """Another live process is training in the same run folder."""
+
+
+def _try_flock(fd: int) -> bool | None:
+    """True: locked; False: held by another open file; None: the file system has no locks."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
+def _lock_owner(fd: int) -> int | None:
+    """The pid written in a held lock file (waits briefly: the holder writes it just after locking)."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.05)
+    return None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[int]:
+    """Hold the exclusive lock of a run folder (created if needed); yields the lock file's descriptor.
+
+    Raises :class:`RunFolderBusy` ("run folder X is in use by pid N") when another live process holds
+    it. Re-entrant within a process; a worker whose launcher holds the lock for it (``BMD_RUN_LOCK``)
+    goes ahead. The lock is released on exit, and by the kernel when the holder dies.
+    """
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield _HELD[key][0]
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        owned = _try_flock(fd)
+        if owned is False:
+            owner = _lock_owner(fd)
+            if os.environ.get(_LOCK_ENV) != f"{owner}:{key}":
+                raise RunFolderBusy(f"run folder {folder} is in use by pid {owner or '?'}")
+        elif owned:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = [fd, 1]
+        try:
+            yield fd
+        finally:
+            del _HELD[key]
+            if owned:
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _hold_run_folder(stack: contextlib.ExitStack, run_dir: Path, rank: int, device: torch.device) -> None:
+    """Rank 0 takes the run folder's lock; every rank stops when it cannot (no rank waits on a dead peer)."""
+    busy = ""
+    if rank == 0:
+        try:
+            stack.enter_context(run_lock(run_dir))
+        except RunFolderBusy as exc:
+            busy = str(exc)
+    flag = torch.tensor([1 if busy else 0], device=device)
+    dist.all_reduce(flag)
+    if int(flag.item()):
+        dist.destroy_process_group()
+        raise RunFolderBusy(busy or f"run folder {run_dir} is in use")
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files of a killed writer (atomic writes rename them when complete); we hold the lock."""
+    for tmp in run_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _die_with_launcher() -> None:
+    """End this torchrun worker when its launcher dies.
+
+    torchrun starts workers in a session of their own, so killing the launcher's process group would
+    leave them training and writing into the run folder while a resumed run starts there.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the line above
+        os._exit(1)
+
+
+def _show_progress() -> bool:
+    """Progress bars: ``BMD_PROGRESS`` (1/0) if set, else only when stderr is a terminal."""
+    flag = os.environ.get("BMD_PROGRESS", "").strip().lower()
+    if flag in ("1", "true", "yes", "on"):
+        return True
+    if flag in ("0", "false", "no", "off"):
+        return False
+    return sys.stderr.isatty()
 
 
 # ------------------------------------------------------------------------------------------ set-up
@@ -149,12 +297,30 @@ def _augment_batch(crops: list[torch.Tensor], rows: torch.Tensor, seed: int, epo
     return out
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, epoch: int, device, aug) -> float:
-    """One pass over the training split; returns the mean training loss on this rank."""
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, epoch: int, device, aug,
+                    progress: bool = False) -> float:
+    """One pass over the training split; returns the mean training loss on this rank.
+
+    Every random draw of the epoch comes from (seed, epoch), so a run resumed at this epoch repeats
+    it exactly. ``progress``: a tqdm bar over the batches (on stderr).
+    """
     model.train()
     loader.sampler.set_epoch(epoch)
+    # the global generator (dropout, the loader's base seed) restarts each epoch: a resumed run needs
+    # no saved generator state to continue the same sequence
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch))
     total, count = 0.0, 0
-    for chest, local, target, rows in loader:
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                       dynamic_ncols=True, file=sys.stderr)
+    for chest, local, target, rows in batches:
         # only the crops the model reads are augmented (and moved to the device)
         if cfg.model == "multi_roi":
             crops = [chest, local[:, :, 0]]
@@ -175,8 +341,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, epoch
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total += float(loss) * len(target)
+        total += float(loss.detach()) * len(target)
         count += len(target)
+    if progress:
+        batches.close()
     return total / max(count, 1)
 
 
@@ -208,8 +376,47 @@ def _val_score(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def run(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train, select the best validation epoch, write predictions and metrics; returns the run folder."""
+    """Train, select the best validation epoch, write predictions and metrics; returns the run folder.
+
+    ``resume``: continue from ``run_dir/checkpoint.pt`` when it exists. Raises :class:`RunFolderBusy`
+    when another process is training in the same folder.
+    """
+    _die_with_launcher()
     rank, world, device = setup_distributed()
+    run_dir = Path(cfg.run_dir)
+    with contextlib.ExitStack() as stack:
+        _hold_run_folder(stack, run_dir, rank, device)
+        _train(cfg, resume, rank, world, device)
+    return run_dir
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise RuntimeError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}); delete it to start "
+                           f"afresh") from None
+
+
+def _restore_best(run_dir: Path, state: dict) -> None:
+    """Make ``best.pt`` hold the checkpoint's best epoch after a kill between the two writes.
+
+    The checkpoint is written before ``best.pt``; a run killed in between has a checkpoint whose best
+    epoch is its own epoch, so its weights are the best weights.
+    """
+    best_path = run_dir / "best.pt"
+    if state["best_epoch"] != state["epoch"]:
+        return
+    try:
+        best_epoch = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]
+    except Exception:  # noqa: BLE001 - missing or unreadable: rewritten below
+        best_epoch = None
+    if best_epoch != state["epoch"]:
+        _atomic_torch_save({"model": state["model"], "epoch": state["epoch"]}, best_path)
+
+
+def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.device) -> None:
+    """The run itself, with the run folder held by rank 0."""
     run_dir = Path(cfg.run_dir)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed)
@@ -246,28 +453,35 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
 
     start_epoch, best_score, best_epoch, log_rows = 0, -np.inf, -1, []
     ckpt_path = run_dir / "checkpoint.pt"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(run_dir)
+        cfg.save(run_dir / "config.json")
     if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = _load_checkpoint(ckpt_path, device)
         ddp.module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
         log_rows = state["log"]
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
+        if rank == 0:
+            _restore_best(run_dir, state)
+        del state
+    dist.barrier()
 
     aug = Augment()
     val_target = targets[datasets["val"].rows]
+    progress = rank == 0 and _show_progress()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(net, loader, optimizer, scheduler, cfg, epoch, device, aug)
+        train_loss = train_one_epoch(net, loader, optimizer, scheduler, cfg, epoch, device, aug, progress)
         loss_sum = torch.tensor([train_loss], device=device)
         dist.all_reduce(loss_sum)
         val_pred = predict(ddp, datasets["val"], cfg, device)
         score = _val_score(val_pred, val_target)
-        improved = score > best_score
+        # the first epoch is always kept, so best.pt exists even when R is undefined (constant predictions)
+        improved = best_epoch < 0 or score > best_score
         if improved:
             best_score, best_epoch = score, epoch
         log_rows.append({"epoch": epoch, "train_loss": float(loss_sum) / world, "val_r": score,
@@ -276,12 +490,13 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
             row = log_rows[-1]
             print(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val R {score:.3f} "
                   f"lr {row['lr']:.2e} {row['seconds']:.1f}s" + (" *" if improved else ""), flush=True)
-            if improved:
-                _atomic_torch_save({"model": ddp.module.state_dict(), "epoch": epoch}, run_dir / "best.pt")
+            # the checkpoint first: a kill before best.pt is written is repaired on resume (_restore_best)
             _atomic_torch_save({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                                 "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
                                 "log": log_rows, "scaler": scaler.to_dict()}, ckpt_path)
+            if improved:
+                _atomic_torch_save({"model": ddp.module.state_dict(), "epoch": epoch}, run_dir / "best.pt")
             write_bytes(run_dir / "log.csv", pd.DataFrame(log_rows).to_csv(index=False).encode())
         dist.barrier()
 
@@ -291,7 +506,6 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
         _write_results(ddp, datasets, manifest, scaler, cfg, device, run_dir, best_epoch)
     dist.barrier()
     dist.destroy_process_group()
-    return run_dir
 
 
 def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path, best_epoch: int) -> None:
@@ -313,15 +527,23 @@ def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path
 
 
 def launch(cfg: TrainConfig, nproc: int = 1, resume: bool = False) -> Path:
-    """Run the entry point under torch.distributed.run with ``nproc`` processes (what notebooks call)."""
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
+    """Run the entry point under torch.distributed.run with ``nproc`` processes (what notebooks call).
+
+    The run folder's lock is taken here, before torchrun starts (a busy folder raises
+    :class:`RunFolderBusy` at once), and held for the workers; a failed run raises ``RuntimeError``
+    with the tail of its output.
+    """
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "bmd.train", "--config", str(run_dir / "config.json")] + (["--resume"] if resume else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    run_dir = Path(cfg.run_dir)
+    with run_lock(run_dir) as fd:
+        cfg.save(run_dir / "config.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "bmd.train", "--config", str(run_dir / "config.json")] + (["--resume"] if resume else [])
+        # torchrun inherits the locked file (the lock lives as long as any holder), and rank 0 knows that
+        # the pid in it is its own launcher's
+        env = {**os.environ, _LOCK_ENV: f"{os.getpid()}:{run_dir.resolve()}"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, pass_fds=(fd,))
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"training in {run_dir} failed: " + " | ".join(tail))
@@ -329,12 +551,17 @@ def launch(cfg: TrainConfig, nproc: int = 1, resume: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``bmd train`` / ``python -m bmd.train``: train from a config JSON."""
+    """``bmd train`` / ``python -m bmd.train``: train from a config JSON (exit status 1: folder in use)."""
     parser = argparse.ArgumentParser(prog="bmd train", description="Train a model (run it with torchrun).")
     parser.add_argument("--config", required=True, type=Path, help="config JSON (see bmd.train.TrainConfig)")
     parser.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint.pt")
     args = parser.parse_args(argv)
-    run(TrainConfig.load(args.config), resume=args.resume)
+    try:
+        run(TrainConfig.load(args.config), resume=args.resume)
+    except RunFolderBusy as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"bmd train: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

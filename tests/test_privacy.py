@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import PLANTED_HEADER_VALUES
 
 pytestmark = pytest.mark.slow

@@ -9,13 +9,17 @@ Layout of ``out``::
     oracle.json            spec, spec hash, seed, sizes, ceilings and the cohort's realised statistics
 
 ``manifest.csv`` and ``oracle.json`` are written last (atomically), so a killed run is never taken
-as complete; a second call with the same spec hash and seed reuses the folder.
+as complete; a second call with the same spec hash and seed reuses the folder. One generation at a
+time writes into a folder (``.twin.lock``, holding its pid): a second one refuses at once, and a
+killed one's lock is taken over. Render workers end with the generation, even when it is killed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -59,41 +63,111 @@ def is_complete(out: Path, expected_hash: str, seed: int) -> bool:
 
 
 class _Lock:
-    """An exclusive lock file in the output folder; a lock left by a dead process is taken over."""
+    """An exclusive lock on ``.twin.lock`` in the output folder, holding the owner's pid.
+
+    ``flock`` decides who holds it (the kernel releases it when its holder dies, so a killed
+    generation's lock is taken over and two starters can never both win); a live pid left in the file
+    by a writer without ``flock`` is respected too. A second generation refuses at once, naming the pid.
+    """
 
     def __init__(self, folder: Path):
         self.path = folder / ".twin.lock"
+        self.fd: int | None = None
 
     def __enter__(self):
-        for _ in range(2):
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: the pid in the file is the only guard
+            fcntl = None
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self._owner()
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise TwinError(self._busy(self._owner(fd, wait=True))) from None
+                    except OSError:
+                        pass  # a file system without locks: the pid check below still applies
+                try:
+                    current = os.stat(self.path)
+                except FileNotFoundError:
+                    current = None
+                here = os.fstat(fd)
+                if current is None or (current.st_ino, current.st_dev) != (here.st_ino, here.st_dev):
+                    os.close(fd)  # the holder removed the file as we locked it: lock the new one
+                    continue
+                owner = self._owner(fd)
                 if owner is not None:
-                    raise TwinError(f"{self.path.parent}: another twin generation (pid {owner}) is writing here") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
+                    raise TwinError(self._busy(owner))
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd = fd
             return self
         raise TwinError(f"{self.path.parent}: cannot take the lock {self.path.name}")
 
-    def _owner(self) -> int | None:
-        """The pid holding the lock if that process is alive, else None."""
+    def _busy(self, owner: int | None) -> str:
+        return f"{self.path.parent}: another twin generation (pid {owner or '?'}) is writing here"
+
+    @staticmethod
+    def _owner(fd: int, wait: bool = False) -> int | None:
+        """The pid written in the lock file if that process is alive, else None.
+
+        ``wait``: the file is locked by another process, which writes its pid just after locking.
+        """
+        for _ in range(20 if wait else 1):
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if text or not wait:
+                break
+            time.sleep(0.05)
         try:
-            pid = int(self.path.read_text() or 0)
+            pid = int(text or 0)
             if pid <= 0:
                 return None
             os.kill(pid, 0)
         except PermissionError:
             return pid  # alive, owned by someone else
-        except (ValueError, ProcessLookupError, FileNotFoundError, OverflowError):
+        except (ValueError, ProcessLookupError, OverflowError):
             return None
         return pid
 
     def __exit__(self, *exc):
+        # removed while still locked, so a waiter that opened the old file re-checks (see __enter__)
         self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+
+
+def _exit_with(pid: int) -> None:
+    """End this worker process when process ``pid`` (the generation) ends, however it ends.
+
+    An orphaned worker would go on writing images of the old run into a folder a new generation uses.
+    Workers come from a fork server, which lives as long as its workers do, so the kernel's
+    parent-death signal cannot be used: a daemon thread waits on the process instead.
+    """
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)  # Linux: readable once the process has exited
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while True:
+                time.sleep(0.5)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _render_one(task: tuple) -> tuple[int, np.ndarray, int, bool]:
@@ -127,7 +201,11 @@ def _realised(df: pd.DataFrame) -> dict:
 
 def generate_twin(out: str | os.PathLike, profile: Profile, seed: int | None = None, workers: int | None = None,
                   progress: bool = True, spec: TwinSpec | None = None) -> Path:
-    """Generate the twin cohort of ``profile`` and ``seed`` into ``out`` (or reuse it); returns ``out``."""
+    """Generate the twin cohort of ``profile`` and ``seed`` into ``out`` (or reuse it); returns ``out``.
+
+    A killed generation leaves no ``oracle.json`` (written last), so its folder is regenerated by the
+    next call. Raises :class:`TwinError` when another live generation is writing into ``out``.
+    """
     spec = spec or TwinSpec()
     seed = profile.seed if seed is None else int(seed)
     out = Path(out).resolve()
@@ -137,8 +215,12 @@ def generate_twin(out: str | os.PathLike, profile: Profile, seed: int | None = N
         return out
     out.mkdir(parents=True, exist_ok=True)
     with _Lock(out):
+        if is_complete(out, digest, seed):  # finished by another generation between the check and the lock
+            return out
         for name in ("oracle.json", "manifest.csv"):  # whatever was there is no longer a finished cohort
             (out / name).unlink(missing_ok=True)
+        for tmp in [*out.glob(".*.tmp"), *out.glob("images/.*.tmp")]:  # a killed writer's (we hold the lock)
+            tmp.unlink(missing_ok=True)
         start = time.perf_counter()
         df = sample_population({k: sizes[k] for k in ("train", "val", "test")}, seed, spec)
         size = profile.twin_image_size
@@ -152,7 +234,8 @@ def generate_twin(out: str | os.PathLike, profile: Profile, seed: int | None = N
             pool = None
         else:
             # forkserver: forking a process that already ran torch can deadlock the children
-            pool = ProcessPoolExecutor(n_workers, mp_context=get_context("forkserver"))
+            pool = ProcessPoolExecutor(n_workers, mp_context=get_context("forkserver"), initializer=_exit_with,
+                                       initargs=(os.getpid(),))
             results = pool.map(_render_one, tasks, chunksize=8)
         try:
             if progress:

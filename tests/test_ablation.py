@@ -1,0 +1,71 @@
+"""ROI ablation and joint-head weight norms on a hand-built multi-ROI run."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bmd.ablation import joint_weight_norms, roi_ablation
+from bmd.rois import ROI_NAMES
+from bmd.train import TrainConfig, build_model
+
+ONLY = 3  # the one ROI (clavi_r) the joint head is allowed to read
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A random multi-ROI model whose joint head reads only ROI ``ONLY``, and crops whose BMD is in that ROI."""
+    root = tmp_path_factory.mktemp("ablation")
+    n = 40
+    rng = np.random.default_rng(0)
+    bmd = rng.normal(0.85, 0.15, (n, 4))
+    crops = rng.integers(0, 255, (n, 7, 32, 32)).astype(np.uint8)
+    crops[:, ONLY] = np.clip((bmd.mean(axis=1)[:, None, None] - 0.4) / 0.9 * 255, 0, 255).astype(np.uint8)
+    ids = [f"C{i:03d}" for i in range(n)]
+    manifest = pd.DataFrame({"case_id": ids, "patient_id": ids, **{f"bmd_l{k + 1}": bmd[:, k] for k in range(4)},
+                             "split": ["train"] * 20 + ["test"] * 20})
+    config = TrainConfig(run_dir=str(root), cache="unused", manifest="unused", model="multi_roi", backbone="vgg11",
+                         width=0.125, seed=0)
+    torch.manual_seed(0)
+    model = build_model(config)
+    with torch.no_grad():
+        blocks = model.joint_head.weight.view(4, 7, -1)
+        keep = blocks[:, ONLY].clone()
+        blocks.zero_()
+        blocks[:, ONLY] = keep
+    torch.save({"model": model.state_dict(), "epoch": 0}, root / "best.pt")
+    (root / "config.json").write_text(__import__("json").dumps(dataclasses.asdict(config)))
+    cache = SimpleNamespace(chest=crops[:, 0], local=crops[:, 1:], case_ids=ids)
+    return root, cache, manifest
+
+
+def test_only_the_roi_the_head_reads_matters(run):
+    root, cache, manifest = run
+    table = roi_ablation(root, cache, manifest).set_index("roi")
+    assert list(table.index) == ["none", *ROI_NAMES]
+    assert table.loc["none", "delta_r"] == 0.0
+    others = [name for k, name in enumerate(ROI_NAMES) if k != ONLY]
+    assert np.allclose(table.loc[others, "delta_r"], 0.0, atol=1e-6)  # the head never reads them
+    assert abs(table.loc[ROI_NAMES[ONLY], "delta_r"]) > 1e-3  # replacing the read ROI changes the output
+
+
+def test_weight_shares_sum_to_one_and_follow_the_head(run):
+    root, _, _ = run
+    weights = joint_weight_norms(root).set_index("roi")
+    assert weights["share"].sum() == pytest.approx(1.0)
+    assert weights.loc[ROI_NAMES[ONLY], "share"] == pytest.approx(1.0)
+
+
+def test_a_single_roi_run_is_refused(run, tmp_path):
+    root, cache, manifest = run
+    config = TrainConfig.load(root / "config.json")
+    config = dataclasses.replace(config, model="roi", family="clavi", run_dir=str(tmp_path))
+    torch.save({"model": build_model(config).state_dict()}, tmp_path / "best.pt")
+    config.save(tmp_path / "config.json")
+    with pytest.raises(ValueError, match="multi-ROI"):
+        roi_ablation(tmp_path, cache, manifest)
