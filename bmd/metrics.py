@@ -99,6 +99,62 @@ def _point_metrics(pred: np.ndarray, truth: np.ndarray, t_pred: np.ndarray, posi
     return out
 
 
+def patient_bootstrap_weights(patient_ids: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Case weights (n_boot, N) of a patient-level bootstrap: how often each case's patient was drawn.
+
+    Drawing patients with replacement and keeping all their cases is the same as weighting each case
+    by its patient's draw count, which lets every resample be scored at once.
+    """
+    ids, inverse = np.unique(np.asarray(patient_ids), return_inverse=True)
+    draws = np.random.default_rng(seed).integers(0, len(ids), (n_boot, len(ids)))
+    counts = np.zeros((n_boot, len(ids)))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
+    return counts[:, inverse]
+
+
+def weighted_pearson(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Pearson R of (x, y) under each row of frequency ``weights`` (B, N): :func:`pearson_r` of a resample."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    w = weights[:, ok]
+    x, y = x[ok], y[ok]
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx, my = (w @ x) / total, (w @ y) / total
+        dx, dy = x[None] - mx[:, None], y[None] - my[:, None]
+        vx, vy, cov = (w * dx**2).sum(1), (w * dy**2).sum(1), (w * dx * dy).sum(1)
+        r = cov / np.sqrt(vx * vy)
+    # as pearson_r: fewer than 3 distinct cases, or no spread in either variable → undefined
+    drawn = w > 0
+
+    def no_spread(v: np.ndarray) -> np.ndarray:
+        return np.where(drawn, v, np.inf).min(axis=1) == np.where(drawn, v, -np.inf).max(axis=1)
+
+    r[(drawn.sum(axis=1) < 3) | no_spread(x) | no_spread(y)] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def weighted_auc_low_is_positive(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`auc_low_is_positive` under each row of frequency ``weights`` (B, N), ties counted half."""
+    score, positive = np.asarray(score, float), np.asarray(positive, bool)
+    ok = np.isfinite(score)
+    score, positive, w = score[ok], positive[ok], weights[:, ok]
+    if score.size == 0:
+        return np.full(len(weights), np.nan)
+    levels, group = np.unique(score, return_inverse=True)
+    onehot = np.zeros((score.size, levels.size))
+    onehot[np.arange(score.size), group] = 1.0
+    pos_w = (w * positive) @ onehot  # (B, G): positive weight at each distinct score
+    neg_w = (w * ~positive) @ onehot
+    # negatives scoring strictly higher than each level (lower score = more likely positive)
+    higher = np.cumsum(neg_w[:, ::-1], axis=1)[:, ::-1] - neg_w
+    n_pos, n_neg = pos_w.sum(1), neg_w.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (pos_w * (higher + 0.5 * neg_w)).sum(1) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
+
+
 def evaluate(pred: np.ndarray, truth: np.ndarray, t_pred: np.ndarray, t_true: np.ndarray,
              patient_ids: np.ndarray, threshold: float = -2.5, n_boot: int = 2000, seed: int = 0,
              level: float = 0.95) -> pd.DataFrame:
@@ -115,13 +171,12 @@ def evaluate(pred: np.ndarray, truth: np.ndarray, t_pred: np.ndarray, t_true: np
         positive = t_true < threshold
     point = _point_metrics(pred, truth, t_pred, positive)
 
-    ids, inverse = np.unique(np.asarray(patient_ids), return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(len(ids))]
-    rng = np.random.default_rng(seed)
+    weights = patient_bootstrap_weights(patient_ids, n_boot, seed)
     boot = np.full((n_boot, 2, len(VERTEBRAE)), np.nan)
-    for b in range(n_boot):
-        pick = np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))])
-        boot[b] = _point_metrics(pred[pick], truth[pick], t_pred[pick], positive[pick])
+    for j in range(len(VERTEBRAE)):
+        boot[:, 0, j] = weighted_pearson(pred[:, j], truth[:, j], weights)
+        valid = np.isfinite(truth[:, j])
+        boot[:, 1, j] = weighted_auc_low_is_positive(t_pred[valid, j], positive[valid, j], weights[:, valid])
     alpha = (1 - level) / 2
 
     def ci(samples: np.ndarray) -> tuple[float, float]:

@@ -64,3 +64,34 @@ def test_evaluate_point_values_cis_and_patient_bootstrap():
         assert df.loc[v, "auc_lo"] < df.loc[v, "auc"] < df.loc[v, "auc_hi"]
     again = evaluate(pred, truth, t_pred, t_true, patients, n_boot=300, seed=0)
     pd.testing.assert_frame_equal(df.reset_index(), again)
+
+
+def test_weighted_bootstrap_equals_explicit_resampling():
+    from bmd.metrics import (
+        auc_low_is_positive,
+        patient_bootstrap_weights,
+        pearson_r,
+        weighted_auc_low_is_positive,
+        weighted_pearson,
+    )
+
+    rng = np.random.default_rng(1)
+    n = 60
+    patients = rng.integers(0, 35, n)
+    x = rng.normal(size=n)
+    y = x + rng.normal(size=n)
+    x[3] = np.nan
+    score = np.round(y * 2) / 2  # ties between positives and negatives
+    positive = rng.random(n) < 0.3
+    weights = patient_bootstrap_weights(patients, 50, seed=4)
+    ids = np.unique(patients)
+    for b in range(50):
+        # the resample the weights stand for: every case repeated as often as its patient was drawn
+        pick = np.repeat(np.arange(n), weights[b].astype(int))
+        assert set(patients[pick]) <= set(ids)
+        assert weighted_pearson(x, y, weights[b:b + 1])[0] == pytest.approx(pearson_r(x[pick], y[pick]), nan_ok=True)
+        assert weighted_auc_low_is_positive(score, positive, weights[b:b + 1])[0] == pytest.approx(
+            auc_low_is_positive(score[pick], positive[pick]), nan_ok=True)
+    # each resample draws as many patients as there are
+    per_patient = np.array([weights[:, np.flatnonzero(patients == p)[0]] for p in ids]).T
+    assert np.all(per_patient.sum(axis=1) == len(ids))
