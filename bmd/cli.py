@@ -89,10 +89,106 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
     return out
 
 
-def _cmd_book(args: argparse.Namespace) -> int:
-    from bmd.book import build_book
+def _one_line_errors(verb: str):
+    """Run a verb's body; a bad bundle or an unwritable output is one line on stderr and exit status 2."""
 
-    html = build_book(profile=args.profile, manifest=args.manifest, seed=args.seed, out=args.out)
+    def wrap(body):
+        def run(args: argparse.Namespace) -> int:
+            from bmd.bundle import BundleError
+
+            try:
+                return body(args)
+            except BundleError as exc:
+                print(f"bmd {verb}: {exc}", file=sys.stderr)
+            except OSError as exc:  # an output that cannot be written, a folder that cannot be listed
+                where = f"{exc.filename}: " if exc.filename else ""
+                print(f"bmd {verb}: {where}{exc.strerror or exc.__class__.__name__}", file=sys.stderr)
+            return 2
+
+        return run
+
+    return wrap
+
+
+@_one_line_errors("predict")
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from bmd.atomic import write_text
+    from bmd.bundle import load_bundle
+    from bmd.predict import predict_images, to_csv
+
+    bundle = load_bundle(args.model)
+    images = _expand_images(args.images)
+    if not images:
+        print("bmd predict: no image files found in the given folders", file=sys.stderr)
+        return 1
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    frame = predict_images([str(p) for p in images], bundle, overlay_dir=args.overlay, name=args.name,
+                           batch_size=args.batch_size, sex=args.sex,
+                           progress=args.out is not None and not args.quiet)
+    text = to_csv(frame)
+    counts = frame["status"].value_counts().to_dict()
+    line = f"{len(frame)} image(s): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    if args.out:
+        write_text(args.out, text)
+        print(f"{line} → {args.out}" + (f"; overlays in {args.overlay}" if args.overlay else ""))
+    else:
+        sys.stdout.write(text)
+        print(line, file=sys.stderr)
+    return 1 if (frame["status"] == "failed").any() else 0
+
+
+@_one_line_errors("evaluate")
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from bmd.bundle import BundleError
+    from bmd.external import evaluate_bundle
+    from bmd.manifest import ManifestError
+
+    try:
+        result = evaluate_bundle(args.model, args.manifest, args.out, split=args.split, n_boot=args.n_boot,
+                                 batch_size=args.batch_size, progress=not args.quiet)
+    except ManifestError as exc:
+        print(f"{args.manifest}: invalid manifest ({len(exc.errors)} error(s)):", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    except BundleError:
+        raise
+    except ValueError as exc:  # e.g. --split test on a manifest without test rows
+        print(f"bmd evaluate: {exc}", file=sys.stderr)
+        return 2
+    avg = next((r for r in result["metrics"] if r["vertebra"] == "avg"), None)
+
+    def fmt(x) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    print(f"{result['n_cases']} case(s) ({result['rows']} rows): ok {result['n_ok']}, flagged {result['n_flagged']}, "
+          f"failed {result['n_failed']} → {args.out}")
+    if avg is not None:
+        print(f"avg R {fmt(avg['r'])} [{fmt(avg['r_lo'])}, {fmt(avg['r_hi'])}], AUC {fmt(avg['auc'])} "
+              f"[{fmt(avg['auc_lo'])}, {fmt(avg['auc_hi'])}], MAE {fmt(avg['mae'])} g/cm²")
+    for item in result["failed"][:20]:
+        print(f"  failed: {item['case_id']}: {item['reason']}")
+    if result["n_failed"] > 20:
+        print(f"  ... and {result['n_failed'] - 20} more (see predictions.csv)")
+    return 1 if result["n_failed"] else 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from bmd.book import BookError, build_book
+    from bmd.manifest import ManifestError
+
+    try:
+        html = build_book(profile=args.profile, manifest=args.manifest, seed=args.seed, out=args.out)
+    except ManifestError as exc:  # refused before anything is written
+        for line in exc.errors:
+            print(f"bmd book: {args.manifest}: {line}", file=sys.stderr)
+        return 1
+    except BookError as exc:
+        print(f"bmd book: {exc}", file=sys.stderr)
+        return 1
     print(f"book built: {html / 'index.html'}")
     return 0
 
@@ -136,6 +232,40 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_landmarks_predict)
 
     sub.add_parser("train", help="train a model from a config JSON (the torchrun entry point; bmd train --help)")
+
+    p = sub.add_parser(
+        "predict", help="BMD L1-L4, T-scores and WHO category per image, with a model bundle (CSV)",
+        description="One CSV row per input image: image, status (ok|flagged|failed), reason, bmd_l1..bmd_l4 "
+                    "(g/cm2), t_l1..t_l4, category (WHO category of the lowest vertebra T-score), plausibility. "
+                    "Exit status 1 when any image failed.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="DICOM/PNG/JPEG files or folders (searched recursively)")
+    p.add_argument("--model", required=True, type=Path, help="model bundle folder")
+    p.add_argument("--out", type=Path, default=None, help="CSV file (default: standard output)")
+    p.add_argument("--overlay", type=Path, default=None, metavar="DIR",
+                   help="write one PNG per image with landmarks and ROI boxes into DIR")
+    p.add_argument("--name", choices=("file", "hash"), default="file",
+                   help="image column: the path as given (file) or a SHA-256 of the file's bytes (hash)")
+    p.add_argument("--sex", choices=("F", "M"), default=None,
+                   help="sex of the T-score reference (default: the bundle's, female)")
+    p.add_argument("--batch-size", type=int, default=8, help="images decoded and run together (default 8)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "evaluate", help="external validation of a model bundle on a manifest (no retraining)",
+        description="Predict a manifest's cases (its test split when it has one, else every row) and write "
+                    "predictions.csv, metrics.json (R, AUC, MAE/RMSE, Bland-Altman with patient-bootstrap CIs) "
+                    "and predicted_vs_dxa.png into --out. Exit status 1 when any image failed.")
+    p.add_argument("--model", required=True, type=Path, help="model bundle folder")
+    p.add_argument("--manifest", required=True, type=Path, help="the site's manifest CSV")
+    p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default ./evaluation)")
+    p.add_argument("--split", choices=("auto", "test", "all"), default="auto",
+                   help="rows to evaluate: auto = the test split when there is one, else all (default)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the CIs (default 2000)")
+    p.add_argument("--batch-size", type=int, default=8, help="images decoded and run together (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("book", help="run the study's notebooks and build the book")
     p.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")

@@ -53,6 +53,19 @@ def test_smoke_book_table2_has_every_model_and_the_papers_values(smoke_book):
     assert models == {"cervi", "clavi", "lumbar", "ribcage", "chest", "multi_roi", "age_sex", "roi_intensity"}
     multi = next(r for r in rows if r["model"] == "multi_roi" and r["vertebra"] == "avg")
     assert multi["paper_r"] == 0.840 and multi["ceiling_r"] is not None and len(multi["r_ci"]) == 2
-    assert (smoke_book / data["artifacts"]["multi_roi_model"] / "predictions.csv").is_file()
+    assert (smoke_book / data["artifacts"]["multi_roi_model"] / "bundle.json").is_file()
     html = " ".join((smoke_book / "_build" / "html" / "table2.html").read_text().split())
     assert "0.840" in html and "multi_roi" in html  # the paper's value beside ours
+
+
+def test_book_refuses_a_bad_manifest_before_writing_anything(tmp_path, capsys):
+    from bmd.cli import main
+
+    bad = tmp_path / "site" / "manifest.csv"
+    bad.parent.mkdir()
+    bad.write_text("case_id,patient_id,image\nC1,P1,a.dcm\n")  # most required columns missing
+    out = tmp_path / "out"
+    assert main(["book", "--profile", "smoke", "--manifest", str(bad), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "bmd book:" in err and "bmd_l1" in err and "Traceback" not in err
+    assert not out.exists()

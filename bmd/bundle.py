@@ -1,0 +1,381 @@
+"""A trained BMD model as a self-describing folder: everything ``bmd predict`` needs, nothing else.
+
+:func:`export_bundle` turns a training run folder (:mod:`bmd.train`) and the landmark detector whose
+landmarks placed its ROIs into a bundle; :func:`load_bundle` reads one back, checked, with the network
+in eval mode. Layout::
+
+    bundle.json     what the model is and how to feed it (written last: its presence marks a complete
+                    bundle): format, model kind/family/backbone/width/batch norm, chest and ROI input
+                    sides, ROI geometry and its version, how crops were stored in the training cache,
+                    the target scaler (per-vertebra mean and SD, g/cm²), the T-score reference table,
+                    sex and threshold, provenance (the training config, best epoch, val/test metrics,
+                    the detector's validation errors, versions) and the size and SHA-256 of every file
+    weights.pt      the network's state dict (best validation epoch)
+    landmarks/      a copy of the landmark detector bundle (:mod:`bmd.landmarks.train`)
+
+Inputs must be cut exactly as for training, so the crop sides are read from the training ROI cache
+(its ``meta.json``, or the array shapes of a bare cache folder), never from a profile. A bundle holds
+no case or patient ids: the provenance is the run's configuration and aggregate metrics only.
+
+**T-scores.** An image says nothing reliable about sex (headers are never read for it), so T-scores
+use one reference table and sex per bundle, by default the Hologic female table: the ISCD's position
+is a uniform white-female reference database for women and men. ``predict_images(sex=...)`` overrides
+it per call.
+
+**Safety.** A bundle may come from another site: its tensors are read with ``weights_only=True``
+(no pickled code is executed), and every file is checked against its recorded SHA-256.
+
+Writing is atomic: the bundle is built in a hidden temporary folder beside ``dest`` and renamed into
+place, so ``dest`` is either the old bundle, absent, or the complete new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bmd import VERTEBRAE, __version__
+from bmd.data import FAMILIES, TargetScaler
+from bmd.landmarks.train import LandmarkModel, load_landmark_model
+from bmd.rois import GEOMETRY_VERSION, ROI_NAMES, RoiGeometry
+
+BUNDLE_FORMAT = "bmd-model/1"
+BUNDLE_FILE = "bundle.json"
+WEIGHTS_FILE = "weights.pt"
+LANDMARK_DIR = "landmarks"
+_LANDMARK_FILES = ("config.json", "weights.pt", "plausibility.pt")
+KINDS = ("multi_roi", "roi")
+STORAGE = ("uint8", "float16")
+
+
+class BundleError(ValueError):
+    """A model bundle (or a run to export) that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded model bundle: the network (eval mode), the landmark detector and how to use them."""
+
+    path: Path
+    model: nn.Module
+    landmarks: LandmarkModel
+    scaler: TargetScaler
+    kind: str  # multi_roi | roi
+    family: str  # the ROI family of a roi model; "all" for the multi-ROI model
+    backbone: str
+    chest_size: int
+    roi_size: int
+    geometry: RoiGeometry
+    storage: str  # how the training cache stored crops: uint8 (value × 255, rounded) or float16
+    reference: str  # T-score reference table id
+    sex: str  # F | M: the reference table's sex used for T-scores
+    threshold: float  # T-score at or below which the WHO category is osteoporosis
+    info: dict = field(repr=False, default_factory=dict)  # the whole bundle.json
+
+    @property
+    def min_image_side(self) -> int:
+        """Smallest image side accepted for prediction: the chest input side (a chest is never upsampled)."""
+        return self.chest_size
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path.parent}: no {path.name} ({what})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(f"{path}: unreadable {what} ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: {what} is not a JSON object")
+    return data
+
+
+def _cache_inputs(cache: Path) -> dict:
+    """Crop sides, storage dtype and ROI geometry of a training cache (from its meta.json or arrays)."""
+    meta_path = cache / "meta.json"
+    if meta_path.is_file():
+        meta = _read_json(meta_path, "ROI cache metadata")
+        try:
+            chest, local = meta["shapes"]["chest"], meta["shapes"]["local"]
+            storage = meta["dtypes"]["chest"]
+            inputs = meta.get("inputs", {})
+            geometry = inputs.get("geometry") or RoiGeometry().as_dict()
+            version = inputs.get("geometry_version", GEOMETRY_VERSION)
+        except (KeyError, TypeError):
+            raise BundleError(f"{meta_path}: incomplete ROI cache metadata") from None
+        source = meta.get("landmark_source")
+        key = meta.get("key")
+    else:  # a bare cache folder (chest.npy, local.npy, case_ids.txt): default geometry
+        try:
+            chest_arr = np.load(cache / "chest.npy", mmap_mode="r")
+            local_arr = np.load(cache / "local.npy", mmap_mode="r")
+        except FileNotFoundError:
+            raise BundleError(f"{cache}: the run's ROI cache is gone; its crop sizes cannot be read "
+                              "(rebuild the cache, then export)") from None
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{cache}: unreadable ROI cache arrays ({exc.__class__.__name__})") from None
+        chest, local, storage = list(chest_arr.shape), list(local_arr.shape), str(chest_arr.dtype)
+        geometry, version, source, key = RoiGeometry().as_dict(), GEOMETRY_VERSION, None, None
+    if len(chest) != 3 or len(local) != 4 or local[1] != len(ROI_NAMES) - 1:
+        raise BundleError(f"{cache}: unexpected ROI cache shapes chest {chest}, local {local}")
+    if chest[1] != chest[2] or local[2] != local[3]:
+        raise BundleError(f"{cache}: the ROI cache holds non-square crops ({chest}, {local})")
+    if storage not in STORAGE:
+        raise BundleError(f"{cache}: unknown crop storage {storage!r} (expected {' or '.join(STORAGE)})")
+    return {"chest_size": int(chest[1]), "roi_size": int(local[2]), "storage": storage,
+            "geometry": RoiGeometry(**geometry).as_dict(), "geometry_version": version,
+            "cache_key": key, "landmark_source": source}
+
+
+def _scaler_for_run(run: Path, cfg) -> TargetScaler:
+    """The run's target scaler: stored in its checkpoint, else refitted exactly as training fitted it."""
+    ckpt = run / "checkpoint.pt"
+    if ckpt.is_file():
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)  # the run's own file
+        except Exception:  # an unreadable checkpoint: refit below instead
+            state = None
+        if isinstance(state, dict) and "scaler" in state:
+            return TargetScaler.from_dict(state["scaler"])
+    import pandas as pd
+
+    from bmd.data import BMD_COLUMNS
+    from bmd.train import load_arrays
+
+    try:
+        _, _, case_ids = load_arrays(cfg.cache)
+        manifest = pd.read_csv(cfg.manifest, dtype={"case_id": str, "patient_id": str})
+        manifest = manifest.set_index("case_id").loc[case_ids].reset_index()
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{run}: no target scaler in checkpoint.pt and it cannot be refitted from the "
+                          f"run's cache and manifest ({exc.__class__.__name__})") from None
+    bmd = manifest[list(BMD_COLUMNS)].to_numpy(dtype=float)
+    return TargetScaler.fit(bmd[manifest["split"].to_numpy() == "train"])
+
+
+def _build_network(kind: str, backbone: str, width: float, batch_norm: bool) -> nn.Module:
+    from bmd.models import MultiROIModel, ROIModel, build_backbone
+
+    net = build_backbone(backbone, width, batch_norm)  # weights come from the bundle, never a download
+    return MultiROIModel(net) if kind == "multi_roi" else ROIModel(net)
+
+
+def _check_settings(reference: str, sex: str, threshold: float) -> tuple[str, str, float]:
+    from bmd.tscores import reference_ids
+
+    ref = str(reference).strip().lower()
+    if ref not in reference_ids():
+        raise BundleError(f"unknown T-score reference table {reference!r} (known: {', '.join(reference_ids())})")
+    sx = str(sex).strip().upper()
+    if sx not in ("F", "M"):
+        raise BundleError(f"sex must be F or M, got {sex!r}")
+    try:
+        thr = float(threshold)
+    except (TypeError, ValueError):
+        raise BundleError(f"threshold must be a number, got {threshold!r}") from None
+    if not math.isfinite(thr):
+        raise BundleError(f"threshold must be finite, got {threshold!r}")
+    return ref, sx, thr
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    """Rename the finished folder ``tmp`` onto ``dest`` (an existing bundle there is moved aside first)."""
+    trash = None
+    if dest.exists():
+        if dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()
+        elif dest.is_dir() and (dest / BUNDLE_FILE).is_file():
+            trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.replace(dest, trash / "old")
+        else:
+            raise BundleError(f"{dest}: exists and is not a model bundle; not overwriting it")
+    os.replace(tmp, dest)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike, dest: str | os.PathLike, *,
+                  reference: str = "hologic", threshold: float = -2.5, sex: str = "F") -> Path:
+    """Write the model bundle of a finished training run to ``dest`` (atomically); returns ``dest``.
+
+    ``run_dir``: a :mod:`bmd.train` run folder (``config.json``, ``best.pt``; the target scaler from
+    ``checkpoint.pt``, or refitted from the run's cache and manifest). ``landmark_bundle``: the detector
+    whose landmarks cut the run's validation/test crops (copied into ``dest/landmarks``).
+    ``reference``/``sex``/``threshold``: the T-score table, its sex and the osteoporosis threshold that
+    ``bmd predict`` reports with. Crop sides, storage and geometry are read from the run's ROI cache.
+    Raises :class:`BundleError` with a one-line reason when something is missing or inconsistent.
+    """
+    from bmd.train import TrainConfig
+
+    run, dest = Path(run_dir), Path(dest)
+    ref, sx, thr = _check_settings(reference, sex, threshold)
+    raw = _read_json(run / "config.json", "training run config")
+    try:
+        cfg = TrainConfig(**raw)
+    except TypeError as exc:
+        raise BundleError(f"{run / 'config.json'}: not a training config ({exc})") from None
+    if cfg.model not in KINDS:
+        raise BundleError(f"{run}: unknown model kind {cfg.model!r}")
+    if cfg.model == "roi" and cfg.family not in FAMILIES:
+        raise BundleError(f"{run}: unknown ROI family {cfg.family!r}")
+    best_path = run / "best.pt"
+    if not best_path.is_file():
+        raise BundleError(f"{run}: no best.pt (the run has not finished an epoch)")
+    try:
+        best = torch.load(best_path, map_location="cpu", weights_only=False)  # the run's own file
+        state = best["model"]
+    except Exception as exc:  # whatever torch raises for a damaged file, one line
+        raise BundleError(f"{best_path}: unreadable checkpoint ({exc.__class__.__name__})") from None
+    inputs = _cache_inputs(Path(cfg.cache))
+    if inputs["geometry_version"] != GEOMETRY_VERSION:
+        raise BundleError(f"{cfg.cache}: ROI geometry {inputs['geometry_version']!r}, this version cuts "
+                          f"{GEOMETRY_VERSION!r}: retrain on a rebuilt cache")
+    scaler = _scaler_for_run(run, cfg)
+    family = cfg.family if cfg.model == "roi" else "all"
+    net = _build_network(cfg.model, cfg.backbone, cfg.width, cfg.batch_norm)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise BundleError(f"{best_path}: weights do not match the run's config ({first})") from None
+    try:
+        landmarks = load_landmark_model(landmark_bundle)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise BundleError(f"{landmark_bundle}: unusable landmark model bundle "
+                          f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})") from None
+    metrics = {}
+    if (run / "metrics.json").is_file():
+        metrics = _read_json(run / "metrics.json", "training metrics")
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        torch.save(net.state_dict(), tmp / WEIGHTS_FILE)
+        (tmp / LANDMARK_DIR).mkdir()
+        src = Path(landmark_bundle)
+        for name in _LANDMARK_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / LANDMARK_DIR / name)
+        files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        lm_info = landmarks.info
+        info = {
+            "format": BUNDLE_FORMAT,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": {"kind": cfg.model, "family": family, "backbone": cfg.backbone, "width": cfg.width,
+                      "batch_norm": cfg.batch_norm, "outputs": list(VERTEBRAE), "unit": "g/cm²",
+                      "output": "joint head" if cfg.model == "multi_roi" else "mean over the family's crops"},
+            "inputs": {"chest_size": inputs["chest_size"], "roi_size": inputs["roi_size"],
+                       "roi_names": list(ROI_NAMES), "geometry": inputs["geometry"],
+                       "geometry_version": inputs["geometry_version"], "storage": inputs["storage"],
+                       "image": "bmd.io.read_image: float in [0, 1], bone bright, original geometry"},
+            "target_scaler": {"mean": [float(x) for x in scaler.mean], "std": [float(x) for x in scaler.std],
+                              "vertebrae": list(VERTEBRAE), "unit": "g/cm²"},
+            "t_scores": {"reference": ref, "sex": sx, "threshold": thr,
+                         "category": "WHO category of the lowest vertebra T-score (osteoporosis: T <= threshold)"},
+            "landmarks": {"folder": LANDMARK_DIR, "format": lm_info.get("format"),
+                          "input_size": landmarks.input_size, "val_errors": lm_info.get("val_errors"),
+                          "plausibility": landmarks.plausibility is not None},
+            "provenance": {"training_config": dataclasses.asdict(cfg), "best_epoch": metrics.get("best_epoch"),
+                           "metrics": metrics.get("splits", {}), "cache_key": inputs["cache_key"],
+                           "cache_landmark_source": inputs["landmark_source"],
+                           "versions": {"bmd": __version__, "torch": torch.__version__, "numpy": np.__version__}},
+            "files": files,
+        }
+        (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=1, default=float), encoding="utf-8")
+        _replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+# ------------------------------------------------------------------------------------------------- load
+
+
+def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
+    """Read and check a model bundle folder; the network comes back in eval mode on the CPU.
+
+    ``verify``: check every file's size and SHA-256 against ``bundle.json``. Raises
+    :class:`BundleError` with a one-line reason for a missing, corrupt or incompatible bundle.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: no such model bundle folder")
+    if not (root / BUNDLE_FILE).is_file():
+        if (root / "config.json").is_file() and (root / "weights.pt").is_file():
+            raise BundleError(f"{root}: a landmark detector (or training run), not a model bundle; "
+                              "export one with bmd.bundle.export_bundle")
+        raise BundleError(f"{root}: not a model bundle (no {BUNDLE_FILE})")
+    info = _read_json(root / BUNDLE_FILE, "model bundle description")
+    if info.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{root}: bundle format {info.get('format')!r}; this version reads {BUNDLE_FORMAT}")
+    try:
+        model_info, inputs, ts = info["model"], info["inputs"], info["t_scores"]
+        files = info["files"]
+        kind, family = model_info["kind"], model_info["family"]
+        geometry = RoiGeometry(**inputs["geometry"])
+        chest_size, roi_size = int(inputs["chest_size"]), int(inputs["roi_size"])
+        storage, version = inputs["storage"], inputs["geometry_version"]
+        scaler = TargetScaler.from_dict(info["target_scaler"])
+        ref, sx, thr = ts["reference"], ts["sex"], ts["threshold"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{root}: incomplete {BUNDLE_FILE} ({exc.__class__.__name__}: {exc})") from None
+    if kind not in KINDS or (kind == "roi" and family not in FAMILIES):
+        raise BundleError(f"{root}: unknown model kind {kind!r} / family {family!r}")
+    if version != GEOMETRY_VERSION:
+        raise BundleError(f"{root}: cut with ROI geometry {version!r}, this version cuts {GEOMETRY_VERSION!r} "
+                          "(incompatible: export the bundle again from a matching version)")
+    if storage not in STORAGE:
+        raise BundleError(f"{root}: unknown crop storage {storage!r}")
+    if scaler.mean.shape != (len(VERTEBRAE),) or scaler.std.shape != (len(VERTEBRAE),):
+        raise BundleError(f"{root}: the target scaler needs {len(VERTEBRAE)} means and SDs")
+    ref, sx, thr = _check_settings(ref, sx, thr)
+    if verify:
+        for name, rec in files.items():
+            p = root / name
+            if not p.is_file():
+                raise BundleError(f"{root}: {name} is missing")
+            if p.stat().st_size != rec.get("size") or _sha256(p) != rec.get("sha256"):
+                raise BundleError(f"{root}: {name} does not match its recorded checksum (corrupt or edited)")
+    try:
+        net = _build_network(kind, model_info["backbone"], float(model_info["width"]), bool(model_info["batch_norm"]))
+        state = torch.load(root / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except FileNotFoundError:
+        raise BundleError(f"{root}: {WEIGHTS_FILE} is missing") from None
+    except Exception as exc:  # a damaged file raises pickle, zip or size errors alike: one line
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise BundleError(f"{root}: weights do not load into the described model ({first})") from None
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    try:
+        landmarks = load_landmark_model(root / info.get("landmarks", {}).get("folder", LANDMARK_DIR))
+    except Exception as exc:  # missing, damaged or foreign detector files: one line
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise BundleError(f"{root}: unusable landmark detector ({first})") from None
+    landmarks.net.eval()
+    return Bundle(path=root, model=net, landmarks=landmarks, scaler=scaler, kind=kind, family=family,
+                  backbone=model_info["backbone"], chest_size=chest_size, roi_size=roi_size, geometry=geometry,
+                  storage=storage, reference=ref, sex=sx, threshold=thr, info=info)
