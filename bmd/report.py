@@ -233,3 +233,15 @@ def plot_results(rows: list[dict], title: str, metric: str = "r"):
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    """A number for running text: ``n/a`` where it could not be computed (None or NaN)."""
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def best_model(avg_rows: dict[str, dict], metric: str = "r", among: list[str] | None = None) -> str:
+    """The model whose ``avg`` row has the highest finite ``metric`` (the first one when none is finite)."""
+    names = among or list(avg_rows)
+    finite = [m for m in names if avg_rows[m][metric] is not None and np.isfinite(avg_rows[m][metric])]
+    return max(finite, key=lambda m: avg_rows[m][metric]) if finite else names[0]

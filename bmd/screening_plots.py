@@ -14,7 +14,7 @@ from bmd.evaluation import BMD_COLUMNS, PRED_COLUMNS
 from bmd.screening import endpoint_scores, roc_with_band
 
 
-def plot_roc(frames: dict[str, pd.DataFrame], endpoints: tuple[str, ...] = (*VERTEBRAE, "lowest"),
+def plot_roc(frames: dict[str, pd.DataFrame], endpoints: tuple[str, ...] = (*VERTEBRAE, "lowest", "mean"),
              split: str = "test", n_boot: int = 1000, seed: int = 0, banded: tuple[str, ...] | None = None):
     """ROC curves per endpoint on ``split``; models in ``banded`` (default: all) get a 95% bootstrap band."""
     import matplotlib.pyplot as plt
@@ -22,8 +22,12 @@ def plot_roc(frames: dict[str, pd.DataFrame], endpoints: tuple[str, ...] = (*VER
     from bmd.metrics import auc_low_is_positive
 
     banded = tuple(frames) if banded is None else banded
-    fig, axes = plt.subplots(1, len(endpoints), figsize=(3.0 * len(endpoints), 3.2), sharey=True)
-    for ax, endpoint in zip(np.atleast_1d(axes), endpoints, strict=True):
+    cols = min(3, len(endpoints))
+    rows = -(-len(endpoints) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(endpoints):]:
+        ax.set_visible(False)
+    for ax, endpoint in zip(axes.flat, endpoints, strict=False):
         for i, (model, frame) in enumerate(frames.items()):
             scores = endpoint_scores(frame)
             part = scores[(scores["split"] == split) & (scores["endpoint"] == endpoint)]
@@ -38,7 +42,7 @@ def plot_roc(frames: dict[str, pd.DataFrame], endpoints: tuple[str, ...] = (*VER
         ax.set_xlabel("1 − specificity")
         ax.legend(loc="lower right", fontsize=7, frameon=False, title="AUC", title_fontsize=7)
         ax.set_aspect("equal")
-    np.atleast_1d(axes)[0].set_ylabel("sensitivity")
+        ax.set_ylabel("sensitivity")
     fig.tight_layout()
     return fig
 
