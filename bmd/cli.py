@@ -29,7 +29,7 @@ def _cmd_validate_manifest(args: argparse.Namespace) -> int:
     from bmd.manifest import ManifestError, load_manifest, summarize
 
     try:
-        manifest = load_manifest(args.manifest, check_files=not args.no_file_check)
+        manifest = load_manifest(args.manifest, check_files=not args.no_file_check, within_folder=args.within_folder)
     except ManifestError as exc:
         print(f"{args.manifest}: invalid manifest ({len(exc.errors)} error(s)):", file=sys.stderr)
         for line in exc.errors:
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-manifest", help="check a manifest CSV and print its summary")
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--no-file-check", action="store_true", help="do not open the image files")
+    p.add_argument("--within-folder", action="store_true",
+                   help="refuse image and landmark paths that lead outside the manifest's folder")
     p.set_defaults(func=_cmd_validate_manifest)
 
     p = sub.add_parser("twin", help="generate (or reuse) the synthetic twin cohort")

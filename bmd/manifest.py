@@ -10,7 +10,14 @@ module and for ``data_manifest/README.md``.
 kept (as text) and ignored.
 
 Paths (``image``, ``landmarks``) are resolved against the manifest's folder. Absolute paths and paths
-through ``..`` are accepted, since hospitals often keep images outside the folder of the manifest.
+through ``..`` are accepted, since hospitals often keep images outside the folder of the manifest;
+``load_manifest(..., within_folder=True)`` refuses every path that leads outside it (symlinks
+included), for manifests received from elsewhere.
+
+Hostile input is refused with the same one-line messages: other encodings (UTF-16, Latin-1, binary
+data), control characters (line breaks, NUL) in schema columns, digits other than ASCII ``0-9``, and
+header names the loader itself adds (``image_path``, ``landmarks_path``). Values quoted in messages are
+escaped and clipped, so every message stays one readable line.
 """
 
 from __future__ import annotations
@@ -58,8 +65,15 @@ T_COLUMNS: tuple[str, ...] = tuple(f"t_{v.lower()}" for v in VERTEBRAE)
 SPLITS: tuple[str, ...] = tuple(schema()["columns"]["split"]["enum"])
 PATH_COLUMNS: tuple[str, ...] = tuple(c for c, s in schema()["columns"].items() if s["type"] == "path")
 """Columns holding file paths; each gets a resolved ``<column>_path`` companion on loading."""
+DERIVED_COLUMNS: tuple[str, ...] = tuple(f"{c}_path" for c in PATH_COLUMNS)
+"""``image_path, landmarks_path``: added by :func:`load_manifest`, so a manifest may not have them."""
 
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+# ASCII digits only: \d would take other scripts' digits, which float() reads but pandas does not
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+# control characters, Unicode line and paragraph separators, and bidirectional overrides (which make
+# a message read differently from what it holds)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SHOWN = 80  # longest value quoted in a message
 _NON_FINITE = re.compile(r"[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
@@ -72,9 +86,21 @@ class ManifestError(ValueError):
         super().__init__(shown)
 
 
+def _show(value: str) -> str:
+    """A cell or name as quoted in a message: control characters escaped, clipped to one short line."""
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(value))
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
+
+
+def _quoted(value: str) -> str:
+    """``repr`` of a cell (which escapes control characters), clipped like :func:`_show`."""
+    text = str(value)
+    return repr(text) if len(text) <= _SHOWN else repr(text[: _SHOWN - 1]) + "…"
+
+
 def _where(line: int, case_id: str | None, column: str) -> str:
-    case = f" (case_id {case_id})" if case_id else ""
-    return f"row {line}{case}, column {column}"
+    case = f" (case_id {_show(case_id)})" if case_id else ""
+    return f"row {line}{case}, column {_show(column)}"
 
 
 def _one_of(values) -> str:
@@ -89,13 +115,20 @@ def _read_rows(path: Path) -> tuple[int, list[str], list[tuple[int, list[str]]]]
     if not path.is_file():
         raise ManifestError([f"{path}: not a regular file"])
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ManifestError([f"{path}: row {line}: not UTF-8 text (byte {exc.start}); "
-                             "save the manifest as UTF-8 CSV"]) from None
+        data = path.read_bytes()
     except OSError as exc:
         raise ManifestError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or data[:200].count(b"\x00") > len(data[:200]) // 4:
+        raise ManifestError([f"{path}: UTF-16 or UTF-32 text, not UTF-8; save the manifest as UTF-8 CSV"])
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise ManifestError([f"{path}: row {line}: NUL byte, so not a text file; save the manifest as UTF-8 CSV"])
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ManifestError([f"{path}: row {line}: not UTF-8 text (byte {exc.start}); "
+                             "save the manifest as UTF-8 CSV"]) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     rows: list[tuple[int, list[str]]] = []
     last = 0
@@ -111,27 +144,37 @@ def _read_rows(path: Path) -> tuple[int, list[str], list[tuple[int, list[str]]]]
     if len(rows) == 1:
         raise ManifestError([f"{path}: manifest has a header but no data rows"])
     header_line, header = rows[0]
-    return header_line, [h.strip() for h in header], rows[1:]
+    # a byte-order mark left inside the text (files joined together) is no part of a name
+    header = [h.replace("\ufeff", "").strip() for h in header]
+    if len(header) == 1 and (sep := next((c for c in ";\t|" if c in header[0]), None)):
+        raise ManifestError([f"{path}: row {header_line} (header): one column only; the manifest must be "
+                             f"comma-separated, this one looks separated by {sep!r}"])
+    return header_line, header, rows[1:]
 
 
 def _parse_number(value: str) -> tuple[float | None, str | None]:
     """(number, None) or (None, reason)."""
     if _NON_FINITE.fullmatch(value):
-        return None, f"{value!r} is not a finite number"
+        return None, f"{_quoted(value)} is not a finite number"
     if not _NUMBER.fullmatch(value):
-        return None, f"{value!r} is not a number"
+        return None, f"{_quoted(value)} is not a number"
     number = float(value)
     if not math.isfinite(number):
-        return None, f"{value!r} is not a finite number"
+        return None, f"{_quoted(value)} is not a finite number"
     return number, None
 
 
-def load_manifest(path: str | os.PathLike, check_files: bool | str = True) -> pd.DataFrame:
+def load_manifest(path: str | os.PathLike, check_files: bool | str = True, *,
+                  within_folder: bool = False) -> pd.DataFrame:
     """Read and validate a manifest CSV; returns a typed DataFrame (index 0..n-1, rows in file order).
 
     ``check_files``: ``True`` checks that every ``image`` (and ``landmarks`` file) exists, is a regular
     file and is readable (cheap: no decoding); ``"decode"`` also decodes every image with
     :func:`bmd.io.read_image` (slow for big cohorts); ``False`` checks nothing on disk.
+
+    ``within_folder``: refuse paths that lead outside the manifest's folder once resolved (``..``,
+    absolute paths elsewhere, symlinks pointing out), for a manifest received from someone else. By
+    default they are accepted: images often live outside the folder holding the manifest.
 
     The DataFrame keeps every column as written, typed: numbers (``bmd_l*``, ``age``, ``t_l*``,
     ``dxa_interval_days``) as floats with NaN for empty cells; text as ``str`` (empty cells ``""``),
@@ -140,17 +183,20 @@ def load_manifest(path: str | os.PathLike, check_files: bool | str = True) -> pd
     is empty), keeping ``image`` / ``landmarks`` as written. Unknown columns are kept as text.
 
     Raises :class:`ManifestError` listing every problem found, one line each, naming the row (line
-    number in the file, header = line 1) and the column.
+    number in the file, header = line 1) and the column. Nothing is written, whatever the outcome.
     """
     from bmd.tscores import reference_ids
 
-    path = Path(path).resolve()
+    try:
+        path = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte in the name, ...
+        raise ManifestError([f"{_show(os.fspath(path))}: cannot open: {type(exc).__name__}"]) from None
     header_line, header, rows = _read_rows(path)
     spec = schema()["columns"]
     errors: list[str] = []
     hdr = f"row {header_line} (header)"
 
-    # header: unnamed columns, duplicates, missing required columns
+    # header: unnamed columns, duplicates, missing required columns, names the loader adds itself
     width = len(header)
     keep: dict[str, int] = {}
     for k, name in enumerate(header):
@@ -160,14 +206,18 @@ def load_manifest(path: str | os.PathLike, check_files: bool | str = True) -> pd
                 errors.append(f"{hdr}, column number {k + 1}: no column name, but row {used[0]} has a value there")
             continue
         if name in keep:
-            errors.append(f"{hdr}, column {name}: duplicated column name (columns {keep[name] + 1} and {k + 1}); "
-                          "the first is used")
+            errors.append(f"{hdr}, column {_show(name)}: duplicated column name (columns {keep[name] + 1} and "
+                          f"{k + 1}); the first is used")
+            continue
+        if name in DERIVED_COLUMNS:
+            errors.append(f"{hdr}, column {name}: reserved for the resolved path the loader adds; "
+                          "rename or drop this column")
             continue
         keep[name] = k
     lowered = {name.lower(): name for name in keep}
     for col in REQUIRED:
         if col not in keep:
-            hint = f" (found {lowered[col]!r}: names are case-sensitive)" if col in lowered else ""
+            hint = f" (found {_quoted(lowered[col])}: names are case-sensitive)" if col in lowered else ""
             errors.append(f"{hdr}, column {col}: required column missing{hint}")
 
     # cells
@@ -180,7 +230,7 @@ def load_manifest(path: str | os.PathLike, check_files: bool | str = True) -> pd
             cells = cells[:width]  # trailing empty cells (e.g. spreadsheet exports)
         if len(cells) != width:
             case = cells[keep["case_id"]] if "case_id" in keep and keep["case_id"] < len(cells) else None
-            case_txt = f" (case_id {case})" if case else ""
+            case_txt = f" (case_id {_show(case)})" if case else ""
             errors.append(f"row {line}{case_txt}: has {len(cells)} cells, the header has {width} "
                           "(its cells are not checked further)")
             ragged.add(line)
@@ -190,6 +240,7 @@ def load_manifest(path: str | os.PathLike, check_files: bool | str = True) -> pd
 
     refs = set(reference_ids())
     present = [c for c in spec if c in keep]
+    unusable: set[tuple[int, str]] = set()  # (line, column) of cells whose text cannot be used at all
     for line, rec in zip(lines, records, strict=True):
         if line in ragged:
             continue
@@ -200,18 +251,23 @@ def load_manifest(path: str | os.PathLike, check_files: bool | str = True) -> pd
                 if colspec.get("empty") == "error":
                     errors.append(f"{_where(line, case, col)}: empty")
                 continue
+            if _CONTROL.search(value):
+                # a line break, tab or NUL in an id or a path is a broken export, never data
+                errors.append(f"{_where(line, case, col)}: {_quoted(value)} contains a control character")
+                unusable.add((line, col))
+                continue
             if colspec["type"] == "number":
                 number, problem = _parse_number(value)
                 if problem:
                     errors.append(f"{_where(line, case, col)}: {problem}")
                 elif not colspec["min"] <= number <= colspec["max"]:
                     unit = f" {colspec['unit']}" if "unit" in colspec else ""
-                    errors.append(f"{_where(line, case, col)}: {value} is outside the plausible range "
+                    errors.append(f"{_where(line, case, col)}: {_show(value)} is outside the plausible range "
                                   f"{colspec['min']}–{colspec['max']}{unit}")
             elif "enum" in colspec and value not in colspec["enum"]:
-                errors.append(f"{_where(line, case, col)}: {value!r} is not {_one_of(colspec['enum'])}")
+                errors.append(f"{_where(line, case, col)}: {_quoted(value)} is not {_one_of(colspec['enum'])}")
             elif colspec.get("enum_from") == "reference_tables.csv" and value not in refs:
-                errors.append(f"{_where(line, case, col)}: unknown reference table {value!r} "
+                errors.append(f"{_where(line, case, col)}: unknown reference table {_quoted(value)} "
                               f"(known: {', '.join(sorted(refs))})")
         bmd_present = [c for c in BMD_COLUMNS if c in keep]
         if bmd_present and all(rec[c] == "" for c in bmd_present):
@@ -225,7 +281,18 @@ def load_manifest(path: str | os.PathLike, check_files: bool | str = True) -> pd
     root = path.parent
     for col in PATH_COLUMNS:
         if col in df.columns:
-            df[f"{col}_path"] = [str((root / p).resolve()) if p else "" for p in df[col]]
+            resolved = []
+            for line, value in zip(lines, df[col], strict=True):
+                skip = not value or line in ragged or (line, col) in unusable
+                target, problem = ("", None) if skip else _resolve(root, value)
+                if problem is None and target and within_folder and not Path(target).is_relative_to(root):
+                    problem = "leads outside the manifest's folder"
+                if problem:
+                    case = df.at[line, "case_id"] if "case_id" in df.columns else None
+                    errors.append(f"{_where(line, case or None, col)}: {problem}: {_show(value)}")
+                    target = ""
+                resolved.append(target)
+            df[f"{col}_path"] = resolved
     if check_files:
         errors.extend(_check_files(df.drop(index=sorted(ragged)), decode=check_files == "decode"))
     if errors:
@@ -233,10 +300,29 @@ def load_manifest(path: str | os.PathLike, check_files: bool | str = True) -> pd
 
     for col, colspec in spec.items():
         if col in df.columns and colspec["type"] == "number":
-            df[col] = pd.to_numeric(df[col].replace("", np.nan), errors="coerce").astype(float)
+            # the cells passed _parse_number, so float() reads each exactly as it was validated
+            df[col] = [float(v) if v != "" else np.nan for v in df[col]]
+            df[col] = df[col].astype(float)
     if "split" in df.columns:
         df["split"] = df["split"].replace("", np.nan)
     return df.reset_index(drop=True)
+
+
+def _resolve(root: Path, value: str) -> tuple[str, str | None]:
+    """(absolute path, None), or ("", reason) for a path that cannot be resolved."""
+    try:
+        return str((root / value).resolve()), None
+    except RuntimeError:  # Python < 3.13 reports a symlink loop this way
+        return "", "cannot resolve the path (symlink loop)"
+    except (OSError, ValueError) as exc:
+        return "", f"cannot resolve the path ({type(exc).__name__})"
+
+
+def _rows_text(lines) -> str:
+    """``2, 4, 9`` — or the first ten and a count, so a message stays one readable line."""
+    lines = list(lines)
+    shown = ", ".join(map(str, lines[:10]))
+    return shown if len(lines) <= 10 else f"{shown}, … ({len(lines)} rows)"
 
 
 def _cross_row_errors(df: pd.DataFrame) -> list[str]:
@@ -246,15 +332,16 @@ def _cross_row_errors(df: pd.DataFrame) -> list[str]:
         ids = df["case_id"]
         dup = ids[ids.duplicated(keep=False) & (ids != "")]
         for case_id, lines in dup.groupby(dup, sort=False).groups.items():
-            errors.append(f"rows {', '.join(map(str, lines))} (case_id {case_id}), column case_id: "
+            errors.append(f"rows {_rows_text(lines)} (case_id {_show(case_id)}), column case_id: "
                           "duplicate case_id")
     if "split" in df.columns and "patient_id" in df.columns:
         given = df[df["split"].isin(SPLITS) & (df["patient_id"] != "")]
         spread = given.groupby("patient_id", sort=False)["split"].nunique()
         for pid in spread[spread > 1].index:
             part = given[given["patient_id"] == pid]
-            where = ", ".join(f"row {ln} {s}" for ln, s in zip(part.index, part["split"], strict=True))
-            errors.append(f"rows {', '.join(map(str, part.index))} (patient_id {pid}), column split: "
+            where = ", ".join(f"row {ln} {s}" for ln, s in list(zip(part.index, part["split"], strict=True))[:10])
+            where += f", … ({len(part)} rows)" if len(part) > 10 else ""
+            errors.append(f"rows {_rows_text(part.index)} (patient_id {_show(pid)}), column split: "
                           f"one patient in more than one split ({where})")
     return errors
 
@@ -265,7 +352,9 @@ def _file_problem(target: str) -> str | None:
     except FileNotFoundError:
         return "file not found"
     except OSError as exc:
-        return f"cannot access: {exc.strerror or exc}"
+        return f"cannot access: {exc.strerror or type(exc).__name__}"
+    except ValueError:  # a NUL byte in the path (a manifest's cells never get here with one)
+        return "not a valid path"
     if not Path(target).is_file():
         return "not a regular file"
     if not os.access(target, os.R_OK):
@@ -289,7 +378,7 @@ def _check_files(df: pd.DataFrame, decode: bool) -> list[str]:
             if target not in problems:
                 problems[target] = _file_problem(target)
             if problems[target]:
-                errors.append(f"{_where(line, case, col)}: {problems[target]}: {rec[col]}")
+                errors.append(f"{_where(line, case, col)}: {problems[target]}: {_show(rec[col])}")
             elif decode and col == "image":
                 if target not in decoded:
                     from bmd.io import ImageReadError, read_image
@@ -300,7 +389,7 @@ def _check_files(df: pd.DataFrame, decode: bool) -> list[str]:
                     except ImageReadError as exc:
                         decoded[target] = str(exc)
                 if decoded[target]:
-                    errors.append(f"{_where(line, case, col)}: cannot use {rec[col]}: {decoded[target]}")
+                    errors.append(f"{_where(line, case, col)}: cannot use {_show(rec[col])}: {decoded[target]}")
     return errors
 
 
