@@ -81,3 +81,103 @@ def load_profile(name_or_path: str | Path, **overrides: Any) -> Profile:
     if "profile" not in raw:
         raise ProfileError(f"{path}: missing 'profile' name")
     return Profile(**raw)
+
+
+#: What each :class:`Profile` field does (the parameters appendix of the book is generated from this).
+PARAMETER_DESCRIPTIONS: dict[str, str] = {
+    "profile": "Name of the profile; also names the run folder `runs/<profile>/` and is recorded in summary.json.",
+    "seed": "The study seed: the twin cohort, the patient-level split of a manifest without one, the landmark "
+            "detector, every training run, the augmentation draws and the bootstrap intervals derive from it.",
+    "twin_n_train": "Cases in the twin cohort's training split (the paper: 1087). For a site manifest without a "
+                    "`split` column, the three sizes only set the split proportions.",
+    "twin_n_val": "Cases in the twin cohort's validation split, used to choose each model's best epoch "
+                  "(the paper: 265).",
+    "twin_n_test": "Cases in the twin cohort's test split, on which every table is computed (the paper: 329).",
+    "twin_image_size": "Side in pixels of the twin's square radiographs; the landmark detector's input is half "
+                       "of it, at most 256.",
+    "chest_size": "Side in pixels of the whole-chest input (the 7th, global ROI) of every model.",
+    "roi_size": "Side in pixels of each of the six local ROI crops (clavicles, cervical spine, rib cages, T12).",
+    "train_width": "Width multiplier of the backbones' channels (1.0: the published VGG/ResNet widths).",
+    "train_batch_norm": "Use the batch-norm variants of the backbones (VGG-BN); the paper's VGG has none.",
+    "train_optimizer": "`sgd` (the paper's, momentum 0.9, which the paper does not state) or `adamw`.",
+    "train_lr": "Learning rate (peak rate of the one-cycle schedule when that is used).",
+    "train_weight_decay": "Weight decay of the optimiser.",
+    "train_epochs": "Training epochs of every model; the best epoch on the validation split is kept.",
+    "train_batch_size": "Global batch size, split evenly over the DDP processes.",
+    "train_schedule": "Learning-rate schedule: `none` (constant, the paper's) or `onecycle`.",
+    "train_nproc": ("DDP processes per training run (`torchrun --nproc_per_node`); each sees the same global batches "
+                    "and crops, so without batch norm the result does not depend on it."),
+}
+
+#: The parameters cell every chapter notebook starts with (papermill parameters), and what each does.
+NOTEBOOK_PARAMETERS: dict[str, str] = {
+    "profile": "`smoke`, `quick` or `paper`, or the path of a profile YAML (papermill only; `bmd book` takes "
+               "the three names); every profile field is read from it.",
+    "seed": "Overrides the profile's seed; None keeps it.",
+    "manifest": "A site's manifest CSV; None runs on the twin cohort of the profile and seed.",
+    "out": "Folder for data, run folders and the built book; None is the repository root.",
+    "show_images": "Show radiographs and case ids in the pages; None shows them for the twin cohort only.",
+}
+
+#: What ``bmd book`` passes to every notebook for each notebook parameter.
+BOOK_PASSES: dict[str, str] = {
+    "profile": "the profile's name (`--profile`)",
+    "seed": "the resolved seed (`--seed`, else the profile's)",
+    "manifest": "the absolute path of `--manifest`, or None",
+    "out": "the absolute path of `--out` (default: the repository root)",
+    "show_images": "not passed: the notebook's default None",
+}
+
+
+def parameter_table() -> list[dict[str, Any]]:
+    """Every profile field with its value in each bundled profile YAML and what it does.
+
+    One row per :class:`Profile` field, in declaration order: ``parameter``, one column per name in
+    :data:`PROFILES` (the value that profile's YAML gives, or the field's default when the YAML leaves
+    it out), ``default`` (the dataclass default; None for a required field) and ``description``.
+    """
+    profiles = {name: load_profile(name) for name in PROFILES}
+    rows = []
+    for field in dataclasses.fields(Profile):
+        default = None if field.default is dataclasses.MISSING else field.default
+        row: dict[str, Any] = {"parameter": field.name}
+        row.update({name: getattr(p, field.name) for name, p in profiles.items()})
+        row["default"] = default
+        row["description"] = PARAMETER_DESCRIPTIONS.get(field.name, "")
+        rows.append(row)
+    return rows
+
+
+def notebook_parameter_table() -> list[dict[str, str]]:
+    """The notebooks' papermill parameters: name, what it does and what ``bmd book`` passes."""
+    return [{"parameter": name, "description": text, "bmd book passes": BOOK_PASSES[name]}
+            for name, text in NOTEBOOK_PARAMETERS.items()]
+
+
+def _yaml_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "—" if value is None else str(value)
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def parameter_markdown() -> dict[str, str]:
+    """The parameters appendix's two tables as Markdown (GFM): ``notebook`` and ``profiles``.
+
+    Profile values are written as the YAML files spell them (``true``, ``0.0001``); "—" marks a field
+    without a default.
+    """
+    notebook = _markdown_table(["parameter", "what it does", "`bmd book` passes"],
+                               [[f"`{r['parameter']}`", r["description"], r["bmd book passes"]]
+                                for r in notebook_parameter_table()])
+    profiles = _markdown_table(["parameter", *PROFILES, "default", "what it does"],
+                               [[f"`{r['parameter']}`", *(_yaml_text(r[p]) for p in PROFILES),
+                                 _yaml_text(r["default"]), r["description"]] for r in parameter_table()])
+    return {"notebook": notebook, "profiles": profiles}
