@@ -76,11 +76,31 @@ def execute_chapters(parameters: dict, build_src: Path, source: Path | None = No
     return timings
 
 
+def book_config(repository: str | None = None) -> dict:
+    """The Jupyter Book configuration; with ``repository`` (``owner/name`` on GitHub) it adds the
+    repository button and Binder launch buttons (Binder builds ``environment.yml``).
+
+    ``repository`` defaults to ``$GITHUB_REPOSITORY``, which GitHub Actions sets: the published book
+    gets the buttons, a local build (no repository known) does not.
+    """
+    import os
+
+    config = yaml.safe_load(paths.book_config_file().read_text())
+    repository = repository or os.environ.get("GITHUB_REPOSITORY")
+    if repository:
+        config["repository"] = {"url": f"https://github.com/{repository}", "branch": "main", "path_to_book": "book"}
+        config["launch_buttons"] = {"binderhub_url": "https://mybinder.org", "notebook_interface": "jupyterlab"}
+        config.setdefault("html", {})["use_repository_button"] = True
+    return config
+
+
 def build_html(build_src: Path, out_root: Path) -> Path:
     """Build HTML from executed sources with Jupyter Book (warnings are errors); returns the html folder."""
+    config_file = build_src / "_config.yml"
+    config_file.write_text(yaml.safe_dump(book_config(), sort_keys=False))
     cmd = [
         str(Path(sys.executable).with_name("jupyter-book")), "build", str(build_src),
-        "--config", str(paths.book_config_file()), "--path-output", str(out_root),
+        "--config", str(config_file), "--path-output", str(out_root),
         "-W", "-n", "--keep-going",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)

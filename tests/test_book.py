@@ -69,3 +69,16 @@ def test_book_refuses_a_bad_manifest_before_writing_anything(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bmd book:" in err and "bmd_l1" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_binder_and_repository_buttons_only_where_the_repository_is_known(monkeypatch):
+    from bmd.book import book_config
+
+    monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)
+    local = book_config()
+    assert "launch_buttons" not in local and local["execute"]["execute_notebooks"] == "off"
+    monkeypatch.setenv("GITHUB_REPOSITORY", "site/bmd-cxr")
+    published = book_config()
+    assert published["repository"]["url"] == "https://github.com/site/bmd-cxr"
+    assert published["launch_buttons"]["binderhub_url"] == "https://mybinder.org"
+    assert published["html"]["use_repository_button"] is True
