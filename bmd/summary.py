@@ -11,6 +11,7 @@ creation time and total timing with :func:`stamp`. Layout (keys kept stable, mor
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from datetime import UTC, datetime
@@ -44,9 +45,9 @@ def _merge(base: dict, new: dict) -> dict:
 
 def update(path: str | os.PathLike, **blocks) -> dict:
     """Merge ``blocks`` into the summary (nested dicts merge, other values replace); written atomically."""
-    data = _merge(read(path), json.loads(json.dumps(blocks, default=_jsonable)))
+    data = _merge(read(path), _finite_or_null(json.loads(json.dumps(blocks, default=_jsonable))))
     data.setdefault("timings_s", {})
-    write_text(path, json.dumps(data, indent=1, sort_keys=True))
+    write_text(path, json.dumps(data, indent=1, sort_keys=True, allow_nan=False))
     return data
 
 
@@ -70,6 +71,17 @@ def stamp(path: str | os.PathLike, profile: str, total_seconds: float, book_seco
     """Record profile, commit, creation time and the book/total timings."""
     return update(path, profile=profile, commit=git_commit(), created=datetime.now(UTC).isoformat(timespec="seconds"),
                   timings_s={"book": round(book_seconds, 2), "total": round(total_seconds, 2)})
+
+
+def _finite_or_null(value):
+    """NaN and ±inf (a metric that cannot be computed) become null: the file stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def _jsonable(value):

@@ -18,3 +18,17 @@ def test_update_merges_blocks_and_timings_add_up(tmp_path):
     assert data["oracle"][0]["r"] == 0.88 and data["profile"] == "smoke"
     assert len(data["commit"]) in (7, 40) or data["commit"] == "unknown"
     assert json.loads(path.read_text()) == data
+
+
+def test_undefined_numbers_are_stored_as_null(tmp_path):
+    import json
+    import math
+
+    from bmd import summary
+
+    path = tmp_path / "summary.json"
+    summary.update(path, tables={"table1": [{"r": math.nan, "r_ci": [math.inf, 0.5], "auc": 0.7}]})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    row = json.loads(text)["tables"]["table1"][0]
+    assert row == {"r": None, "r_ci": [None, 0.5], "auc": 0.7}
