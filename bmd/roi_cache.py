@@ -39,10 +39,8 @@ import contextlib
 import hashlib
 import json
 import os
-import select
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -56,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from bmd.landmarks.points import COORD_COLUMNS, N_LANDMARKS
+from bmd.processes import exit_with
 from bmd.rois import (
     DEFAULT_GEOMETRY,
     GEOMETRY_VERSION,
@@ -323,38 +322,9 @@ def _key_parts(manifest: pd.DataFrame, landmarks: LandmarkSource, roi_size: int,
 _STATE: dict[str, Any] = {}  # the build's inputs; handed to each worker by its initializer
 
 
-def _exit_with(pid: int) -> None:
-    """End this worker process when process ``pid`` (the build) ends, however it ends.
-
-    An orphaned worker would keep writing crops into a folder the next build removes.
-    Workers come from a fork server, which lives as long as its workers do, so the kernel's
-    parent-death signal cannot be used: a daemon thread waits on the process instead.
-    """
-
-    def watch() -> None:
-        try:
-            fd = os.pidfd_open(pid)  # Linux: readable once the process has exited
-        except (AttributeError, OSError):
-            fd = None
-        if fd is not None:
-            select.select([fd], [], [])
-        else:
-            while True:
-                time.sleep(0.5)
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                except PermissionError:
-                    pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
 def _init_worker(threads: int, state: dict | None = None, parent: int | None = None) -> None:
     if parent is not None:  # first: importing torch takes a while
-        _exit_with(parent)
+        exit_with(parent)
     import torch
 
     # one thread per worker: the parallelism is over processes

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -32,6 +30,7 @@ from bmd import VERTEBRAE
 from bmd.atomic import write_text
 from bmd.config import Profile
 from bmd.landmarks.points import COORD_COLUMNS
+from bmd.processes import exit_with
 from bmd.twin.dicom import write_dicom
 from bmd.twin.oracle import ceilings
 from bmd.twin.population import sample_population
@@ -141,35 +140,6 @@ class _Lock:
         self.fd = None
 
 
-def _exit_with(pid: int) -> None:
-    """End this worker process when process ``pid`` (the generation) ends, however it ends.
-
-    An orphaned worker would go on writing images of the old run into a folder a new generation uses.
-    Workers come from a fork server, which lives as long as its workers do, so the kernel's
-    parent-death signal cannot be used: a daemon thread waits on the process instead.
-    """
-
-    def watch() -> None:
-        try:
-            fd = os.pidfd_open(pid)  # Linux: readable once the process has exited
-        except (AttributeError, OSError):
-            fd = None
-        if fd is not None:
-            select.select([fd], [], [])
-        else:
-            while True:
-                time.sleep(0.5)
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                except PermissionError:
-                    pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
 def _render_one(task: tuple) -> tuple[int, np.ndarray, int, bool]:
     index, latents, sex, age, case_id, patient_id, seed, size, spacing, out = task
     stored, points, params = render_case(latents, sex, [seed, 7, index], size)
@@ -234,7 +204,7 @@ def generate_twin(out: str | os.PathLike, profile: Profile, seed: int | None = N
             pool = None
         else:
             # forkserver: forking a process that already ran torch can deadlock the children
-            pool = ProcessPoolExecutor(n_workers, mp_context=get_context("forkserver"), initializer=_exit_with,
+            pool = ProcessPoolExecutor(n_workers, mp_context=get_context("forkserver"), initializer=exit_with,
                                        initargs=(os.getpid(),))
             results = pool.map(_render_one, tasks, chunksize=8)
         try:
