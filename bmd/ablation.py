@@ -33,13 +33,14 @@ def load_run_model(run: str | Path) -> tuple[torch.nn.Module, dict]:
 
 
 @torch.no_grad()
-def _joint(model, chest: np.ndarray, local: np.ndarray, batch: int = 64) -> np.ndarray:
+def _features(model, chest: np.ndarray, local: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """The model's per-region features (N, 7, D), in batches."""
     outs = []
     for i in range(0, len(chest), batch):
         c = torch.as_tensor(np.asarray(chest[i:i + batch], dtype=np.float32))[:, None]
         loc = torch.as_tensor(np.asarray(local[i:i + batch], dtype=np.float32))[:, :, None]
-        outs.append(model(c, loc).joint.numpy())
-    return np.concatenate(outs)
+        outs.append(model.features(c, loc))
+    return torch.cat(outs)
 
 
 def _as_unit(a: np.ndarray) -> np.ndarray:
@@ -67,21 +68,24 @@ def roi_ablation(run: str | Path, cache, manifest: pd.DataFrame, split: str = "t
     train_bmd = info[list(BMD_COLUMNS)].to_numpy(float)[train]
     scaler = TargetScaler.fit(train_bmd)  # the scaling the run trained with (fitted on the same train rows)
 
-    def score(c: np.ndarray, loc: np.ndarray) -> float:
-        pred = scaler.inverse(_joint(model, c, loc))
+    def score(feats: torch.Tensor) -> float:
+        with torch.no_grad():
+            pred = scaler.inverse(model.joint_head(feats.flatten(1)).numpy())
         rs = [pearson_r(pred[:, j], truth[:, j]) for j in range(len(VERTEBRAE))]
         # a prediction made constant by the ablation carries no information: R 0, not undefined
         return float(np.mean([0.0 if not np.isfinite(r) else r for r in rs]))
 
-    intact = score(chest, local)
+    # In eval mode a crop's features do not depend on the other crops, and only the joint head mixes
+    # regions: so the test crops go through the backbone once, the mean crops once, and each ablation
+    # swaps one region's block of features (8x less work than a forward pass per ablated region).
+    feats = _features(model, chest, local)
+    mean_feats = _features(model, mean_chest[None], mean_local[None])[0]
+    intact = score(feats)
     out = [{"roi": "none", "r": intact, "delta_r": 0.0}]
     for k, name in enumerate(ROI_NAMES):
-        c, loc = chest.copy(), local.copy()
-        if k == 0:
-            c[:] = mean_chest
-        else:
-            loc[:, k - 1] = mean_local[k - 1]
-        r = score(c, loc)
+        ablated = feats.clone()
+        ablated[:, k] = mean_feats[k]
+        r = score(ablated)
         out.append({"roi": name, "r": r, "delta_r": intact - r})
     return pd.DataFrame(out)
 

@@ -57,8 +57,12 @@ def _hide_injected_parameters(path: Path) -> None:
 def execute_chapters(parameters: dict, build_src: Path, source: Path | None = None) -> dict[str, float]:
     """Execute every chapter notebook into ``build_src`` with papermill; returns seconds per chapter."""
     import papermill
+    from traitlets.config import Config
 
     source = source or paths.book_source_dir()
+    # Kernels talk over local sockets (IPC), not unencrypted TCP ports that any local user could reach.
+    kernel_config = Config()
+    kernel_config.KernelManager.transport = "ipc"
     timings: dict[str, float] = {}
     for rel in chapter_notebooks(source):
         target = build_src / rel
@@ -67,7 +71,7 @@ def execute_chapters(parameters: dict, build_src: Path, source: Path | None = No
         try:
             papermill.execute_notebook(
                 str(source / rel), str(target), parameters=parameters, kernel_name="python3",
-                progress_bar=False, cwd=str(target.parent),
+                progress_bar=False, cwd=str(target.parent), config=kernel_config,
             )
         except papermill.PapermillExecutionError as exc:
             raise BookError(f"chapter {rel} failed: {exc.ename}: {exc.evalue}") from None
@@ -140,9 +144,9 @@ def build_book(profile: str = "quick", manifest: str | Path | None = None, seed:
         "manifest": str(Path(manifest).resolve()) if manifest else None,
         "out": str(root),
     }
-    execute_chapters(parameters, build_src)
+    chapters = execute_chapters(parameters, build_src)
     book_start = time.perf_counter()
     html = build_html(build_src, root)
     summary.stamp(summary_file, cfg.profile, total_seconds=time.perf_counter() - start,
-                  book_seconds=time.perf_counter() - book_start)
+                  book_seconds=time.perf_counter() - book_start, chapter_seconds=chapters)
     return html

@@ -92,8 +92,14 @@ class Augment:
 
     def __call__(self, crops: Tensor, generator: torch.Generator) -> Tensor:
         """Augment a batch of crops (N, 1, H, W), each crop with its own draw."""
-        n = crops.shape[0]
-        u = torch.rand(n, 5, generator=generator) * 2 - 1
+        return self.apply(crops, self.draw(crops.shape[0], generator))
+
+    def draw(self, n: int, generator: torch.Generator) -> Tensor:
+        """The random draws (n, 5) for ``n`` crops: uniform in [-1, 1)."""
+        return torch.rand(n, 5, generator=generator) * 2 - 1
+
+    def apply(self, crops: Tensor, u: Tensor) -> Tensor:
+        """Warp crops (N, 1, H, W) by draws ``u`` (N, 5): one ``affine_grid``/``grid_sample`` for the batch."""
         scale = 1 + self.scale * u[:, 0]
         angle = math.radians(self.rotation_deg) * u[:, 1]
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale

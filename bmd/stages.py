@@ -100,9 +100,39 @@ def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pat
     truth = ground_truth_landmarks(cohort)
     evaluation = None
     if truth is not None and evaluate:
-        evaluation = evaluate_landmarks(bundle, cohort.manifest_path, split="test")
+        saved = paths.run_dir(cfg.profile, out) / "landmark_eval_test.json"
+        evaluation = _saved_evaluation(saved, bundle, cohort)
+        if evaluation is None:
+            evaluation = evaluate_landmarks(bundle, cohort.manifest_path, split="test")
+            _save_evaluation(saved, evaluation, bundle, cohort)
         summary.update(summary.summary_path(cfg.profile, out), landmarks=evaluation.summary())
     return LandmarkResults(evaluation, detected_landmarks(cfg, cohort, bundle, out), truth)
+
+
+def _evaluation_key(bundle: Path, cohort: Cohort) -> dict:
+    """What a saved detector evaluation was computed from: the weights and the manifest (path, mtime, size)."""
+    weights, manifest = (bundle / "weights.pt").stat(), Path(cohort.manifest_path).stat()
+    return {"weights": [weights.st_mtime_ns, weights.st_size], "manifest": str(cohort.manifest_path),
+            "manifest_stat": [manifest.st_mtime_ns, manifest.st_size]}
+
+
+def _save_evaluation(path: Path, evaluation, bundle: Path, cohort: Cohort) -> None:
+    from bmd.atomic import write_text
+
+    write_text(path, json.dumps({"key": _evaluation_key(bundle, cohort), "evaluation": evaluation.to_dict()}))
+
+
+def _saved_evaluation(path: Path, bundle: Path, cohort: Cohort):
+    """The saved test-split evaluation when it was made from these weights and this manifest, else None."""
+    from bmd.landmarks.train import LandmarkEvaluation
+
+    try:
+        data = json.loads(path.read_text())
+        if data["key"] != _evaluation_key(bundle, cohort):
+            return None
+        return LandmarkEvaluation.from_dict(data["evaluation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, stale or unreadable: evaluate again
 
 
 def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, bundle: Path, out: str | Path | None = None):
@@ -198,7 +228,6 @@ def table_results(cfg: Profile, cohort: Cohort, table: str, out: str | Path | No
     ``summary.json`` under ``tables.<table>``. ``baselines`` adds the ``age_sex`` and ``roi_intensity``
     rows.
     """
-    from bmd import report
     from bmd.evaluation import ensemble
     from bmd.experiments import ENSEMBLES, table_models
 
@@ -216,9 +245,45 @@ def table_results(cfg: Profile, cohort: Cohort, table: str, out: str | Path | No
         frames = {label: predictions(run) for label, run in runs.items()}
     if baselines:
         frames.update(baseline_predictions(cohort, cache))
-    rows = report.results_rows(table, frames, cohort.oracle, seed=cfg.seed)
+    rows = _results_rows(cfg, table, frames, cohort.oracle, out)
     summary.update(summary.summary_path(cfg.profile, out), tables={table: rows})
     return TableResults(table, rows, frames, runs)
+
+
+#: What a table's rows are computed from besides the predictions: the metric code and the paper's values.
+_ROW_INPUTS = ("metrics.py", "evaluation.py", "report.py", "paper.py", "tscores.py")
+
+
+def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], oracle: dict | None,
+                  out: str | Path | None = None) -> list[dict]:
+    """:func:`bmd.report.results_rows`, reused when the same predictions, seed, ceilings and code made them.
+
+    The bootstrap CIs are the costly part of a rebuild and several chapters show the same table, so
+    rows are saved under ``rows/`` in the run folder, keyed by a hash of everything they depend on.
+    """
+    import hashlib
+
+    from bmd import report
+    from bmd.atomic import write_text
+
+    key = hashlib.sha256()
+    for name in _ROW_INPUTS:
+        key.update((Path(__file__).parent / name).read_bytes())
+    key.update((paths.data_manifest_dir() / "paper_results.csv").read_bytes())
+    key.update(json.dumps([table, cfg.seed, (oracle or {}).get("ceilings")], sort_keys=True, default=str).encode())
+    for label, frame in frames.items():
+        key.update(label.encode() + b"\0" + frame.to_csv(index=False).encode())
+    folder = paths.run_dir(cfg.profile, out) / "rows"
+    saved = folder / f"{table}-{key.hexdigest()[:24]}.json"
+    try:
+        return json.loads(saved.read_text())
+    except (OSError, ValueError):
+        pass
+    rows = report.results_rows(table, frames, oracle, seed=cfg.seed)
+    for stale in folder.glob(f"{table}-*.json"):  # rows of older predictions or code
+        stale.unlink(missing_ok=True)
+    write_text(saved, json.dumps(rows))
+    return rows
 
 
 def export_multi_roi(cfg: Profile, table2: TableResults, out: str | Path | None = None) -> Path:

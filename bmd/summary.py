@@ -67,10 +67,17 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def stamp(path: str | os.PathLike, profile: str, total_seconds: float, book_seconds: float) -> dict:
-    """Record profile, commit, creation time and the book/total timings."""
+def stamp(path: str | os.PathLike, profile: str, total_seconds: float, book_seconds: float,
+          chapter_seconds: dict[str, float] | None = None) -> dict:
+    """Record profile, commit, creation time and the book/total timings.
+
+    ``chapter_seconds`` (notebook → seconds of its papermill run, stages included) lands in
+    ``timings_s`` as ``chapter:<notebook>`` keys beside the stages.
+    """
+    timings = {"book": round(book_seconds, 2), "total": round(total_seconds, 2)}
+    timings.update({f"chapter:{name}": round(sec, 2) for name, sec in (chapter_seconds or {}).items()})
     return update(path, profile=profile, commit=git_commit(), created=datetime.now(UTC).isoformat(timespec="seconds"),
-                  timings_s={"book": round(book_seconds, 2), "total": round(total_seconds, 2)})
+                  timings_s=timings)
 
 
 def _finite_or_null(value):

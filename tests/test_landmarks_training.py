@@ -87,6 +87,10 @@ def test_evaluation_reports_model_and_both_baselines(smoke_model, smoke_twin):
     assert s["mean_error_pct"] < s["baselines"]["mean_shape"]["mean_error_pct"]
     table = ev.table()
     assert set(table["method"]) == {"model", "mean_shape", "global_only"}
+    # the saved form (what a rebuild reuses) restores the same evaluation exactly
+    back = type(ev).from_dict(json.loads(json.dumps(ev.to_dict())))
+    assert back.summary() == s and back.case_ids == ev.case_ids
+    pd.testing.assert_frame_equal(back.predictions, ev.predictions)
 
 
 def test_training_is_deterministic_for_a_seed(smoke_twin, tmp_path):

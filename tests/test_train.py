@@ -103,3 +103,23 @@ def test_ddp_finished_run_is_reused_and_a_changed_config_retrains(tiny, tmp_path
     train_model(cfg)  # identical config: nothing to do
     with pytest.raises(AssertionError, match="retrained"):
         train_model(dataclasses.replace(cfg, lr=0.02))
+
+
+def test_batched_augmentation_equals_one_crop_at_a_time():
+    """The batch is warped in one call, with each case's own seeded draws: the same crops as per crop."""
+    from bmd.data import Augment
+    from bmd.train import _augment_batch
+
+    gen = torch.Generator().manual_seed(0)
+    chest, local = torch.rand(5, 1, 24, 24, generator=gen), torch.rand(5, 6, 16, 16, generator=gen)
+    rows = torch.tensor([7, 2, 11, 3, 5])
+    aug = Augment()
+    out = _augment_batch([chest, local], rows, seed=4, epoch=2, aug=aug)
+    for i, r in enumerate(rows.tolist()):
+        g = torch.Generator().manual_seed(4 * 1_000_003 + 2 * 100_003 + r)
+        torch.testing.assert_close(out[0][i], aug(chest[i].unsqueeze(1), g).squeeze(1), atol=1e-6, rtol=0)
+        torch.testing.assert_close(out[1][i], aug(local[i].unsqueeze(1), g).squeeze(1), atol=1e-6, rtol=0)
+    # a case's crops do not depend on which batch it is in (ranks and batch sizes see the same crops)
+    alone = _augment_batch([chest[3:4], local[3:4]], rows[3:4], seed=4, epoch=2, aug=aug)
+    torch.testing.assert_close(alone[1][0], out[1][3], atol=1e-6, rtol=0)
+    assert not torch.allclose(out[1][3], local[3])  # and it was augmented

@@ -556,6 +556,22 @@ class LandmarkEvaluation:
         }
         return out
 
+    def to_dict(self) -> dict:
+        """JSON-ready and lossless (Python floats round-trip through JSON); :meth:`from_dict` restores it."""
+        return {"split": self.split, "case_ids": list(self.case_ids),
+                "errors": {k: np.asarray(v, dtype=float).tolist() for k, v in self.errors.items()},
+                "predictions": self.predictions.to_dict(orient="list"),
+                "flagged_fraction": self.flagged_fraction}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LandmarkEvaluation:
+        """The evaluation :meth:`to_dict` wrote."""
+        predictions = pd.DataFrame(data["predictions"])
+        predictions["case_id"] = predictions["case_id"].astype(str)
+        return cls(data["split"], [str(c) for c in data["case_ids"]],
+                   {k: np.asarray(v, dtype=float) for k, v in data["errors"].items()}, predictions,
+                   float(data["flagged_fraction"]))
+
     def table(self) -> pd.DataFrame:
         """Per-landmark mean and p95 error (% width) for the model and baselines, with an ``overall`` row."""
         rows = []
