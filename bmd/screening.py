@@ -294,28 +294,46 @@ def agreement_table(frames: dict[str, pd.DataFrame], split: str = "test") -> pd.
     return pd.DataFrame(rows)
 
 
+def weighted_tpr_at(positive: np.ndarray, score: np.ndarray, weights: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """TPR at the FPRs of ``grid`` for each row of case ``weights`` (B, N): the ROC of every resample at once.
+
+    A case drawn k times counts k times, so row b gives the ROC curve (``roc_curve``, interpolated at
+    ``grid``) of the resample that row describes. ``score``: higher = more likely positive. Rows without
+    a weighted positive or negative are NaN.
+    """
+    positive, score = np.asarray(positive, bool), np.asarray(score, float)
+    weights = np.atleast_2d(np.asarray(weights, float))
+    order = np.argsort(-score, kind="mergesort")
+    sorted_score = score[order]
+    # one ROC point per distinct score (tied cases pass a threshold together), as roc_curve
+    last = np.r_[np.flatnonzero(np.diff(sorted_score) != 0), len(score) - 1]
+    w = weights[:, order]
+    tps = np.cumsum(w * positive[order], axis=1)[:, last]
+    fps = np.cumsum(w * ~positive[order], axis=1)[:, last]
+    out = np.full((len(weights), len(grid)), np.nan)
+    for b in np.flatnonzero((tps[:, -1] > 0) & (fps[:, -1] > 0)):
+        fpr = np.r_[0.0, fps[b] / fps[b, -1]]
+        tpr = np.r_[0.0, tps[b] / tps[b, -1]]
+        out[b] = np.interp(grid, fpr, tpr)
+    return out
+
+
 def roc_with_band(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
                   grid: np.ndarray | None = None) -> pd.DataFrame:
     """ROC curve of one endpoint's rows with a 95% patient-level bootstrap band (TPR at fixed FPR).
 
-    Returns ``fpr, tpr, tpr_lo, tpr_hi``.
+    Returns ``fpr, tpr, tpr_lo, tpr_hi``. The resamples are scored at once as case weights
+    (:func:`bmd.metrics.patient_bootstrap_weights`).
     """
+    from bmd.metrics import patient_bootstrap_weights
+
     grid = np.linspace(0, 1, 101) if grid is None else grid
     positive, score = scores["positive"].to_numpy(bool), -scores["t_pred"].to_numpy(float)
-
-    def curve(p: np.ndarray, s: np.ndarray) -> np.ndarray:
-        if p.all() or not p.any():
-            return np.full(grid.shape, np.nan)
-        fpr, tpr, _ = roc_curve(p, s)
-        return np.interp(grid, fpr, tpr)
-
+    tpr = weighted_tpr_at(positive, score, np.ones((1, len(score))), grid)[0]
     lo = hi = np.full(grid.shape, np.nan)
-    if n_boot:
-        ids, inverse = np.unique(scores["patient_id"].to_numpy(), return_inverse=True)
-        members = [np.flatnonzero(inverse == k) for k in range(len(ids))]
-        rng = np.random.default_rng(seed)
-        boot = np.array([curve(positive[pick], score[pick]) for pick in (
-            np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))]) for _ in range(n_boot))])
+    if n_boot and len(score):
+        boot = weighted_tpr_at(positive, score, patient_bootstrap_weights(scores["patient_id"].to_numpy(), n_boot,
+                                                                          seed), grid)
         with _quiet_nan():
             lo, hi = np.nanquantile(boot, 0.025, axis=0), np.nanquantile(boot, 0.975, axis=0)
-    return pd.DataFrame({"fpr": grid, "tpr": curve(positive, score), "tpr_lo": lo, "tpr_hi": hi})
+    return pd.DataFrame({"fpr": grid, "tpr": tpr, "tpr_lo": lo, "tpr_hi": hi})

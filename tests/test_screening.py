@@ -112,3 +112,26 @@ def test_roc_band_contains_the_curve_and_best_on_validation_ignores_test():
     worse.loc[worse.split == "val", "pred_l1"] = worse.loc[worse.split == "val", "pred_l1"].sample(
         frac=1, random_state=0).to_numpy()
     assert screening.best_on_validation({"good": frame, "worse": worse}) == "good"
+
+
+def test_weighted_roc_equals_roc_curve_of_the_explicit_resample():
+    """Each weight row gives sklearn's ROC (interpolated at the grid) of the resample it describes."""
+    from sklearn.metrics import roc_curve
+
+    from bmd.metrics import patient_bootstrap_weights
+
+    rng = np.random.default_rng(3)
+    n = 60
+    patients = np.repeat(np.arange(40), [2] * 20 + [1] * 20)
+    positive = rng.random(n) < 0.35
+    score = np.round(positive * 0.8 + rng.normal(0, 1, n), 1)  # rounded: ties between cases
+    grid = np.linspace(0, 1, 101)
+    weights = patient_bootstrap_weights(patients, 25, seed=1)
+    got = screening.weighted_tpr_at(positive, score, weights, grid)
+    for b in range(len(weights)):
+        pick = np.repeat(np.arange(n), weights[b].astype(int))
+        if positive[pick].all() or not positive[pick].any():
+            assert np.isnan(got[b]).all()
+            continue
+        fpr, tpr, _ = roc_curve(positive[pick], score[pick])
+        np.testing.assert_allclose(got[b], np.interp(grid, fpr, tpr), atol=1e-12)
