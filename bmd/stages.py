@@ -110,10 +110,19 @@ def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pat
 
 
 def _evaluation_key(bundle: Path, cohort: Cohort) -> dict:
-    """What a saved detector evaluation was computed from: the weights and the manifest (path, mtime, size)."""
-    weights, manifest = (bundle / "weights.pt").stat(), Path(cohort.manifest_path).stat()
-    return {"weights": [weights.st_mtime_ns, weights.st_size], "manifest": str(cohort.manifest_path),
-            "manifest_stat": [manifest.st_mtime_ns, manifest.st_size]}
+    """What a saved detector evaluation was computed from: the weights, the manifest and its landmark
+    files (path, mtime, size), and the landmark code that scores them."""
+    import hashlib
+
+    def stamp(path: str | Path) -> list:
+        st = Path(path).stat()
+        return [str(path), st.st_mtime_ns, st.st_size]
+
+    manifest = getattr(cohort, "manifest", None)
+    truth = sorted(set(manifest["landmarks_path"]) - {""}) if manifest is not None and "landmarks_path" in manifest else []
+    code = hashlib.sha256(b"".join(f.read_bytes() for f in sorted((Path(__file__).parent / "landmarks").glob("*.py"))))
+    return {"weights": stamp(bundle / "weights.pt"), "manifest": stamp(cohort.manifest_path),
+            "landmarks": [stamp(p) for p in truth], "code": code.hexdigest()}
 
 
 def _save_evaluation(path: Path, evaluation, bundle: Path, cohort: Cohort) -> None:

@@ -43,6 +43,13 @@ def test_saved_detector_evaluation_is_reused_only_for_the_same_weights_and_manif
     stat = manifest.stat()
     os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # an edited manifest: evaluate again
     assert stages._saved_evaluation(saved, bundle, cohort) is None
+    marks = tmp_path / "landmarks.csv"
+    marks.write_text("case_id,x_0\n001,1.0\n")
+    cohort = SimpleNamespace(manifest_path=manifest, manifest=pd.DataFrame({"landmarks_path": [str(marks), ""]}))
+    stages._save_evaluation(saved, ev, bundle, cohort)
+    assert stages._saved_evaluation(saved, bundle, cohort) is not None
+    marks.write_text("case_id,x_0\n001,2.5\n")  # corrected ground truth: evaluate again
+    assert stages._saved_evaluation(saved, bundle, cohort) is None
     saved.write_text("{ not json")  # a damaged file is not trusted
     assert stages._saved_evaluation(saved, bundle, cohort) is None
 
