@@ -112,17 +112,25 @@ def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pat
 def _evaluation_key(bundle: Path, cohort: Cohort) -> dict:
     """What a saved detector evaluation was computed from: the weights, the manifest and its landmark
     files (path, mtime, size), and the landmark code that scores them."""
-    import hashlib
-
     def stamp(path: str | Path) -> list:
         st = Path(path).stat()
         return [str(path), st.st_mtime_ns, st.st_size]
 
-    manifest = getattr(cohort, "manifest", None)
-    truth = sorted(set(manifest["landmarks_path"]) - {""}) if manifest is not None and "landmarks_path" in manifest else []
-    code = hashlib.sha256(b"".join(f.read_bytes() for f in sorted((Path(__file__).parent / "landmarks").glob("*.py"))))
+    manifest = cohort.manifest
+    truth = sorted(set(manifest["landmarks_path"]) - {""}) if "landmarks_path" in manifest else []
+    code = _digest(sorted((Path(__file__).parent / "landmarks").glob("*.py")))
     return {"weights": stamp(bundle / "weights.pt"), "manifest": stamp(cohort.manifest_path),
             "landmarks": [stamp(p) for p in truth], "code": code.hexdigest()}
+
+
+def _digest(files: list[Path]):
+    """A SHA-256 over the bytes of ``files`` (the code and data a saved result was computed with)."""
+    import hashlib
+
+    key = hashlib.sha256()
+    for f in files:
+        key.update(f.read_bytes())
+    return key
 
 
 def _save_evaluation(path: Path, evaluation, bundle: Path, cohort: Cohort) -> None:
@@ -270,15 +278,11 @@ def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], ora
     The bootstrap CIs are the costly part of a rebuild and several chapters show the same table, so
     rows are saved under ``rows/`` in the run folder, keyed by a hash of everything they depend on.
     """
-    import hashlib
-
     from bmd import report
     from bmd.atomic import write_text
 
-    key = hashlib.sha256()
-    for name in _ROW_INPUTS:
-        key.update((Path(__file__).parent / name).read_bytes())
-    key.update((paths.data_manifest_dir() / "paper_results.csv").read_bytes())
+    key = _digest([*(Path(__file__).parent / name for name in _ROW_INPUTS),
+                   paths.data_manifest_dir() / "paper_results.csv"])
     key.update(json.dumps([table, cfg.seed, (oracle or {}).get("ceilings")], sort_keys=True, default=str).encode())
     for label, frame in frames.items():
         key.update(label.encode() + b"\0" + frame.to_csv(index=False).encode())

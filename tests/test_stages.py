@@ -26,7 +26,7 @@ def test_saved_detector_evaluation_is_reused_only_for_the_same_weights_and_manif
     (bundle / "weights.pt").write_bytes(b"weights")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("case_id\n001\n002\n")
-    cohort = SimpleNamespace(manifest_path=manifest)
+    cohort = SimpleNamespace(manifest_path=manifest, manifest=pd.DataFrame({"case_id": ["001", "002"]}))
     saved = tmp_path / "landmark_eval_test.json"
     ev = _evaluation()
 
