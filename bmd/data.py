@@ -83,12 +83,26 @@ class RoiDataset(Dataset):
 
 @dataclass(frozen=True)
 class Augment:
-    """Per-crop random affine and flip (the paper: scaling, rotation, translation, random flip)."""
+    """Per-crop random geometry and flip, drawn independently for every crop.
 
-    scale: float = 0.10  # ± relative
-    rotation_deg: float = 10.0  # ±
+    ``geometry="exact"`` (the default) moves pixels without resampling them: a horizontal flip and a
+    translation by whole pixels (the border repeated), so a training crop has exactly the sharpness of
+    an evaluation crop. ``geometry="affine"`` adds the paper's random scaling and rotation through a
+    bilinear warp; that warp blurs fine texture in every training crop while evaluation crops are never
+    warped, and a model then reads the sharper test crops as denser bone (measured on the twin: mean
+    bias +0.09 to +0.15 g/cm², 0.6–1 SD of BMD). The crops' position, scale and angle vary anyway, since
+    training crops are cut at landmarks jittered like the detector's error.
+    """
+
+    scale: float = 0.10  # ± relative (affine only)
+    rotation_deg: float = 10.0  # ± (affine only)
     translation: float = 0.06  # ± fraction of the crop side
     flip: bool = True
+    geometry: str = "exact"  # exact | affine
+
+    def __post_init__(self) -> None:
+        if self.geometry not in ("exact", "affine"):
+            raise ValueError(f"augmentation geometry must be 'exact' or 'affine', got {self.geometry!r}")
 
     def __call__(self, crops: Tensor, generator: torch.Generator) -> Tensor:
         """Augment a batch of crops (N, 1, H, W), each crop with its own draw."""
@@ -99,13 +113,20 @@ class Augment:
         return torch.rand(n, 5, generator=generator) * 2 - 1
 
     def apply(self, crops: Tensor, u: Tensor) -> Tensor:
-        """Warp crops (N, 1, H, W) by draws ``u`` (N, 5): one ``affine_grid``/``grid_sample`` for the batch."""
-        scale = 1 + self.scale * u[:, 0]
-        angle = math.radians(self.rotation_deg) * u[:, 1]
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        """Move crops (N, 1, H, W) by draws ``u`` (N, 5): one ``affine_grid``/``grid_sample`` for the batch."""
+        h, w = crops.shape[-2:]
         flip = torch.where((u[:, 4] > 0) & self.flip, -1.0, 1.0)
-        theta = torch.stack([torch.stack([cos * flip, -sin, self.translation * 2 * u[:, 2]], 1),
-                             torch.stack([sin * flip, cos, self.translation * 2 * u[:, 3]], 1)], 1)
+        tx, ty = self.translation * 2 * u[:, 2], self.translation * 2 * u[:, 3]
+        if self.geometry == "exact":
+            # whole-pixel shifts (a pixel is 2/W in normalised units): the sampler then reads pixel
+            # centres exactly and bilinear weights are 0 or 1, so nothing is interpolated
+            tx, ty = torch.round(tx * w / 2) * 2 / w, torch.round(ty * h / 2) * 2 / h
+            cos, sin = torch.ones_like(tx), torch.zeros_like(tx)
+        else:
+            scale = 1 + self.scale * u[:, 0]
+            angle = math.radians(self.rotation_deg) * u[:, 1]
+            cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
         grid = F.affine_grid(theta, list(crops.shape), align_corners=False)
         return F.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=False)
 

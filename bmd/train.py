@@ -77,7 +77,9 @@ class TrainConfig:
     weight_decay: float = 4e-4
     momentum: float = 0.9  # not stated in the paper; 0.9 is the usual choice
     schedule: str = "none"  # none | onecycle
+    zero_init_residual: bool = False  # ResNets: every residual branch starts at zero
     augment: bool = True
+    augment_geometry: str = "exact"  # exact: flips + whole-pixel shifts | affine: + bilinear scale/rotation
     seed: int = 0
     threads: int = 0  # CPU threads per rank (0: cores / ranks)
     compile: bool = False  # torch.compile (GPU only)
@@ -276,7 +278,8 @@ def load_arrays(cache: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """The model a config asks for."""
-    backbone = build_backbone(cfg.backbone, cfg.width, cfg.batch_norm, cfg.pretrained)
+    backbone = build_backbone(cfg.backbone, cfg.width, cfg.batch_norm, cfg.pretrained,
+                              zero_init_residual=cfg.zero_init_residual)
     return MultiROIModel(backbone) if cfg.model == "multi_roi" else ROIModel(backbone)
 
 
@@ -455,7 +458,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
                                                         steps_per_epoch=max(len(loader), 1))
 
-    start_epoch, best_score, best_epoch, log_rows = 0, -np.inf, -1, []
+    start_epoch, best_score, best_epoch, log_rows, stopped = 0, -np.inf, -1, [], ""
     ckpt_path = run_dir / "checkpoint.pt"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -468,20 +471,29 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
-        log_rows = state["log"]
+        log_rows, stopped = state["log"], state.get("stopped", "")
         if rank == 0:
             _restore_best(run_dir, state)
         del state
     dist.barrier()
 
-    aug = Augment()
+    aug = Augment(geometry=cfg.augment_geometry)
     val_target = targets[datasets["val"].rows]
     progress = rank == 0 and _show_progress()
     for epoch in range(start_epoch, cfg.epochs):
+        if stopped:
+            break
         t0 = time.perf_counter()
         train_loss = train_one_epoch(net, loader, optimizer, scheduler, cfg, epoch, device, aug, progress)
         loss_sum = torch.tensor([train_loss], device=device)
         dist.all_reduce(loss_sum)
+        if not bool(torch.isfinite(loss_sum).all()):
+            # the weights are no longer usable: keep the best finished epoch and say why training ended
+            stopped = f"non-finite training loss in epoch {epoch + 1}"
+            if rank == 0:
+                print(f"epoch {epoch + 1}/{cfg.epochs} {stopped}: training stopped", flush=True)
+            if best_epoch >= 0:
+                break
         val_pred = predict(ddp, datasets["val"], cfg, device)
         score = _val_score(val_pred, val_target)
         # the first epoch is always kept, so best.pt exists even when R is undefined (constant predictions)
@@ -498,7 +510,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
             _atomic_torch_save({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                                 "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
-                                "log": log_rows, "scaler": scaler.to_dict()}, ckpt_path)
+                                "log": log_rows, "scaler": scaler.to_dict(), "stopped": stopped}, ckpt_path)
             if improved:
                 _atomic_torch_save({"model": ddp.module.state_dict(), "epoch": epoch}, run_dir / "best.pt")
             write_bytes(run_dir / "log.csv", pd.DataFrame(log_rows).to_csv(index=False).encode())
@@ -507,12 +519,38 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     ddp.module.load_state_dict(best["model"])
     if rank == 0:
-        _write_results(ddp, datasets, manifest, scaler, cfg, device, run_dir, best_epoch)
+        verdict = convergence(best_score if best_epoch >= 0 else float("nan"), stopped)
+        _write_results(ddp, datasets, manifest, scaler, cfg, device, run_dir, best_epoch, verdict)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path, best_epoch: int) -> None:
+#: A run whose selected epoch reaches less than this validation R (mean over L1–L4) did not learn.
+MIN_VAL_R = 0.3
+
+
+def convergence(val_r: float, stopped: str = "") -> dict:
+    """Whether a run learned: ``{"converged", "val_r", "reason"}`` for ``metrics.json``.
+
+    Not converged when training stopped on a non-finite loss (``stopped`` says why) or when the
+    selected epoch's validation R is undefined or below :data:`MIN_VAL_R`.
+    """
+    if stopped:
+        return {"converged": False, "val_r": _finite_or_none(val_r), "reason": stopped}
+    if not np.isfinite(val_r):
+        return {"converged": False, "val_r": None, "reason": "validation R undefined (constant predictions)"}
+    if val_r < MIN_VAL_R:
+        return {"converged": False, "val_r": float(val_r),
+                "reason": f"validation R {val_r:.3f} below {MIN_VAL_R} (the model did not learn)"}
+    return {"converged": True, "val_r": float(val_r), "reason": ""}
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path, best_epoch: int,
+                   verdict: dict) -> None:
     from bmd.evaluation import ID_COLUMNS, PRED_COLUMNS, evaluate_predictions
 
     frames = []
@@ -523,7 +561,7 @@ def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path
         frame[PRED_COLUMNS] = scaler.inverse(predict(model, ds, cfg, device))
         frames.append(frame)
     predictions = pd.concat(frames, ignore_index=True)
-    metrics = {"best_epoch": best_epoch,
+    metrics = {"best_epoch": best_epoch, **verdict,
                "splits": {s: evaluate_predictions(predictions, s, seed=cfg.seed).to_dict(orient="records")
                           for s in ("val", "test")}}
     write_bytes(run_dir / "predictions.csv", predictions.to_csv(index=False, float_format="%.5f").encode())

@@ -70,3 +70,40 @@ def test_local_weights_file_loads_and_a_wrong_one_is_refused(tmp_path):
     torch.save({"other": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="no matching backbone weights"):
         build_backbone("resnet18", width=0.125, weights=tmp_path / "bad.pt")
+
+
+def test_multi_roi_keeps_chest_and_local_batch_norm_statistics_apart():
+    """Chest and local crops differ in size and content: each pass keeps its own running statistics,
+    so evaluation normalises each input the way training did."""
+    from bmd.models import StreamBatchNorm2d
+
+    torch.manual_seed(0)
+    model = MultiROIModel(build_backbone("vgg11", width=0.125, batch_norm=True))
+    norms = [m for m in model.modules() if isinstance(m, StreamBatchNorm2d)]
+    assert norms and not any(type(m) is torch.nn.BatchNorm2d for m in model.modules())
+    chest, local = torch.rand(4, 1, 48, 48) * 0.2, 0.5 + torch.rand(4, 6, 1, 32, 32) * 0.5
+    model.train()
+    model(chest, local)
+    first = norms[0]
+    assert not torch.allclose(first.running_mean, first.running_mean_1)  # two different inputs, two averages
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(chest, local)
+        torch.testing.assert_close(feats[:, 0], model.backbone(chest, stream=0))
+        torch.testing.assert_close(feats[:, 1:].flatten(0, 1), model.backbone(local.flatten(0, 1), stream=1))
+        assert not torch.allclose(feats[:, 1], model.backbone(local[:, 0], stream=0))
+    # a state dict saved before the split (one set of statistics) still loads
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith(("running_mean_1", "running_var_1"))}
+    again = MultiROIModel(build_backbone("vgg11", width=0.125, batch_norm=True))
+    again.load_state_dict(old)
+    torch.testing.assert_close(again.backbone.features[1].running_mean_1, again.backbone.features[1].running_mean)
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity():
+    from torchvision.models import resnet as tv_resnet
+
+    bb = build_backbone("resnet50", width=0.125, zero_init_residual=True)
+    blocks = [m for m in bb.modules() if isinstance(m, tv_resnet.Bottleneck)]
+    assert blocks and all(float(b.bn3.weight.abs().sum()) == 0 for b in blocks)
+    plain = build_backbone("resnet18", width=0.125)
+    assert all(float(b.bn2.weight.abs().sum()) > 0 for b in plain.modules() if isinstance(b, tv_resnet.BasicBlock))

@@ -123,3 +123,35 @@ def test_batched_augmentation_equals_one_crop_at_a_time():
     alone = _augment_batch([chest[3:4], local[3:4]], rows[3:4], seed=4, epoch=2, aug=aug)
     torch.testing.assert_close(alone[1][0], out[1][3], atol=1e-6, rtol=0)
     assert not torch.allclose(out[1][3], local[3])  # and it was augmented
+
+
+def test_convergence_verdict():
+    from bmd.train import MIN_VAL_R, convergence
+
+    assert convergence(0.8) == {"converged": True, "val_r": 0.8, "reason": ""}
+    low = convergence(MIN_VAL_R - 0.01)
+    assert not low["converged"] and "did not learn" in low["reason"]
+    assert not convergence(float("nan"))["converged"]
+    stopped = convergence(0.9, "non-finite training loss in epoch 2")
+    assert not stopped["converged"] and "non-finite" in stopped["reason"]
+
+
+@pytest.mark.slow
+def test_ddp_run_that_does_not_learn_is_marked(tiny, tmp_path):
+    """A run with a zero learning rate keeps its random head: metrics.json says it did not converge."""
+    import json
+
+    run = launch(_cfg(tiny, tmp_path / "frozen", lr=0.0, epochs=1), nproc=1)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["converged"] is False and "did not learn" in metrics["reason"]
+
+
+@pytest.mark.slow
+def test_ddp_non_finite_loss_stops_training_and_is_marked(tiny, tmp_path):
+    import json
+
+    run = launch(_cfg(tiny, tmp_path / "exploding", lr=1e30, epochs=3), nproc=1)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["converged"] is False and "non-finite training loss in epoch 1" in metrics["reason"]
+    log = pd.read_csv(run / "log.csv")
+    assert len(log) == 1  # stopped after the first epoch instead of training on NaN weights
