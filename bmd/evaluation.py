@@ -51,15 +51,24 @@ def ensemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _fit_predict(model, features: np.ndarray, manifest: pd.DataFrame) -> pd.DataFrame:
-    train = (manifest["split"] == "train").to_numpy()
+def val_test_frame(manifest: pd.DataFrame, predictions: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The predictions frame of a model fitted on ``manifest``: its ids and truth, ``pred_l1..pred_l4``
+    (one array per column, rows following ``manifest``), val and test rows only."""
     out = manifest[[c for c in ID_COLUMNS + BMD_COLUMNS + ["t_l1", "t_l2", "t_l3", "t_l4"]
                     if c in manifest.columns]].copy()
+    for p in PRED_COLUMNS:
+        out[p] = predictions[p]
+    return out[out["split"].isin(["val", "test"])].reset_index(drop=True)
+
+
+def _fit_predict(model, features: np.ndarray, manifest: pd.DataFrame) -> pd.DataFrame:
+    train = (manifest["split"] == "train").to_numpy()
+    predictions = {}
     for b, p in zip(BMD_COLUMNS, PRED_COLUMNS, strict=True):
         y = manifest[b].to_numpy(float)
         ok = train & np.isfinite(y)
-        out[p] = model.fit(features[ok], y[ok]).predict(features)
-    return out[out["split"].isin(["val", "test"])].reset_index(drop=True)
+        predictions[p] = model.fit(features[ok], y[ok]).predict(features)
+    return val_test_frame(manifest, predictions)
 
 
 def age_sex_baseline(manifest: pd.DataFrame) -> pd.DataFrame:
