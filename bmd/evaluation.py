@@ -1,4 +1,4 @@
-"""From per-case predictions to the paper's metrics, ensembles and the two baselines.
+"""From per-case predictions to the paper's metrics, ensembles, ΔR between two models and the simple baselines.
 
 A *predictions frame* has one row per case: ``case_id, patient_id, split, sex, reference``, the DXA
 truth ``bmd_l1..bmd_l4`` (NaN = excluded) and the predictions ``pred_l1..pred_l4`` (g/cm²); T-scores
@@ -38,6 +38,24 @@ def evaluate_predictions(frame: pd.DataFrame, split: str = "test", threshold: fl
     return evaluate(part[PRED_COLUMNS].to_numpy(float), part[BMD_COLUMNS].to_numpy(float),
                     predicted_t_scores(part), t_scores_for_manifest(part).to_numpy(),
                     part["patient_id"].to_numpy(), threshold=threshold, n_boot=n_boot, seed=seed)
+
+
+def delta_r_against(frame: pd.DataFrame, reference: pd.DataFrame, split: str = "test", n_boot: int = 2000,
+                    seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """R(frame) − R(reference) on the cases of ``split`` both frames predicted (matched on ``case_id``),
+    per vertebra and ``avg``, with the paired patient-level bootstrap of :func:`bmd.metrics.paired_delta_r`.
+
+    The resamples are drawn as :func:`evaluate_predictions` draws them (same seed, same patients), so on
+    the same cases they are the very resamples behind each model's own R interval.
+    """
+    from bmd.metrics import paired_delta_r
+
+    part = frame[frame["split"] == split].reset_index(drop=True)
+    ref = reference.drop_duplicates("case_id").set_index("case_id")
+    part = part[part["case_id"].isin(ref.index)].reset_index(drop=True)
+    ref_pred = ref.loc[part["case_id"], PRED_COLUMNS].to_numpy(float)
+    return paired_delta_r(part[PRED_COLUMNS].to_numpy(float), ref_pred, part[BMD_COLUMNS].to_numpy(float),
+                          part["patient_id"].to_numpy(), n_boot=n_boot, seed=seed, level=level)
 
 
 def ensemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
