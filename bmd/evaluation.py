@@ -1,4 +1,4 @@
-"""From per-case predictions to the paper's metrics, ensembles and the two baselines.
+"""From per-case predictions to the paper's metrics, ensembles, ΔR between two models and the simple baselines.
 
 A *predictions frame* has one row per case: ``case_id, patient_id, split, sex, reference``, the DXA
 truth ``bmd_l1..bmd_l4`` (NaN = excluded) and the predictions ``pred_l1..pred_l4`` (g/cm²); T-scores
@@ -40,6 +40,24 @@ def evaluate_predictions(frame: pd.DataFrame, split: str = "test", threshold: fl
                     part["patient_id"].to_numpy(), threshold=threshold, n_boot=n_boot, seed=seed)
 
 
+def delta_r_against(frame: pd.DataFrame, reference: pd.DataFrame, split: str = "test", n_boot: int = 2000,
+                    seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """R(frame) − R(reference) on the cases of ``split`` both frames predicted (matched on ``case_id``),
+    per vertebra and ``avg``, with the paired patient-level bootstrap of :func:`bmd.metrics.paired_delta_r`.
+
+    The resamples are drawn as :func:`evaluate_predictions` draws them (same seed, same patients), so on
+    the same cases they are the very resamples behind each model's own R interval.
+    """
+    from bmd.metrics import paired_delta_r
+
+    part = frame[frame["split"] == split].reset_index(drop=True)
+    ref = reference.drop_duplicates("case_id").set_index("case_id")
+    part = part[part["case_id"].isin(ref.index)].reset_index(drop=True)
+    ref_pred = ref.loc[part["case_id"], PRED_COLUMNS].to_numpy(float)
+    return paired_delta_r(part[PRED_COLUMNS].to_numpy(float), ref_pred, part[BMD_COLUMNS].to_numpy(float),
+                          part["patient_id"].to_numpy(), n_boot=n_boot, seed=seed, level=level)
+
+
 def ensemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Mean prediction of several models' frames (aligned on ``case_id``; no retraining)."""
     if not frames:
@@ -51,15 +69,24 @@ def ensemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _fit_predict(model, features: np.ndarray, manifest: pd.DataFrame) -> pd.DataFrame:
-    train = (manifest["split"] == "train").to_numpy()
+def val_test_frame(manifest: pd.DataFrame, predictions: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The predictions frame of a model fitted on ``manifest``: its ids and truth, ``pred_l1..pred_l4``
+    (one array per column, rows following ``manifest``), val and test rows only."""
     out = manifest[[c for c in ID_COLUMNS + BMD_COLUMNS + ["t_l1", "t_l2", "t_l3", "t_l4"]
                     if c in manifest.columns]].copy()
+    for p in PRED_COLUMNS:
+        out[p] = predictions[p]
+    return out[out["split"].isin(["val", "test"])].reset_index(drop=True)
+
+
+def _fit_predict(model, features: np.ndarray, manifest: pd.DataFrame) -> pd.DataFrame:
+    train = (manifest["split"] == "train").to_numpy()
+    predictions = {}
     for b, p in zip(BMD_COLUMNS, PRED_COLUMNS, strict=True):
         y = manifest[b].to_numpy(float)
         ok = train & np.isfinite(y)
-        out[p] = model.fit(features[ok], y[ok]).predict(features)
-    return out[out["split"].isin(["val", "test"])].reset_index(drop=True)
+        predictions[p] = model.fit(features[ok], y[ok]).predict(features)
+    return val_test_frame(manifest, predictions)
 
 
 def age_sex_baseline(manifest: pd.DataFrame) -> pd.DataFrame:

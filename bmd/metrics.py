@@ -155,6 +155,49 @@ def weighted_auc_low_is_positive(score: np.ndarray, positive: np.ndarray, weight
     return auc
 
 
+def _bootstrap_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap ``samples`` (NaN where fewer than half the resamples are defined)."""
+    alpha = (1 - level) / 2
+    finite = samples[np.isfinite(samples)]
+    if finite.size < samples.size // 2:
+        return float("nan"), float("nan")
+    return float(np.quantile(finite, alpha)), float(np.quantile(finite, 1 - alpha))
+
+
+def paired_delta_r(pred: np.ndarray, reference: np.ndarray, truth: np.ndarray, patient_ids: np.ndarray,
+                   n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """R(pred) − R(reference) per vertebra and ``avg``, with a paired patient-level bootstrap CI.
+
+    ``pred``, ``reference`` and ``truth`` are (N, 4) BMD of the same cases. Both models are scored on
+    the very same resamples (one weight row per resample, :func:`patient_bootstrap_weights` with
+    ``seed``, as :func:`evaluate` draws them), so the interval is that of the difference and not of two
+    independent estimates: what two models share (the hard cases of a resample) cancels. ``avg`` is
+    the mean of the four per-vertebra differences, its CI from the same resamples. Returns one row per
+    vertebra (L1..L4, avg) with ``delta_r, delta_r_lo, delta_r_hi``.
+    """
+    pred, reference, truth = (np.asarray(a, float) for a in (pred, reference, truth))
+    if len(truth) == 0:  # no common cases: nothing to compare
+        return pd.DataFrame([{"vertebra": v, "delta_r": np.nan, "delta_r_lo": np.nan, "delta_r_hi": np.nan}
+                             for v in (*VERTEBRAE, "avg")])
+    weights = patient_bootstrap_weights(patient_ids, n_boot, seed)
+    point = np.full(len(VERTEBRAE), np.nan)
+    boot = np.full((n_boot, len(VERTEBRAE)), np.nan)
+    for j in range(len(VERTEBRAE)):
+        # a case counts for both models only where both predicted it (and the truth is there)
+        ok = np.isfinite(pred[:, j]) & np.isfinite(reference[:, j]) & np.isfinite(truth[:, j])
+        a, b, t = (np.where(ok, x[:, j], np.nan) for x in (pred, reference, truth))
+        point[j] = pearson_r(a, t) - pearson_r(b, t)
+        boot[:, j] = weighted_pearson(a, t, weights) - weighted_pearson(b, t, weights)
+    rows = [{"vertebra": v, "delta_r": float(point[j]), "delta_r_lo": _bootstrap_ci(boot[:, j], level)[0],
+             "delta_r_hi": _bootstrap_ci(boot[:, j], level)[1]} for j, v in enumerate(VERTEBRAE)]
+    with warnings.catch_warnings():  # a vertebra undefined in every resample stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        avg_point, avg_boot = float(np.nanmean(point)), np.nanmean(boot, axis=1)
+    lo, hi = _bootstrap_ci(avg_boot, level)
+    rows.append({"vertebra": "avg", "delta_r": avg_point, "delta_r_lo": lo, "delta_r_hi": hi})
+    return pd.DataFrame(rows)
+
+
 def evaluate(pred: np.ndarray, truth: np.ndarray, t_pred: np.ndarray, t_true: np.ndarray,
              patient_ids: np.ndarray, threshold: float = -2.5, n_boot: int = 2000, seed: int = 0,
              level: float = 0.95) -> pd.DataFrame:
@@ -177,13 +220,9 @@ def evaluate(pred: np.ndarray, truth: np.ndarray, t_pred: np.ndarray, t_true: np
         boot[:, 0, j] = weighted_pearson(pred[:, j], truth[:, j], weights)
         valid = np.isfinite(truth[:, j])
         boot[:, 1, j] = weighted_auc_low_is_positive(t_pred[valid, j], positive[valid, j], weights[:, valid])
-    alpha = (1 - level) / 2
 
     def ci(samples: np.ndarray) -> tuple[float, float]:
-        samples = samples[np.isfinite(samples)]
-        if samples.size < n_boot // 2:
-            return float("nan"), float("nan")
-        return float(np.quantile(samples, alpha)), float(np.quantile(samples, 1 - alpha))
+        return _bootstrap_ci(samples, level)
 
     rows = []
     for j, v in enumerate(VERTEBRAE):

@@ -127,9 +127,26 @@ CEILING_OF = {"chest": "chest", "cervi": "cervi", "clavi": "clavi", "lumbar": "l
               "resnet50": "chest", "ensm_roi": "all", "ensm_all": "all"}
 
 
-def results_rows(table: str, frames: dict, oracle: dict | None, n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """``summary.json`` rows of a results table: test-split R and AUC with CIs, the paper's values and ceilings."""
-    from bmd.evaluation import evaluate_predictions
+#: Rows that are baselines, not deep models: no ΔR against the reference, no convergence flag.
+BASELINES: tuple[str, ...] = ("age_sex", "roi_intensity", "radiomics")
+#: The hand-crafted baseline every deep model is compared with (ΔR, paired bootstrap).
+REFERENCE = "radiomics"
+
+
+def results_rows(table: str, frames: dict, oracle: dict | None, n_boot: int = 2000, seed: int = 0,
+                 reference: pd.DataFrame | None = None, converged: dict[str, bool] | None = None) -> list[dict]:
+    """``summary.json`` rows of a results table, JSON-clean (undefined numbers are ``None``).
+
+    Per model and vertebra (L1..L4, avg), on the test split: R and AUC with patient-level bootstrap
+    CIs, ``bias`` (mean of prediction − DXA) and ``mae`` (g/cm²; ``avg`` = mean of the four), the
+    paper's values and, on the twin, the ceiling. Rows of deep models (not :data:`BASELINES`) add
+    ``delta_r_radiomics`` and ``delta_r_radiomics_ci``: R(model) − R(``reference``) on the same test
+    cases with a paired patient-level bootstrap (``avg`` = mean of the four differences), and
+    ``converged`` from ``converged`` (row label → flag). Baseline rows hold ``None`` in those keys, as
+    do deep rows when no reference (or no flag) is given.
+    """
+    from bmd.evaluation import delta_r_against, evaluate_predictions
+    from bmd.summary import finite_or_null
 
     ceilings = {}
     if oracle:
@@ -137,44 +154,97 @@ def results_rows(table: str, frames: dict, oracle: dict | None, n_boot: int = 20
     rows = []
     for model, frame in frames.items():
         metrics = evaluate_predictions(frame, "test", n_boot=n_boot, seed=seed)
+        deltas = {}
+        if reference is not None and model not in BASELINES:
+            deltas = delta_r_against(frame, reference, "test", n_boot=n_boot, seed=seed).set_index("vertebra")
         for rec in metrics.to_dict(orient="records"):
             v = rec["vertebra"]
-            rows.append({"model": model, "vertebra": v, "r": rec["r"], "r_ci": [rec["r_lo"], rec["r_hi"]],
-                         "auc": rec["auc"], "auc_ci": [rec["auc_lo"], rec["auc_hi"]],
-                         "mae": rec["mae"], "paper_r": paper.value(table, model, v, "r"),
-                         "paper_auc": paper.value(table, model, v, "auc"),
-                         "ceiling_r": ceilings.get((CEILING_OF.get(model, ""), v))})
-    return rows
+            row = {"model": model, "vertebra": v, "r": rec["r"], "r_ci": [rec["r_lo"], rec["r_hi"]],
+                   "auc": rec["auc"], "auc_ci": [rec["auc_lo"], rec["auc_hi"]],
+                   "bias": rec["bias"], "mae": rec["mae"], "paper_r": paper.value(table, model, v, "r"),
+                   "paper_auc": paper.value(table, model, v, "auc"),
+                   "ceiling_r": ceilings.get((CEILING_OF.get(model, ""), v)),
+                   "delta_r_radiomics": None, "delta_r_radiomics_ci": None,
+                   "converged": None if model in BASELINES or converged is None else converged.get(model)}
+            if len(deltas):
+                d = deltas.loc[v]
+                row["delta_r_radiomics"] = float(d["delta_r"])
+                row["delta_r_radiomics_ci"] = [float(d["delta_r_lo"]), float(d["delta_r_hi"])]
+            rows.append(row)
+    return finite_or_null(rows)
 
 
-def _fmt(x: float | None, ci: list | None = None) -> str:
+def _fmt(x: float | None, ci: list | None = None, signed: bool = False) -> str:
     if x is None or not np.isfinite(x):
         return "n/a"
+    f = "+.3f" if signed else ".3f"
     if ci is None or not all(c is not None and np.isfinite(c) for c in ci):
-        return f"{x:.3f}"
-    return f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        return f"{x:{f}}"
+    return f"{x:{f}} [{ci[0]:{f}}, {ci[1]:{f}}]"
 
 
 def results_table(rows: list[dict], vertebra: str = "avg") -> pd.DataFrame:
     """One line per model for a vertebra: ours (with 95% CI) beside the paper's and the ceiling.
 
+    Besides R and AUC: bias and MAE (g/cm², test split) and, for deep models, ΔR against the
+    ``radiomics`` baseline with its paired-bootstrap 95% CI (``—`` where it does not apply).
     ``n/a`` marks a value that cannot be computed (e.g. an AUC on a split without positives).
     """
     out = []
     for r in rows:
         if r["vertebra"] != vertebra:
             continue
+        delta = r.get("delta_r_radiomics")
         out.append({"model": r["model"], "R": _fmt(r["r"], r["r_ci"]), "paper R": _fmt(r["paper_r"]).replace(
                     "n/a", "—"), "ceiling R": _fmt(r["ceiling_r"]).replace("n/a", "—"),
+                    "ΔR vs radiomics": "—" if delta is None else _fmt(delta, r.get("delta_r_radiomics_ci"), True),
                     "AUC": _fmt(r["auc"], r["auc_ci"]), "paper AUC": _fmt(r["paper_auc"]).replace("n/a", "—"),
-                    "MAE (g/cm²)": _fmt(r["mae"])})
+                    "bias (g/cm²)": _fmt(r.get("bias"), signed=True), "MAE (g/cm²)": _fmt(r["mae"])})
     return pd.DataFrame(out).set_index("model")
 
 
+def beats_reference(row: dict) -> bool | None:
+    """Whether a deep model's ``avg`` (or vertebra) row beats the ``radiomics`` baseline: the whole 95% CI
+    of ΔR above 0. ``None`` when the row has no ΔR or its CI is undefined."""
+    ci = row.get("delta_r_radiomics_ci")
+    if row.get("delta_r_radiomics") is None or ci is None or any(c is None or not np.isfinite(c) for c in ci):
+        return None
+    return bool(ci[0] > 0)
+
+
+def reference_comparison(rows: list[dict], vertebra: str = "avg") -> str:
+    """A sentence per table: which deep models beat the hand-crafted ``radiomics`` baseline (ΔR CI above 0)
+    and which do not, with ΔR and its paired-bootstrap 95% CI; built from the rows, never written by hand."""
+    deep = [r for r in rows if r["vertebra"] == vertebra and r.get("delta_r_radiomics") is not None]
+    if not deep:
+        return "No deep model here has a ΔR against the radiomics baseline (it could not be computed)."
+
+    def item(r: dict) -> str:
+        return f"{r['model']} (ΔR = {_fmt(r['delta_r_radiomics'], r['delta_r_radiomics_ci'], True)})"
+
+    verdicts = {r["model"]: beats_reference(r) for r in deep}
+    win = [item(r) for r in deep if verdicts[r["model"]]]
+    lose = [item(r) for r in deep if verdicts[r["model"]] is False]
+    unknown = [r["model"] for r in deep if verdicts[r["model"]] is None]
+    parts = []
+    if win:
+        parts.append(("Every deep model beats" if not lose and not unknown else "Beating")
+                     + f" the hand-crafted radiomics baseline (95% CI of ΔR above 0): {', '.join(win)}.")
+    if lose:
+        parts.append(("No deep model beats" if not win and not unknown else "Not beating")
+                     + f" the radiomics baseline (95% CI of ΔR reaching 0 or below): {', '.join(lose)}.")
+    if unknown:
+        parts.append(f"Undecided (ΔR interval undefined): {', '.join(unknown)}.")
+    return " ".join(parts)
+
+
 def plot_predicted_vs_dxa(frame: pd.DataFrame, split: str = "test"):
-    """Figure 2 of the paper: predicted vs DXA BMD per vertebra (seaborn scatter with identity line)."""
+    """Figure 2 of the paper: predicted vs DXA BMD per vertebra (seaborn scatter with identity line),
+    each panel with its R, bias (mean of prediction − DXA) and MAE in g/cm²."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+
+    from bmd.metrics import agreement, pearson_r
 
     part = frame[frame["split"] == split]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.3), sharex=True, sharey=True)
@@ -182,10 +252,14 @@ def plot_predicted_vs_dxa(frame: pd.DataFrame, split: str = "test"):
     hi = float(np.nanmax(part[[*BMD_COLUMNS]].to_numpy())) + 0.05
     for ax, v, col in zip(axes, VERTEBRAE, BMD_COLUMNS, strict=True):
         sub = part[[col, f"pred_{v.lower()}"]].dropna()
-        r = np.corrcoef(sub[col], sub[f"pred_{v.lower()}"])[0, 1]
+        r = pearson_r(sub[f"pred_{v.lower()}"], sub[col])
+        agr = agreement(sub[f"pred_{v.lower()}"], sub[col])
         sns.scatterplot(x=sub[col], y=sub[f"pred_{v.lower()}"], s=10, alpha=0.6, ax=ax, edgecolor=None)
         ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
-        ax.set_title(f"{v}  (R = {r:.3f})")
+        ax.set_title(f"{v}  (R = {num(r)})")
+        # the systematic offset and the typical error, in the units a DXA report uses
+        ax.text(0.04, 0.96, f"bias {_fmt(agr.bias, signed=True)}\nMAE {num(agr.mae)} g/cm²", transform=ax.transAxes,
+                va="top", ha="left", fontsize=8, bbox={"boxstyle": "round", "fc": "white", "ec": "0.8", "alpha": 0.8})
         ax.set_xlabel("DXA BMD (g/cm²)")
         ax.set_ylabel("predicted BMD (g/cm²)")
     fig.tight_layout()

@@ -208,12 +208,65 @@ def predictions(run: Path) -> pd.DataFrame:
 
 
 def baseline_predictions(cohort: Cohort, cache) -> dict[str, pd.DataFrame]:
-    """The two baselines' val/test predictions: ``age_sex`` and ``roi_intensity`` (on the ROI cache)."""
+    """The baselines' val/test predictions: ``age_sex``, ``roi_intensity`` and ``radiomics`` (on the ROI cache)."""
     from bmd.evaluation import age_sex_baseline, roi_intensity_baseline, roi_intensity_features
 
-    manifest = cohort.manifest.set_index("case_id").loc[cache.case_ids].reset_index()
+    manifest = _cache_manifest(cohort, cache)
     features = roi_intensity_features(np.asarray(cache.chest), np.asarray(cache.local))
-    return {"age_sex": age_sex_baseline(manifest), "roi_intensity": roi_intensity_baseline(manifest, features)}
+    return {"age_sex": age_sex_baseline(manifest), "roi_intensity": roi_intensity_baseline(manifest, features),
+            "radiomics": radiomics_predictions(cohort, cache)}
+
+
+def _cache_manifest(cohort: Cohort, cache) -> pd.DataFrame:
+    """The manifest's rows in the ROI cache's case order."""
+    return cohort.manifest.set_index("case_id").loc[cache.case_ids].reset_index()
+
+
+def radiomics_predictions(cohort: Cohort, cache) -> pd.DataFrame:
+    """Val/test predictions of the hand-crafted ``radiomics`` ridge (:mod:`bmd.radiomics`) on the ROI cache."""
+    from bmd.radiomics import radiomics_baseline
+
+    return radiomics_baseline(_cache_manifest(cohort, cache), radiomics_features(cache))
+
+
+def radiomics_features(cache) -> np.ndarray:
+    """:func:`bmd.radiomics.radiomics_features` of the ROI cache, computed once per cache content and code.
+
+    Every results table needs the radiomics predictions (its ΔR reference), so the features are saved
+    beside the cache (``radiomics_features-<key>.npy``), keyed by the checksums of the crop files and the
+    bytes of the feature code; anything else is recomputed (a few seconds on the quick cohort).
+    """
+    import io
+
+    from bmd import radiomics
+    from bmd.atomic import write_bytes
+
+    files = cache.meta.get("files", {})
+    sums = [files.get(name, {}).get("sha256") for name in ("chest.npy", "local.npy", "case_ids.txt")]
+    if None in sums:  # a cache without checksums: nothing to key a saved copy by
+        return radiomics.radiomics_features(cache.chest, cache.local)
+    key = _digest([Path(radiomics.__file__)])
+    key.update(json.dumps(sums).encode())
+    saved = Path(cache.path).parent / f"radiomics_features-{key.hexdigest()[:24]}.npy"
+    try:
+        features = np.load(saved, allow_pickle=False)
+        if features.shape[0] == len(cache.case_ids):
+            return features
+    except (OSError, ValueError):
+        pass
+    features = radiomics.radiomics_features(cache.chest, cache.local)
+    for stale in saved.parent.glob("radiomics_features-*.npy"):  # features of an older cache or code
+        stale.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, features, allow_pickle=False)
+    write_bytes(saved, buf.getvalue())
+    return features
+
+
+def run_converged(run: Path) -> bool:
+    """Whether a training run converged: ``metrics.json``'s ``converged`` flag (runs written before the
+    flag existed count as converged)."""
+    return bool(json.loads((Path(run) / "metrics.json").read_text()).get("converged", True))
 
 
 @dataclass
@@ -224,6 +277,7 @@ class TableResults:
     rows: list[dict]
     frames: dict[str, pd.DataFrame]  # row label → val/test predictions frame
     runs: dict[str, Path]  # row label → training run folder (ensembles and baselines have none)
+    reference: pd.DataFrame | None = None  # the radiomics baseline's predictions, the ΔR reference
 
     def avg(self) -> dict[str, dict]:
         """Row label → its ``avg`` row (the mean over L1–L4)."""
@@ -242,8 +296,9 @@ def table_results(cfg: Profile, cohort: Cohort, table: str, out: str | Path | No
 
     Every model is trained once through the DDP entry point; the rows (test-split R and AUC with
     patient-level bootstrap CIs, the paper's values and, on the twin, the ceilings) are recorded in
-    ``summary.json`` under ``tables.<table>``. ``baselines`` adds the ``age_sex`` and ``roi_intensity``
-    rows.
+    ``summary.json`` under ``tables.<table>``. ``baselines`` adds the ``age_sex``, ``roi_intensity``
+    and ``radiomics`` rows. Every table's deep models carry ΔR against the ``radiomics`` baseline
+    (computed here for Tables 1 and 3 too) and their runs' ``converged`` flags.
     """
     from bmd.evaluation import ensemble
     from bmd.experiments import ENSEMBLES, table_models
@@ -254,48 +309,58 @@ def table_results(cfg: Profile, cohort: Cohort, table: str, out: str | Path | No
         trained = train_models(cfg, cohort, cache, list(specs.values()), out)
         saved = {name: predictions(run) for name, run in trained.items()}
         frames = {label: ensemble([saved[name] for name in members]) for label, members in ENSEMBLES.items()}
+        # an ensemble is as converged as its least converged member
+        converged = {label: all(run_converged(trained[name]) for name in members)
+                     for label, members in ENSEMBLES.items()}
         runs: dict[str, Path] = {}
     else:
         specs = table_models()[table]
         trained = train_models(cfg, cohort, cache, list(specs.values()), out)
         runs = {label: trained[spec.name] for label, spec in specs.items()}
         frames = {label: predictions(run) for label, run in runs.items()}
+        converged = {label: run_converged(run) for label, run in runs.items()}
     if baselines:
         frames.update(baseline_predictions(cohort, cache))
-    rows = _results_rows(cfg, table, frames, cohort.oracle, out)
+    # every table's deep models are compared with the same hand-crafted reference (its row is Table 2's)
+    reference = frames["radiomics"] if "radiomics" in frames else radiomics_predictions(cohort, cache)
+    rows = _results_rows(cfg, table, frames, cohort.oracle, out, reference=reference, converged=converged)
     summary.update(summary.summary_path(cfg.profile, out), tables={table: rows})
-    return TableResults(table, rows, frames, runs)
+    return TableResults(table, rows, frames, runs, reference)
 
 
 #: What a table's rows are computed from besides the predictions: the metric code and the paper's values.
-_ROW_INPUTS = ("metrics.py", "evaluation.py", "report.py", "paper.py", "tscores.py")
+_ROW_INPUTS = ("metrics.py", "evaluation.py", "report.py", "paper.py", "tscores.py", "radiomics.py", "summary.py")
 
 
 def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], oracle: dict | None,
-                  out: str | Path | None = None) -> list[dict]:
+                  out: str | Path | None = None, reference: pd.DataFrame | None = None,
+                  converged: dict[str, bool] | None = None) -> list[dict]:
     """:func:`bmd.report.results_rows`, reused when the same predictions, seed, ceilings and code made them.
 
     The bootstrap CIs are the costly part of a rebuild and several chapters show the same table, so
-    rows are saved under ``rows/`` in the run folder, keyed by a hash of everything they depend on.
+    rows are saved under ``rows/`` in the run folder, keyed by a hash of everything they depend on
+    (the ΔR reference's predictions and the runs' convergence flags included).
     """
     from bmd import report
     from bmd.atomic import write_text
 
     key = _digest([*(Path(__file__).parent / name for name in _ROW_INPUTS),
                    paths.data_manifest_dir() / "paper_results.csv"])
-    key.update(json.dumps([table, cfg.seed, (oracle or {}).get("ceilings")], sort_keys=True, default=str).encode())
+    key.update(json.dumps([table, cfg.seed, (oracle or {}).get("ceilings"), converged], sort_keys=True,
+                          default=str).encode())
     for label, frame in frames.items():
         key.update(label.encode() + b"\0" + frame.to_csv(index=False).encode())
+    key.update(b"reference\0" + (b"none" if reference is None else reference.to_csv(index=False).encode()))
     folder = paths.run_dir(cfg.profile, out) / "rows"
     saved = folder / f"{table}-{key.hexdigest()[:24]}.json"
     try:
         return json.loads(saved.read_text())
     except (OSError, ValueError):
         pass
-    rows = report.results_rows(table, frames, oracle, seed=cfg.seed)
+    rows = report.results_rows(table, frames, oracle, seed=cfg.seed, reference=reference, converged=converged)
     for stale in folder.glob(f"{table}-*.json"):  # rows of older predictions or code
         stale.unlink(missing_ok=True)
-    write_text(saved, json.dumps(rows))
+    write_text(saved, json.dumps(rows, allow_nan=False))  # rows are JSON-clean: NaN is already None
     return rows
 
 

@@ -45,7 +45,7 @@ def _merge(base: dict, new: dict) -> dict:
 
 def update(path: str | os.PathLike, **blocks) -> dict:
     """Merge ``blocks`` into the summary (nested dicts merge, other values replace); written atomically."""
-    data = _merge(read(path), _finite_or_null(json.loads(json.dumps(blocks, default=_jsonable))))
+    data = _merge(read(path), finite_or_null(json.loads(json.dumps(blocks, default=_jsonable))))
     data.setdefault("timings_s", {})
     write_text(path, json.dumps(data, indent=1, sort_keys=True, allow_nan=False))
     return data
@@ -80,14 +80,15 @@ def stamp(path: str | os.PathLike, profile: str, total_seconds: float, book_seco
                   timings_s=timings)
 
 
-def _finite_or_null(value):
-    """NaN and ±inf (a metric that cannot be computed) become null: the file stays standard JSON."""
+def finite_or_null(value):
+    """NaN and ±inf (a metric that cannot be computed) become None (JSON null), recursively: the
+    file stays standard JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
+        return {k: finite_or_null(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite_or_null(v) for v in value]
+        return [finite_or_null(v) for v in value]
     return value
 
 

@@ -50,7 +50,8 @@ def test_smoke_book_table2_has_every_model_and_the_papers_values(smoke_book):
     data = json.loads((smoke_book / "runs" / "smoke" / "summary.json").read_text())
     rows = data["tables"]["table2"]
     models = {r["model"] for r in rows}
-    assert models == {"cervi", "clavi", "lumbar", "ribcage", "chest", "multi_roi", "age_sex", "roi_intensity"}
+    assert models == {"cervi", "clavi", "lumbar", "ribcage", "chest", "multi_roi", "age_sex", "roi_intensity",
+                      "radiomics"}
     multi = next(r for r in rows if r["model"] == "multi_roi" and r["vertebra"] == "avg")
     assert multi["paper_r"] == 0.840 and multi["ceiling_r"] is not None and len(multi["r_ci"]) == 2
     assert (smoke_book / data["artifacts"]["multi_roi_model"] / "bundle.json").is_file()

@@ -3,6 +3,7 @@
 import math
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -41,3 +42,95 @@ def test_results_figure_has_one_row_per_model():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["vgg11", "vgg16", "resnet50"]
     assert {"ours (95% CI)", "paper (its own data)", "twin ceiling"} <= set(ax.get_legend_handles_labels()[1])
+
+
+def _frame(seed: int = 0, n: int = 120, noise: float = 0.08):
+    """A test-split predictions frame: truth and a noisy prediction (repeat scans of some patients)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    bmd = rng.normal(0.85, 0.15, (n, 4))
+    frame = pd.DataFrame({"case_id": [f"C{i:03d}" for i in range(n)], "patient_id": [f"P{i // 2:03d}" for i in range(n)],
+                          "split": ["test"] * n, "sex": ["F", "M"] * (n // 2), "reference": "hologic"})
+    for k in range(4):
+        frame[f"bmd_l{k + 1}"] = bmd[:, k]
+        frame[f"pred_l{k + 1}"] = bmd[:, k] + rng.normal(0, noise, n)
+    return frame
+
+
+def _shifted(frame, shift: float):
+    out = frame.copy()
+    for k in range(1, 5):
+        out[f"pred_l{k}"] = out[f"bmd_l{k}"] + shift
+    return out
+
+
+def test_rows_carry_bias_mae_and_a_paired_delta_r_against_radiomics():
+    import json
+
+    import numpy as np
+
+    reference = _frame(seed=1, noise=0.12)
+    shared = reference.copy()  # the reference's errors, a little less of them: a small, consistent gain
+    for k in range(1, 5):
+        shared[f"pred_l{k}"] = 0.8 * reference[f"pred_l{k}"] + 0.2 * reference[f"bmd_l{k}"]
+    constant = reference.copy()
+    constant["pred_l1"] = 0.9  # R undefined for L1
+    frames = {"shifted": _shifted(reference, 0.1), "same": reference.copy(), "shared": shared,
+              "constant": constant, "radiomics": reference}
+    rows = report.results_rows("table2", frames, None, n_boot=300, seed=3, reference=reference,
+                               converged={"shifted": True, "same": False})
+    json.dumps(rows, allow_nan=False)  # JSON-clean: undefined numbers are None
+    by = {(r["model"], r["vertebra"]): r for r in rows}
+
+    for v in ("L1", "L2", "L3", "L4", "avg"):
+        assert by[("shifted", v)]["bias"] == pytest.approx(0.1) and by[("shifted", v)]["mae"] == pytest.approx(0.1)
+        assert by[("same", v)]["delta_r_radiomics"] == 0 and by[("same", v)]["delta_r_radiomics_ci"] == [0, 0]
+        # a prediction of truth + 0.1 has R = 1: it beats the noisy reference, the whole interval above 0
+        assert by[("shifted", v)]["delta_r_radiomics_ci"][0] > 0
+    assert by[("radiomics", "avg")]["delta_r_radiomics"] is None and by[("radiomics", "avg")]["converged"] is None
+    assert by[("same", "avg")]["converged"] is False and by[("shifted", "L2")]["converged"] is True
+    assert by[("shared", "avg")]["converged"] is None  # no flag given for it
+    assert by[("constant", "L1")]["r"] is None and by[("constant", "L1")]["delta_r_radiomics"] is None
+    # avg = mean of the four per-vertebra differences
+    deltas = [by[("shared", v)]["delta_r_radiomics"] for v in ("L1", "L2", "L3", "L4")]
+    assert by[("shared", "avg")]["delta_r_radiomics"] == pytest.approx(np.mean(deltas))
+    assert by[("constant", "avg")]["delta_r_radiomics"] == pytest.approx(
+        np.mean([by[("constant", v)]["delta_r_radiomics"] for v in ("L2", "L3", "L4")]))
+    # paired: the shared errors cancel, so ΔR is far tighter than either model's own R interval
+    width = np.diff(by[("shared", "L1")]["delta_r_radiomics_ci"])[0]
+    assert 0 < width < 0.5 * np.diff(by[("shared", "L1")]["r_ci"])[0]
+    assert by[("shared", "L1")]["delta_r_radiomics_ci"][0] > 0
+
+
+def test_without_a_reference_deep_rows_have_no_delta():
+    rows = report.results_rows("table2", {"multi_roi": _frame()}, None, n_boot=50)
+    assert all(r["delta_r_radiomics"] is None and r["converged"] is None for r in rows)
+    assert {"bias", "mae"} <= set(rows[0])
+
+
+def test_table_and_sentence_say_whether_each_deep_model_beats_radiomics():
+    reference = _frame(seed=1, noise=0.12)
+    frames = {"better": _shifted(reference, 0.1), "same": reference.copy(), "radiomics": reference}
+    rows = report.results_rows("table2", frames, None, n_boot=200, reference=reference)
+    table = report.results_table(rows)
+    assert table.loc["same", "ΔR vs radiomics"] == "+0.000 [+0.000, +0.000]"
+    assert table.loc["radiomics", "ΔR vs radiomics"] == "—"
+    assert table.loc["better", "bias (g/cm²)"] == "+0.100" and table.loc["better", "MAE (g/cm²)"] == "0.100"
+    avg = {r["model"]: r for r in rows if r["vertebra"] == "avg"}
+    assert report.beats_reference(avg["better"]) is True and report.beats_reference(avg["same"]) is False
+    assert report.beats_reference(avg["radiomics"]) is None
+    text = report.reference_comparison(rows)
+    assert "Beating" in text and "better (ΔR = +" in text
+    assert "Not beating" in text and "same (ΔR = +0.000" in text
+    only_same = [r for r in rows if r["model"] != "better"]
+    assert report.reference_comparison(only_same).startswith("No deep model beats")
+    assert report.reference_comparison([r for r in rows if r["model"] != "same"]).startswith("Every deep model beats")
+
+
+def test_figure_2_shows_bias_and_mae_per_vertebra():
+    fig = report.plot_predicted_vs_dxa(_shifted(_frame(), -0.05))
+    texts = [" ".join(t.get_text() for t in ax.texts) for ax in fig.axes]
+    assert len(texts) == 4 and all("bias -0.050" in t and "MAE 0.050 g/cm²" in t for t in texts)
+    assert fig.axes[0].get_title().startswith("L1  (R = 1.000)")

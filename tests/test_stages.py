@@ -88,3 +88,115 @@ def test_table_rows_are_reused_only_for_the_same_predictions(tmp_path, monkeypat
     other_seed = stages._results_rows(SimpleNamespace(profile="smoke", seed=1), "table2", changed, None, tmp_path)
     assert other_seed[-1]["r_ci"] != rows[-1]["r_ci"]  # the bootstrap seed is part of the key
     assert len(list((tmp_path / "runs" / "smoke" / "rows").glob("table2-*.json"))) == 1  # older rows removed
+
+
+def test_table_rows_are_recomputed_for_another_reference_or_convergence(tmp_path, monkeypatch):
+    from bmd import report
+
+    cfg = SimpleNamespace(profile="smoke", seed=0)
+    frames = {"multi_roi": _predictions()}
+    reference = _predictions(seed=2)
+    calls = []
+    real = report.results_rows
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(report, "results_rows", counting)
+    rows = stages._results_rows(cfg, "table2", frames, None, tmp_path, reference=reference,
+                                converged={"multi_roi": True})
+    assert rows[-1]["delta_r_radiomics"] is not None and rows[-1]["converged"] is True
+    stages._results_rows(cfg, "table2", frames, None, tmp_path, reference=reference, converged={"multi_roi": True})
+    assert len(calls) == 1  # the same inputs: reused
+    again = stages._results_rows(cfg, "table2", frames, None, tmp_path, reference=reference,
+                                 converged={"multi_roi": False})
+    assert len(calls) == 2 and again[-1]["converged"] is False
+    other = stages._results_rows(cfg, "table2", frames, None, tmp_path, reference=_predictions(seed=3),
+                                 converged={"multi_roi": False})
+    assert len(calls) == 3 and other[-1]["delta_r_radiomics"] != again[-1]["delta_r_radiomics"]
+
+
+def test_run_converged_reads_the_flag_and_older_runs_count_as_converged(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"best_epoch": 3}))
+    assert stages.run_converged(tmp_path) is True
+    (tmp_path / "metrics.json").write_text(json.dumps({"best_epoch": 3, "converged": False}))
+    assert stages.run_converged(tmp_path) is False
+
+
+def test_radiomics_features_are_saved_per_cache_content(tmp_path, monkeypatch):
+    from bmd import radiomics
+
+    rng = np.random.default_rng(0)
+    meta = {"files": {name: {"sha256": name * 2} for name in ("chest.npy", "local.npy", "case_ids.txt")}}
+    cache = SimpleNamespace(path=tmp_path / "roi_cache", case_ids=["a", "b", "c"], meta=meta,
+                            chest=rng.integers(0, 256, (3, 16, 16), dtype=np.uint8),
+                            local=rng.integers(0, 256, (3, 6, 8, 8), dtype=np.uint8))
+    first = stages.radiomics_features(cache)
+    np.testing.assert_array_equal(first, radiomics.radiomics_features(cache.chest, cache.local))
+    real = radiomics.radiomics_features
+
+    def fail(*args):
+        raise AssertionError("features were recomputed")
+
+    monkeypatch.setattr(radiomics, "radiomics_features", fail)
+    np.testing.assert_array_equal(stages.radiomics_features(cache), first)  # saved copy reused
+    monkeypatch.setattr(radiomics, "radiomics_features", real)
+    cache.chest = cache.chest[::-1].copy()  # a rebuilt cache: other crops, other checksums
+    cache.meta = {"files": {**meta["files"], "chest.npy": {"sha256": "new"}}}
+    np.testing.assert_array_equal(stages.radiomics_features(cache), real(cache.chest, cache.local))
+    assert len(list(tmp_path.glob("radiomics_features-*.npy"))) == 1  # the stale copy removed
+
+
+def test_every_table_compares_with_radiomics_and_flags_unconverged_runs(tmp_path, monkeypatch):
+    """The wiring of table_results, with training replaced by saved runs: the radiomics reference reaches
+    Tables 1–3, the convergence flags come from the runs (an ensemble from all its members)."""
+    from bmd.experiments import table_models
+    from bmd.twin.population import sample_population
+
+    manifest = sample_population({"train": 80, "val": 30, "test": 40}, seed=2)
+    manifest["reference"] = "hologic"
+    rng = np.random.default_rng(2)
+    n = len(manifest)
+    cache = SimpleNamespace(case_ids=list(manifest["case_id"]), meta={}, path=tmp_path / "roi_cache",
+                            chest=rng.integers(0, 256, (n, 16, 16), dtype=np.uint8),
+                            local=rng.integers(0, 256, (n, 6, 8, 8), dtype=np.uint8))
+    cohort = SimpleNamespace(manifest=manifest, oracle=None)
+    cfg = SimpleNamespace(profile="smoke", seed=0)
+    unconverged = {"roi-chest-resnet50", "multi_roi-vgg16"}
+    val_test = manifest[manifest["split"] != "train"].reset_index(drop=True)
+
+    def fake_training(cfg, cohort, cache, specs, out):
+        runs = {}
+        for spec in specs:
+            run = tmp_path / "models" / spec.name
+            run.mkdir(parents=True, exist_ok=True)
+            flag = {} if spec.name == "roi-chest-vgg16" else {"converged": spec.name not in unconverged}
+            (run / "metrics.json").write_text(json.dumps(flag))  # vgg16: written before the flag existed
+            frame = val_test[["case_id", "patient_id", "split", "sex", "reference",
+                              *(f"bmd_l{k}" for k in range(1, 5))]].copy()
+            for k in range(1, 5):
+                frame[f"pred_l{k}"] = frame[f"bmd_l{k}"].fillna(0.85) + rng.normal(0, 0.1, len(frame))
+            frame.to_csv(run / "predictions.csv", index=False)
+            runs[spec.name] = run
+        return runs
+
+    monkeypatch.setattr(stages, "prepare_rois", lambda cfg, cohort, out=None: cache)
+    monkeypatch.setattr(stages, "train_models", fake_training)
+    t1 = stages.table_results(cfg, cohort, "table1", tmp_path)
+    t2 = stages.table_results(cfg, cohort, "table2", tmp_path, baselines=True)
+    t3 = stages.table_results(cfg, cohort, "table3", tmp_path)
+
+    assert set(t2.avg()) == {*table_models()["table2"], "age_sex", "roi_intensity", "radiomics"}
+    assert "radiomics" not in t1.avg() and "radiomics" not in t3.avg()  # only the reference there
+    pd.testing.assert_frame_equal(t1.reference, t2.frames["radiomics"])
+    for table in (t1, t2, t3):
+        for model, row in table.avg().items():
+            baseline = model in ("age_sex", "roi_intensity", "radiomics")
+            assert (row["delta_r_radiomics"] is None) == baseline, model
+            assert (row["converged"] is None) == baseline, model
+    assert t1.avg()["resnet50"]["converged"] is False and t1.avg()["vgg16"]["converged"] is True
+    assert t2.avg()["lumbar"]["converged"] is True and t2.avg()["multi_roi"]["converged"] is False
+    assert t3.avg()["ensm_roi"]["converged"] is True and t3.avg()["ensm_all"]["converged"] is False
+    saved = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
+    assert saved["tables"]["table1"][0]["delta_r_radiomics"] is not None
