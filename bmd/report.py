@@ -238,6 +238,18 @@ def reference_comparison(rows: list[dict], vertebra: str = "avg") -> str:
     return " ".join(parts)
 
 
+def convergence_sentence(failed: dict[str, str]) -> str:
+    """The book's sentence on runs that did not learn (``stages.failed_runs``): which, why, and that their
+    numbers are not comparable; a short all-clear when every model learned."""
+    if not failed:
+        return ("Every model here learned (validation R of its selected epoch at least 0.3, finite losses), "
+                "so its row can be compared with the others.")
+    items = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
+    return (f"Did not learn — {items}. Their rows are shown for completeness but are not comparable: "
+            "a model that did not learn measures a failed training run, not what its architecture or its "
+            "region can read from the radiograph.")
+
+
 def plot_predicted_vs_dxa(frame: pd.DataFrame, split: str = "test"):
     """Figure 2 of the paper: predicted vs DXA BMD per vertebra (seaborn scatter with identity line),
     each panel with its R, bias (mean of prediction − DXA) and MAE in g/cm²."""

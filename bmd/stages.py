@@ -269,6 +269,17 @@ def run_converged(run: Path) -> bool:
     return bool(json.loads((Path(run) / "metrics.json").read_text()).get("converged", True))
 
 
+def failed_runs(results: TableResults) -> dict[str, str]:
+    """Row label → why its training run did not learn (``metrics.json``'s ``reason``), for the runs
+    of a table that did not converge; empty when every model learned."""
+    failed = {}
+    for label, run in results.runs.items():
+        metrics = json.loads((Path(run) / "metrics.json").read_text())
+        if not metrics.get("converged", True):
+            failed[label] = metrics.get("reason") or "did not converge"
+    return failed
+
+
 @dataclass
 class TableResults:
     """One results table: its rows (the ``summary.json`` layout), the predictions behind each row and the runs."""
