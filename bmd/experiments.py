@@ -74,6 +74,19 @@ def recipe_text(backbone: str) -> str:
                      for k, v in backbone_recipe(backbone).items())
 
 
+def recipe_summary(cfg: Profile) -> str:
+    """The profile's training recipe in one line, as the book states it under each table."""
+    from bmd.train import TrainConfig
+
+    geometry = TrainConfig.__dataclass_fields__["augment_geometry"].default
+    augment = ("per-crop flips and whole-pixel shifts (no resampling, so training crops are exactly as sharp "
+               "as test crops)" if geometry == "exact" else "per-crop flips, shifts, scaling and rotation")
+    return (f"{cfg.train_optimizer}, lr {cfg.train_lr:g}, {cfg.train_schedule} schedule, {cfg.train_epochs} epochs, "
+            f"batch {cfg.train_batch_size}, width {cfg.train_width:g}"
+            f"{', batch norm' if cfg.train_batch_norm else ''}, chest {cfg.chest_size}² and ROIs {cfg.roi_size}², "
+            f"augmentation: {augment}")
+
+
 def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str | Path, runs: str | Path):
     """The training config of a spec under a profile's recipe (and its backbone's, :func:`backbone_recipe`)."""
     from bmd.train import TrainConfig
