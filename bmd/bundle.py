@@ -12,6 +12,22 @@ in eval mode. Layout::
                     the detector's validation errors, versions) and the size and SHA-256 of every file
     weights.pt      the network's state dict (best validation epoch)
     landmarks/      a copy of the landmark detector bundle (:mod:`bmd.landmarks.train`)
+    MODEL_CARD.md   what the model is for, what it was trained on, how well it did on its test split,
+                    its calibration, its input requirements and known limits (:mod:`bmd.model_card`)
+
+**Calibration.** A regression output shrinks toward the mean, so its T-scores under-call
+osteoporosis (DESIGN §8). At export the run's validation-split predictions (``predictions.csv``) fit
+:class:`bmd.screening.Recalibration` per vertebra; ``bundle.json``'s ``calibration`` block stores it
+(``method: validation-linear``, the fitted lines and the map ``calibrated = scale·raw + offset``), and
+``bmd predict`` applies it unless ``--raw``. When it cannot be fitted (a model that did not learn) the
+block says ``method: none`` and why; a bundle from before calibration existed has no block. Both
+predict raw, with ``calibration = none``.
+
+**No paths.** A bundle travels between sites, so it holds no absolute path: the training config's
+run, cache and manifest are reduced to file names, the training data is identified by the manifest's
+file name and SHA-256 (and, for the twin cohort, its spec version and hash from ``oracle.json``), and
+every other string that is an absolute path (in ``bundle.json`` and the detector's ``config.json``)
+is reduced to its last component.
 
 Inputs must be cut exactly as for training, so the crop sides are read from the training ROI cache
 (its ``meta.json``, or the array shapes of a bare cache folder), never from a profile. A bundle holds
@@ -36,11 +52,13 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,10 +69,18 @@ from bmd.data import FAMILIES, TargetScaler
 from bmd.landmarks.train import LandmarkModel, load_landmark_model
 from bmd.rois import GEOMETRY_VERSION, ROI_NAMES, RoiGeometry
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from bmd.screening import Recalibration
+
 BUNDLE_FORMAT = "bmd-model/1"
 BUNDLE_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
+CARD_FILE = "MODEL_CARD.md"
 LANDMARK_DIR = "landmarks"
+CALIBRATED, UNCALIBRATED = "validation-linear", "none"
+"""Values of the ``calibration`` column of ``bmd predict``: the bundle's validation recalibration, or raw."""
 _LANDMARK_FILES = ("config.json", "weights.pt", "plausibility.pt")
 KINDS = ("multi_roi", "roi")
 STORAGE = ("uint8", "float16")
@@ -83,11 +109,17 @@ class Bundle:
     sex: str  # F | M: the reference table's sex used for T-scores
     threshold: float  # T-score at or below which the WHO category is osteoporosis
     info: dict = field(repr=False, default_factory=dict)  # the whole bundle.json
+    calibration: Recalibration | None = None  # the validation recalibration; None: predictions are raw
 
     @property
     def min_image_side(self) -> int:
         """Smallest image side accepted for prediction: the chest input side (a chest is never upsampled)."""
         return self.chest_size
+
+    @property
+    def calibration_name(self) -> str:
+        """``validation-linear`` when the bundle carries a recalibration, else ``none``."""
+        return CALIBRATED if self.calibration is not None else UNCALIBRATED
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -214,6 +246,169 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+def is_absolute_path(text: str) -> bool:
+    """Whether a string is an absolute path (POSIX, home-relative or Windows), which a bundle must not hold."""
+    return text.startswith(("/", "~")) or bool(_WINDOWS_ABSOLUTE.match(text))
+
+
+def strip_paths(obj: Any) -> Any:
+    """A copy of a JSON-like object with every absolute-path string reduced to its last component."""
+    if isinstance(obj, dict):
+        return {k: strip_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strip_paths(v) for v in obj]
+    if isinstance(obj, str) and is_absolute_path(obj):
+        return (PureWindowsPath(obj) if _WINDOWS_ABSOLUTE.match(obj) else Path(obj)).name
+    return obj
+
+
+def _portable_config(cfg) -> dict:
+    """The training config with its run folder, cache, manifest and weights file reduced to names."""
+    from bmd.pretrained import IMAGENET
+
+    out = dataclasses.asdict(cfg)
+    for key in ("run_dir", "cache", "manifest"):
+        out[key] = Path(str(out[key])).name
+    if out.get("pretrained") and str(out["pretrained"]).strip().lower() != IMAGENET:
+        out["pretrained"] = Path(str(out["pretrained"])).name
+    return out
+
+
+def _training_data(manifest: str | os.PathLike) -> dict:
+    """Which data trained the model, without a path: the manifest's name and SHA-256, and the twin spec.
+
+    A manifest with the twin generator's ``oracle.json`` beside it is the twin cohort: its spec
+    version, spec hash, seed and profile are recorded.
+    """
+    path = Path(manifest)
+    out: dict = {"source": "site", "manifest": path.name,
+                 "manifest_sha256": _sha256(path) if path.is_file() else None}
+    try:
+        oracle = json.loads((path.parent / "oracle.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        oracle = None
+    if isinstance(oracle, dict) and oracle.get("spec_hash"):
+        out["source"] = "twin"
+        out["twin"] = {k: oracle.get(k) for k in ("spec_version", "spec_hash", "seed", "profile")}
+    return out
+
+
+def _run_predictions(run: Path) -> pd.DataFrame | None:
+    """The run's val/test predictions (``predictions.csv``), or None when it has none."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(run / "predictions.csv", dtype={"case_id": str, "patient_id": str})
+    except (OSError, ValueError):
+        return None
+
+
+def _split_sizes(cfg, predictions: pd.DataFrame | None) -> dict:
+    """Cases per split that the run used: the manifest's splits over the cache's cases (else the predictions)."""
+    import pandas as pd
+
+    try:
+        case_ids = set((Path(cfg.cache) / "case_ids.txt").read_text().split())
+        manifest = pd.read_csv(cfg.manifest, dtype={"case_id": str})
+        counts = manifest[manifest["case_id"].isin(case_ids)]["split"].value_counts()
+        return {s: int(counts.get(s, 0)) for s in ("train", "val", "test")}
+    except (OSError, ValueError, KeyError):
+        pass
+    if predictions is None or "split" not in predictions:
+        return {"train": None, "val": None, "test": None}
+    counts = predictions["split"].value_counts()
+    return {"train": None, "val": int(counts.get("val", 0)), "test": int(counts.get("test", 0))}
+
+
+def _fit_calibration(predictions: pd.DataFrame | None) -> tuple[Recalibration | None, dict]:
+    """The validation recalibration of a run (:class:`bmd.screening.Recalibration`) and its bundle.json block."""
+    from bmd.screening import Recalibration
+
+    if predictions is None:
+        return None, {"method": UNCALIBRATED, "reason": "the run has no predictions.csv"}
+    try:
+        recal = Recalibration.fit(predictions, "val")
+    except (ValueError, KeyError) as exc:
+        return None, {"method": UNCALIBRATED, "reason": str(exc).splitlines()[0] if str(exc) else repr(exc)}
+    n = int((predictions["split"] == "val").sum())
+    return recal, {"method": CALIBRATED, "split": "val", "n_cases": n,
+                   "applied": "by bmd predict and bmd evaluate unless --raw", **recal.to_dict()}
+
+
+def _bias_mae(pred: np.ndarray, truth: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> list[dict]:
+    """Bias (mean prediction − truth) and MAE per vertebra and averaged, with patient-bootstrap 95% CIs."""
+    from bmd.metrics import patient_bootstrap_weights
+
+    weights = patient_bootstrap_weights(patients, n_boot, seed) if len(patients) else np.zeros((n_boot, 0))
+    rows, boots = [], []
+    for j, v in enumerate(VERTEBRAE):
+        ok = np.isfinite(pred[:, j]) & np.isfinite(truth[:, j])
+        d, w = pred[ok, j] - truth[ok, j], weights[:, ok]
+        total = w.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = np.stack([(w * d).sum(axis=1) / total, (w * np.abs(d)).sum(axis=1) / total], axis=1)
+        boots.append(boot)
+        rows.append({"vertebra": v, "n": int(ok.sum()), **_with_ci("bias", d.mean() if d.size else np.nan,
+                                                                    boot[:, 0]),
+                     **_with_ci("mae", np.abs(d).mean() if d.size else np.nan, boot[:, 1])})
+    avg = np.nanmean(np.stack(boots), axis=0) if n_boot else np.zeros((0, 2))
+    rows.append({"vertebra": "avg", "n": int(sum(r["n"] for r in rows)),
+                 **_with_ci("bias", float(np.nanmean([r["bias"] for r in rows])), avg[:, 0]),
+                 **_with_ci("mae", float(np.nanmean([r["mae"] for r in rows])), avg[:, 1])})
+    return rows
+
+
+def _with_ci(name: str, point: float, boot: np.ndarray) -> dict:
+    boot = boot[np.isfinite(boot)]
+    lo, hi = np.quantile(boot, [0.025, 0.975]).tolist() if boot.size else (float("nan"), float("nan"))
+    return {name: float(point), f"{name}_lo": float(lo), f"{name}_hi": float(hi)}
+
+
+def _test_performance(metrics: dict, predictions: pd.DataFrame | None, recal: Recalibration | None,
+                      seed: int, n_boot: int = 2000) -> dict:
+    """Test-split R and AUC (from the run's metrics.json) with bias and MAE (from predictions.csv), CIs.
+
+    Bias and MAE are given for the raw output and, when there is a recalibration, for the calibrated
+    one (R and AUC do not change under an increasing linear map).
+    """
+    import warnings
+
+    from bmd.evaluation import BMD_COLUMNS, PRED_COLUMNS
+
+    test_metrics = metrics.get("splits", {}).get("test") or []
+    rows = {r.get("vertebra"): r for r in test_metrics if isinstance(r, dict)}
+    out: dict = {"split": "test", "n_boot": n_boot, "ci": "95% patient-level bootstrap", "rows": []}
+    part = None
+    if predictions is not None and {"split", "patient_id", *BMD_COLUMNS, *PRED_COLUMNS} <= set(predictions):
+        part = predictions[predictions["split"] == "test"]
+    agreement: dict[str, list[dict]] = {}
+    if part is not None and len(part):
+        truth, raw = part[BMD_COLUMNS].to_numpy(float), part[PRED_COLUMNS].to_numpy(float)
+        patients = part["patient_id"].to_numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            agreement["raw"] = _bias_mae(raw, truth, patients, n_boot, seed)
+            if recal is not None:
+                agreement["calibrated"] = _bias_mae(recal.apply_array(raw), truth, patients, n_boot, seed)
+    for v in (*VERTEBRAE, "avg"):
+        m = rows.get(v, {})
+        row: dict = {"vertebra": v, "n": m.get("n")}
+        for key in ("r", "r_lo", "r_hi", "auc", "auc_lo", "auc_hi"):
+            row[key] = m.get(key)
+        for which, table in agreement.items():
+            a = next(r for r in table if r["vertebra"] == v)
+            row["n"] = row["n"] if row["n"] is not None else a["n"]
+            prefix = "" if which == "raw" else "calibrated_"
+            row.update({f"{prefix}{k}": a[k] for k in ("bias", "bias_lo", "bias_hi", "mae", "mae_lo", "mae_hi")})
+        if "raw" not in agreement:  # no predictions.csv: the metrics' point values, without CIs
+            row.update({k: m.get(k) for k in ("bias", "mae")})
+        out["rows"].append(row)
+    return out
+
+
 def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike, dest: str | os.PathLike, *,
                   reference: str = "hologic", threshold: float = -2.5, sex: str = "F") -> Path:
     """Write the model bundle of a finished training run to ``dest`` (atomically); returns ``dest``.
@@ -223,6 +418,9 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
     whose landmarks cut the run's validation/test crops (copied into ``dest/landmarks``).
     ``reference``/``sex``/``threshold``: the T-score table, its sex and the osteoporosis threshold that
     ``bmd predict`` reports with. Crop sides, storage and geometry are read from the run's ROI cache.
+    The validation recalibration is fitted from the run's ``predictions.csv`` (stored as ``method:
+    none`` with the reason when it cannot be), and ``MODEL_CARD.md`` is written from the description;
+    no absolute path is written (see the module docstring).
     Raises :class:`BundleError` with a one-line reason when something is missing or inconsistent.
     """
     from bmd.train import TrainConfig
@@ -266,6 +464,8 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
     metrics = {}
     if (run / "metrics.json").is_file():
         metrics = _read_json(run / "metrics.json", "training metrics")
+    predictions = _run_predictions(run)
+    recal, calibration = _fit_calibration(predictions)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
@@ -274,10 +474,11 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
         (tmp / LANDMARK_DIR).mkdir()
         src = Path(landmark_bundle)
         for name in _LANDMARK_FILES:
-            if (src / name).is_file():
+            if name == "config.json":  # the detector's description, without the paths it was trained from
+                lm_config = strip_paths(_read_json(src / name, "landmark detector config"))
+                (tmp / LANDMARK_DIR / name).write_text(json.dumps(lm_config, indent=1), encoding="utf-8")
+            elif (src / name).is_file():
                 shutil.copyfile(src / name, tmp / LANDMARK_DIR / name)
-        files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
         lm_info = landmarks.info
         info = {
             "format": BUNDLE_FORMAT,
@@ -296,12 +497,20 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
             "landmarks": {"folder": LANDMARK_DIR, "format": lm_info.get("format"),
                           "input_size": landmarks.input_size, "val_errors": lm_info.get("val_errors"),
                           "plausibility": landmarks.plausibility is not None},
-            "provenance": {"training_config": dataclasses.asdict(cfg), "best_epoch": metrics.get("best_epoch"),
+            "calibration": calibration,
+            "training_data": {**_training_data(cfg.manifest), "split_sizes": _split_sizes(cfg, predictions)},
+            "performance": {"test": _test_performance(metrics, predictions, recal, cfg.seed)},
+            "provenance": {"training_config": _portable_config(cfg), "best_epoch": metrics.get("best_epoch"),
                            "metrics": metrics.get("splits", {}), "cache_key": inputs["cache_key"],
                            "cache_landmark_source": inputs["landmark_source"],
                            "versions": {"bmd": __version__, "torch": torch.__version__, "numpy": np.__version__}},
-            "files": files,
         }
+        info = json.loads(json.dumps(strip_paths(info), default=float))  # plain JSON (NaN kept as NaN)
+        from bmd.model_card import render_model_card
+
+        (tmp / CARD_FILE).write_text(render_model_card(info), encoding="utf-8")
+        info["files"] = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+                         for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=1, default=float), encoding="utf-8")
         _replace_dir(tmp, dest)
     except BaseException:
@@ -351,6 +560,7 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
     if scaler.mean.shape != (len(VERTEBRAE),) or scaler.std.shape != (len(VERTEBRAE),):
         raise BundleError(f"{root}: the target scaler needs {len(VERTEBRAE)} means and SDs")
     ref, sx, thr = _check_settings(ref, sx, thr)
+    calibration = _read_calibration(root, info.get("calibration"))
     if verify:
         for name, rec in files.items():
             p = root / name
@@ -378,4 +588,19 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
     landmarks.net.eval()
     return Bundle(path=root, model=net, landmarks=landmarks, scaler=scaler, kind=kind, family=family,
                   backbone=model_info["backbone"], chest_size=chest_size, roi_size=roi_size, geometry=geometry,
-                  storage=storage, reference=ref, sex=sx, threshold=thr, info=info)
+                  storage=storage, reference=ref, sex=sx, threshold=thr, info=info, calibration=calibration)
+
+
+def _read_calibration(root: Path, block: Any) -> Recalibration | None:
+    """The recalibration a bundle.json ``calibration`` block describes (None: absent or ``method: none``)."""
+    if block is None or (isinstance(block, dict) and block.get("method") == UNCALIBRATED):
+        return None
+    if not isinstance(block, dict) or block.get("method") != CALIBRATED:
+        method = block.get("method") if isinstance(block, dict) else block
+        raise BundleError(f"{root}: unknown calibration method {method!r} in {BUNDLE_FILE}")
+    from bmd.screening import Recalibration
+
+    try:
+        return Recalibration.from_dict(block)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{root}: unusable calibration in {BUNDLE_FILE} ({exc.__class__.__name__}: {exc})") from None

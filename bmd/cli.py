@@ -126,11 +126,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     frame = predict_images([str(p) for p in images], bundle, overlay_dir=args.overlay, name=args.name,
-                           batch_size=args.batch_size, sex=args.sex,
+                           batch_size=args.batch_size, sex=args.sex, raw=args.raw,
                            progress=args.out is not None and not args.quiet)
     text = to_csv(frame)
     counts = frame["status"].value_counts().to_dict()
     line = f"{len(frame)} image(s): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    line += f"; calibration {'none (--raw)' if args.raw else bundle.calibration_name}"
     if args.out:
         write_text(args.out, text)
         print(f"{line} → {args.out}" + (f"; overlays in {args.overlay}" if args.overlay else ""))
@@ -148,7 +149,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate_bundle(args.model, args.manifest, args.out, split=args.split, n_boot=args.n_boot,
-                                 batch_size=args.batch_size, progress=not args.quiet)
+                                 batch_size=args.batch_size, raw=args.raw, progress=not args.quiet)
     except ManifestError as exc:
         print(f"{args.manifest}: invalid manifest ({len(exc.errors)} error(s)):", file=sys.stderr)
         for line in exc.errors:
@@ -165,7 +166,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return "n/a" if x is None else f"{x:.3f}"
 
     print(f"{result['n_cases']} case(s) ({result['rows']} rows): ok {result['n_ok']}, flagged {result['n_flagged']}, "
-          f"failed {result['n_failed']} → {args.out}")
+          f"failed {result['n_failed']} → {args.out}; calibration {result['calibration']}")
     if avg is not None:
         print(f"avg R {fmt(avg['r'])} [{fmt(avg['r_lo'])}, {fmt(avg['r_hi'])}], AUC {fmt(avg['auc'])} "
               f"[{fmt(avg['auc_lo'])}, {fmt(avg['auc_hi'])}], MAE {fmt(avg['mae'])} g/cm²")
@@ -238,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict", help="BMD L1-L4, T-scores and WHO category per image, with a model bundle (CSV)",
         description="One CSV row per input image: image, status (ok|flagged|failed), reason, bmd_l1..bmd_l4 "
-                    "(g/cm2), t_l1..t_l4, category (WHO category of the lowest vertebra T-score), plausibility. "
-                    "Exit status 1 when any image failed.")
+                    "(g/cm2), t_l1..t_l4, category (WHO category of the lowest vertebra T-score), calibration "
+                    "(validation-linear or none), plausibility. The bundle's validation recalibration is applied "
+                    "unless --raw; its MODEL_CARD.md says what the model is for. Exit status 1 when any image "
+                    "failed.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="DICOM/PNG/JPEG files or folders (searched recursively)")
     p.add_argument("--model", required=True, type=Path, help="model bundle folder")
     p.add_argument("--out", type=Path, default=None, help="CSV file (default: standard output)")
@@ -249,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image column: the path as given (file) or a SHA-256 of the file's bytes (hash)")
     p.add_argument("--sex", choices=("F", "M"), default=None,
                    help="sex of the T-score reference (default: the bundle's, female)")
+    p.add_argument("--raw", action="store_true",
+                   help="the network's uncalibrated output (default: the bundle's validation recalibration, "
+                        "when it has one)")
     p.add_argument("--batch-size", type=int, default=8, help="images decoded and run together (default 8)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -265,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("auto", "test", "all"), default="auto",
                    help="rows to evaluate: auto = the test split when there is one, else all (default)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the CIs (default 2000)")
+    p.add_argument("--raw", action="store_true",
+                   help="score the uncalibrated output (default: the bundle's validation recalibration)")
     p.add_argument("--batch-size", type=int, default=8, help="images decoded and run together (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)

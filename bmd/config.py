@@ -39,6 +39,7 @@ class Profile:
     # training recipe (the paper profile follows the paper; the CPU profiles use a faster recipe)
     train_width: float = 1.0  # backbone width multiplier
     train_batch_norm: bool = False  # batch-norm backbone variants
+    train_pretrained: str | None = None  # None (random) | "imagenet" (torchvision's, local) | a weights file
     train_optimizer: str = "sgd"  # sgd | adamw
     train_lr: float = 1e-4
     train_weight_decay: float = 4e-4
@@ -99,6 +100,10 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "roi_size": "Side in pixels of each of the six local ROI crops (clavicles, cervical spine, rib cages, T12).",
     "train_width": "Width multiplier of the backbones' channels (1.0: the published VGG/ResNet widths).",
     "train_batch_norm": "Use the batch-norm variants of the backbones (VGG-BN); the paper's VGG has none.",
+    "train_pretrained": ("Backbone initialisation: none (random), `imagenet` (torchvision's ImageNet weights for "
+                         "each backbone, read from the local torch hub cache `<torch hub dir>/checkpoints/`, never "
+                         "downloaded: a missing file stops training with the exact path to put it at) or the path "
+                         "of a weights file. Set it to null in a copy of the profile to train from random weights."),
     "train_optimizer": "`sgd` (the paper's, momentum 0.9, which the paper does not state) or `adamw`.",
     "train_lr": "Learning rate (peak rate of the one-cycle schedule when that is used).",
     "train_weight_decay": "Weight decay of the optimiser.",

@@ -94,7 +94,8 @@ def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str
     return TrainConfig(
         run_dir=str(Path(runs) / spec.name), cache=str(cache), manifest=str(manifest), model=spec.model,
         family="chest" if spec.model == "multi_roi" else spec.family, backbone=spec.backbone,
-        width=cfg.train_width, batch_norm=cfg.train_batch_norm, epochs=cfg.train_epochs,
+        width=cfg.train_width, batch_norm=cfg.train_batch_norm, pretrained=cfg.train_pretrained,
+        epochs=cfg.train_epochs,
         batch_size=cfg.train_batch_size, optimizer=cfg.train_optimizer, lr=cfg.train_lr,
         weight_decay=cfg.train_weight_decay, schedule=cfg.train_schedule, seed=cfg.seed,
         **backbone_recipe(spec.backbone),
@@ -116,13 +117,18 @@ def train_model(config, nproc: int = 1) -> Path:
     """Train through the DDP entry point unless an identical finished run exists; returns the run folder.
 
     A killed run of the same config resumes from its checkpoint. Raises :class:`bmd.train.RunFolderBusy`
-    when another process is training in the folder.
+    when another process is training in the folder, and :class:`bmd.pretrained.PretrainedWeightsError`
+    (one line, before anything starts) when the config's pretrained weights file is missing.
     """
     from bmd.train import launch, run_lock
 
     run = Path(config.run_dir)
     if is_finished(config):
         return run
+    if config.pretrained is not None:
+        from bmd.pretrained import resolve_weights
+
+        resolve_weights(config.pretrained, config.backbone, config.batch_norm)
     # the folder's lock before anything is deleted: a run training there refuses us (RunFolderBusy)
     with run_lock(run):
         if is_finished(config):  # finished between the check above and taking the lock

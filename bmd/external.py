@@ -16,14 +16,18 @@ a ``failed`` row.
 **Truth and T-scores** come from the site: each row's ``reference`` table and ``sex`` (and the
 ``t_l*`` copied from DXA reports, when present) — not the bundle's default table.
 
+**Calibration.** As ``bmd predict``: the bundle's validation recalibration is applied unless
+``raw=True``; ``metrics.json`` and every row of ``predictions.csv`` say which (``calibration``:
+``validation-linear`` or ``none``). R and AUC do not depend on it; bias, MAE and the categories do.
+
 **Which predictions count.** Metrics use every case with a prediction, ``ok`` and ``flagged`` alike
 (what a user of ``bmd predict`` would be given); ``metrics_ok_only`` repeats them without the flagged
 ones. Failed cases have no prediction: they are counted, listed in ``metrics.json`` (case id and
 reason) and kept in ``predictions.csv``, never silently dropped.
 
 Written into ``out`` (each file atomically): ``predictions.csv`` (one row per evaluated case: ids,
-split, sex, reference, status, reason, plausibility, truth, predictions, predicted T-scores and
-category), ``metrics.json`` and ``predicted_vs_dxa.png``.
+split, sex, reference, status, reason, plausibility, calibration, truth, predictions, predicted
+T-scores and category), ``metrics.json`` and ``predicted_vs_dxa.png``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from bmd import VERTEBRAE
-from bmd.bundle import Bundle, load_bundle
+from bmd.bundle import UNCALIBRATED, Bundle, load_bundle
 from bmd.evaluation import BMD_COLUMNS, PRED_COLUMNS, evaluate_predictions
 
 SPLITS = ("auto", "test", "all")
@@ -88,14 +92,28 @@ def _lowest_t_endpoint(frame: pd.DataFrame, threshold: float, n_boot: int, seed:
             "specificity": float((~called & ~positive).sum() / n_neg) if n_neg else float("nan")}
 
 
+def _same_manifest_as_training(bundle: Bundle, manifest_path: Path) -> bool:
+    """Whether the bundle was trained on this very manifest: same SHA-256 (older bundles: same path)."""
+    import hashlib
+
+    recorded = bundle.info.get("training_data", {}).get("manifest_sha256")
+    if recorded:
+        with open(manifest_path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest() == recorded
+    training = bundle.info.get("provenance", {}).get("training_config", {})
+    return bool(training.get("manifest")) and Path(str(training["manifest"])).resolve() == manifest_path
+
+
 def _records(df: pd.DataFrame) -> list[dict]:
     return json.loads(df.to_json(orient="records"))  # NaN → null, numpy → plain JSON numbers
 
 
 def evaluate_bundle(bundle: Bundle | str | os.PathLike, manifest: str | os.PathLike, out: str | os.PathLike, *,
                     split: str = "auto", n_boot: int = 2000, seed: int = 0, batch_size: int = 8,
-                    progress: bool = False) -> dict:
+                    raw: bool = False, progress: bool = False) -> dict:
     """Validate a model bundle on a manifest (see the module docstring); returns what ``metrics.json`` holds.
+
+    ``raw``: score the network's output even when the bundle carries a calibration.
 
     Raises :class:`bmd.manifest.ManifestError` for an invalid manifest and
     :class:`bmd.bundle.BundleError` for an unusable bundle.
@@ -114,12 +132,13 @@ def evaluate_bundle(bundle: Bundle | str | os.PathLike, manifest: str | os.PathL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    pred = predict_images(list(rows["image_path"]), bundle, batch_size=batch_size, progress=progress)
+    pred = predict_images(list(rows["image_path"]), bundle, batch_size=batch_size, raw=raw, progress=progress)
     keep = [c for c in ("case_id", "patient_id", "split", "sex", "age", "reference", "image") if c in rows.columns]
     frame = rows[keep].copy()
     if "split" not in frame.columns:
         frame["split"] = ""
     frame["status"], frame["reason"], frame["plausibility"] = pred["status"], pred["reason"], pred["plausibility"]
+    frame["calibration"] = pred["calibration"]
     frame[BMD_COLUMNS] = rows[BMD_COLUMNS].to_numpy(float)
     for v in VERTEBRAE:
         if f"t_{v.lower()}" in rows.columns:
@@ -149,12 +168,13 @@ def evaluate_bundle(bundle: Bundle | str | os.PathLike, manifest: str | os.PathL
     metrics, lowest_t = metrics_of(predicted)
     ok_only, lowest_ok = metrics_of(frame["status"] == "ok")
     failed = frame[frame["status"] == "failed"]
-    training = bundle.info.get("provenance", {}).get("training_config", {})
-    same = bool(training.get("manifest")) and Path(str(training["manifest"])).resolve() == manifest_path
+    same = _same_manifest_as_training(bundle, manifest_path)
+    calibration = str(pred["calibration"].iloc[0]) if len(pred) else (UNCALIBRATED if raw else
+                                                                        bundle.calibration_name)
     result = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "bundle": str(bundle.path), "manifest": str(manifest_path), "rows": used,
-        "same_manifest_as_training": same,
+        "same_manifest_as_training": same, "calibration": calibration,
         "threshold": bundle.threshold, "n_boot": n_boot, "seed": seed,
         "n_cases": int(len(frame)), "n_patients": int(frame["patient_id"].nunique()),
         "n_ok": int((frame["status"] == "ok").sum()), "n_flagged": int((frame["status"] == "flagged").sum()),

@@ -165,10 +165,9 @@ def build_backbone(name: str, width: float = 1.0, batch_norm: bool = False,
     """
     backbone = Backbone(name, width, batch_norm, zero_init_residual)
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-        if not any(k.startswith("features") for k in state) or len(missing) == len(backbone.state_dict()):
-            raise ValueError(f"{weights}: no matching backbone weights (missing {len(missing)} tensors)")
+        from bmd.pretrained import load_backbone_weights  # "imagenet" or a local file: see bmd.pretrained
+
+        load_backbone_weights(backbone, weights)
     return backbone
 
 

@@ -1,8 +1,8 @@
 """Lumbar BMD, T-scores and the WHO category from chest radiographs, with a model bundle.
 
 :func:`predict_images` gives one row per input, in input order, with the contract columns
-``image, status, reason, bmd_l1..bmd_l4, t_l1..t_l4, category`` followed by ``plausibility`` (and
-``overlay`` when overlays are written):
+``image, status, reason, bmd_l1..bmd_l4, t_l1..t_l4, category, calibration`` followed by
+``plausibility`` (and ``overlay`` when overlays are written):
 
 * ``image``: the path as given (``name="file"``), or ``sha256:`` + the first 16 hex digits of the
   file's SHA-256 (``name="hash"``; an unreadable file is ``input-<n>``, its 1-based position). Never
@@ -17,8 +17,11 @@
   sex (see :mod:`bmd.bundle`); ``category``: the WHO category (normal T ≥ −1, osteopenia, osteoporosis
   T ≤ the bundle's threshold) of the **lowest** vertebra T-score, the patient-level endpoint
   clinicians use (DESIGN §8). T-scores and categories are meant for people aged 50 and over and
-  post-menopausal women. A regression output shrinks towards the mean, so a category from it
-  under-calls osteoporosis unless the model was recalibrated.
+  post-menopausal women.
+* ``calibration``: ``validation-linear`` — the numbers went through the bundle's validation-split
+  recalibration (:mod:`bmd.bundle`; a regression output shrinks towards the mean, so a category from
+  the raw output under-calls osteoporosis); ``none`` — the network's raw output (``raw=True``, or a
+  bundle without a calibration). T-scores, the category and the overlay title use the same numbers.
 
 Crops are made exactly as the training cache made them: :func:`bmd.io.read_image`, the bundle's
 landmark detector on the decoded array, :func:`bmd.rois.crop_rois_batch` with the cache's geometry and
@@ -43,11 +46,11 @@ import pandas as pd
 import torch
 
 from bmd import VERTEBRAE
-from bmd.bundle import Bundle, load_bundle
+from bmd.bundle import UNCALIBRATED, Bundle, load_bundle
 
 BMD_OUT = tuple(f"bmd_{v.lower()}" for v in VERTEBRAE)
 T_OUT = tuple(f"t_{v.lower()}" for v in VERTEBRAE)
-CONTRACT_COLUMNS: tuple[str, ...] = ("image", "status", "reason", *BMD_OUT, *T_OUT, "category")
+CONTRACT_COLUMNS: tuple[str, ...] = ("image", "status", "reason", *BMD_OUT, *T_OUT, "category", "calibration")
 """The columns every prediction table starts with, in this order."""
 EXTRA_COLUMNS: tuple[str, ...] = ("plausibility",)
 """Non-identifying columns after the contract ones (``overlay`` follows when overlays are written)."""
@@ -163,7 +166,7 @@ def _write_overlay(path: Path, image: np.ndarray, points: np.ndarray, bundle: Bu
 
 def predict_images(images: Sequence[ImageInput] | ImageInput, bundle: Bundle | str | os.PathLike, *,
                    overlay_dir: str | os.PathLike | None = None, name: str = "file", batch_size: int = 8,
-                   sex: str | None = None, progress: bool = False) -> pd.DataFrame:
+                   sex: str | None = None, raw: bool = False, progress: bool = False) -> pd.DataFrame:
     """Predict BMD L1–L4, T-scores and the WHO category for each image (see the module docstring).
 
     ``images``: file paths (DICOM, PNG, JPEG) or 2-D float arrays in [0, 1], bone bright.
@@ -171,7 +174,8 @@ def predict_images(images: Sequence[ImageInput] | ImageInput, bundle: Bundle | s
     with a prediction (landmarks and ROI boxes), named after the input's file name or hash.
     ``name``: ``"file"`` or ``"hash"`` (what the ``image`` column shows). ``batch_size``: images
     decoded and run together (memory grows with it). ``sex``: ``F``/``M`` for the T-scores, default
-    the bundle's. Returns a DataFrame with :data:`CONTRACT_COLUMNS` then :data:`EXTRA_COLUMNS`.
+    the bundle's. ``raw``: report the network's output even when the bundle carries a calibration.
+    Returns a DataFrame with :data:`CONTRACT_COLUMNS` then :data:`EXTRA_COLUMNS`.
     """
     from bmd.bundle import BundleError
     from bmd.io import ImageReadError
@@ -181,6 +185,8 @@ def predict_images(images: Sequence[ImageInput] | ImageInput, bundle: Bundle | s
         raise ValueError(f"name must be one of {', '.join(NAMING)}, got {name!r}")
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
+    calibration = None if raw else bundle.calibration
+    calibration_name = bundle.calibration_name if calibration is not None else UNCALIBRATED
     sx = bundle.sex if sex is None else str(sex).strip().upper()
     if sx not in ("F", "M"):
         raise BundleError(f"sex must be F or M, got {sex!r}")
@@ -247,6 +253,8 @@ def predict_images(images: Sequence[ImageInput] | ImageInput, bundle: Bundle | s
             row.status = "flagged" if reasons or status == "flagged" else "ok"
             row.reason = "; ".join(reasons)
             row.bmd, row.plausibility = np.asarray(value, dtype=np.float64), plaus
+            if calibration is not None:
+                row.bmd = calibration.apply_array(row.bmd[None])[0]
             if out_dir is not None:
                 stem = _safe_stem(chunk[k], row.image, start + k, name)
                 candidate, n = f"{stem}.png", 1
@@ -279,6 +287,7 @@ def predict_images(images: Sequence[ImageInput] | ImageInput, bundle: Bundle | s
     for j, col in enumerate(T_OUT):
         frame[col] = t[:, j]
     frame["category"] = list(who_category(lowest, bundle.threshold))
+    frame["calibration"] = calibration_name
     frame["plausibility"] = [r.plausibility for r in rows]
     if out_dir is not None:
         frame["overlay"] = [r.overlay for r in rows]

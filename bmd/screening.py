@@ -215,9 +215,40 @@ class Recalibration:
     def apply(self, frame: pd.DataFrame) -> pd.DataFrame:
         """A copy of ``frame`` with recalibrated predictions."""
         out = frame.copy()
-        for j, pcol in enumerate(PRED_COLUMNS):
-            out[pcol] = (out[pcol].to_numpy(float) - self.intercept[j]) / self.slope[j]
+        out[PRED_COLUMNS] = self.apply_array(out[PRED_COLUMNS].to_numpy(float))
         return out
+
+    def apply_array(self, pred: np.ndarray) -> np.ndarray:
+        """Recalibrated predictions of an (N, 4) array of raw ones (L1–L4, g/cm²)."""
+        pred = np.asarray(pred, dtype=np.float64)
+        return (pred - np.asarray(self.intercept)) / np.asarray(self.slope)
+
+    @property
+    def scale(self) -> tuple[float, ...]:
+        """``a`` of ``calibrated = a·raw + b`` per vertebra (``1 / slope``)."""
+        return tuple(1.0 / s for s in self.slope)
+
+    @property
+    def offset(self) -> tuple[float, ...]:
+        """``b`` of ``calibrated = a·raw + b`` per vertebra (``−intercept / slope``)."""
+        return tuple(-i / s for i, s in zip(self.intercept, self.slope, strict=True))
+
+    def to_dict(self) -> dict:
+        """A JSON-ready description: the fitted lines and the map they give, per vertebra."""
+        return {"vertebrae": list(VERTEBRAE), "fit": "pred = intercept + slope * truth", "intercept":
+                list(self.intercept), "slope": list(self.slope),
+                "map": "calibrated = scale * raw + offset", "scale": list(self.scale), "offset": list(self.offset)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recalibration:
+        """The inverse of :meth:`to_dict` (the fitted lines are what is read back)."""
+        intercept = tuple(float(x) for x in data["intercept"])
+        slope = tuple(float(x) for x in data["slope"])
+        if len(intercept) != len(VERTEBRAE) or len(slope) != len(VERTEBRAE):
+            raise ValueError(f"a recalibration needs {len(VERTEBRAE)} intercepts and slopes")
+        if not all(np.isfinite(intercept)) or not all(np.isfinite(s) and s > 0 for s in slope):
+            raise ValueError("a recalibration needs finite intercepts and positive slopes")
+        return cls(intercept, slope)
 
 
 def who_confusion(frame: pd.DataFrame, split: str = "test", endpoint: str = "lowest") -> tuple[pd.DataFrame, float]:

@@ -69,7 +69,7 @@ class TrainConfig:
     backbone: str = "vgg16"
     width: float = 1.0
     batch_norm: bool = False
-    pretrained: str | None = None  # a local backbone weights file
+    pretrained: str | None = None  # "imagenet" (torchvision's, from the local hub cache) or a weights file
     epochs: int = 100
     batch_size: int = 64  # global, over all ranks
     optimizer: str = "sgd"  # sgd (the paper's) | adamw

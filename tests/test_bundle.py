@@ -20,6 +20,7 @@ import torch
 from bmd.bundle import (
     BUNDLE_FILE,
     BUNDLE_FORMAT,
+    CARD_FILE,
     WEIGHTS_FILE,
     Bundle,
     BundleError,
@@ -90,15 +91,18 @@ def test_bundle_describes_itself_and_names_no_case_or_patient(study):
     np.testing.assert_allclose(info["target_scaler"]["std"], scaler["std"])
     assert info["t_scores"] == {**info["t_scores"], "reference": "hologic", "sex": "F", "threshold": -2.5}
     saved_cfg = json.loads((study["run"] / "config.json").read_text())
-    assert info["provenance"]["training_config"] == saved_cfg
+    # the run's config, its paths reduced to names (a bundle holds no absolute path)
+    assert info["provenance"]["training_config"] == {
+        **saved_cfg, **{k: Path(saved_cfg[k]).name for k in ("run_dir", "cache", "manifest")}}
     assert {"val", "test"} <= set(info["provenance"]["metrics"])
     assert {p.name for p in (study["bundle"] / "landmarks").iterdir()} == {"config.json", "weights.pt",
                                                                           "plausibility.pt"}
-    assert set(info["files"]) == {WEIGHTS_FILE, "landmarks/config.json", "landmarks/weights.pt",
+    assert set(info["files"]) == {WEIGHTS_FILE, CARD_FILE, "landmarks/config.json", "landmarks/weights.pt",
                                   "landmarks/plausibility.pt"}
-    text = (study["bundle"] / BUNDLE_FILE).read_text()
-    for ident in [*study["cohort"]["case_id"], *study["cohort"]["patient_id"]]:
-        assert not re.search(rf"\b{re.escape(ident)}\b", text), ident
+    for name in (BUNDLE_FILE, CARD_FILE, "landmarks/config.json"):
+        text = (study["bundle"] / name).read_text()
+        for ident in [*study["cohort"]["case_id"], *study["cohort"]["patient_id"]]:
+            assert not re.search(rf"\b{re.escape(ident)}\b", text), (name, ident)
 
 
 def test_round_trip_gives_the_run_weights_in_eval_mode(study):
@@ -241,3 +245,171 @@ def test_training_predictions_are_reproduced_by_the_loaded_network_on_cached_cro
         z = bundle.model(chest, local).joint.numpy()
     np.testing.assert_allclose(bundle.scaler.inverse(z), pred[[f"pred_l{k}" for k in range(1, 5)]].to_numpy(),
                                atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- calibration, card, paths
+
+
+def _run_with_known_shrinkage(study, tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    """A copy of the study's run whose validation predictions shrink the truth by a known line."""
+    run = tmp_path / "run"
+    shutil.copytree(study["run"], run)
+    pred = pd.read_csv(run / "predictions.csv", dtype={"case_id": str, "patient_id": str})
+    val = pred["split"] == "val"
+    rng = np.random.default_rng(0)
+    for k in range(1, 5):
+        truth = pred.loc[val, f"bmd_l{k}"].to_numpy(float)
+        pred.loc[val, f"pred_l{k}"] = 0.3 + 0.6 * truth + rng.normal(0, 0.01, len(truth))
+    pred.to_csv(run / "predictions.csv", index=False)
+    return run, pred
+
+
+def test_the_validation_recalibration_travels_in_the_bundle_and_predict_applies_it(study, tmp_path, capsys):
+    from bmd.cli import main
+    from bmd.predict import predict_images
+    from bmd.screening import Recalibration
+    from bmd.tscores import t_score, who_category
+
+    run, pred = _run_with_known_shrinkage(study, tmp_path)
+    dest = export_bundle(run, study["detector"], tmp_path / "b")
+    info = json.loads((dest / BUNDLE_FILE).read_text())
+    fitted = Recalibration.fit(pred)
+    cal = info["calibration"]
+    assert cal["method"] == "validation-linear" and cal["split"] == "val" and cal["n_cases"] == int(
+        (pred["split"] == "val").sum())
+    np.testing.assert_allclose(cal["slope"], fitted.slope)
+    np.testing.assert_allclose(cal["intercept"], fitted.intercept)
+    assert all(0.5 < s < 0.7 for s in cal["slope"])
+    scale, offset = np.array(cal["scale"]), np.array(cal["offset"])
+    bundle = load_bundle(dest)
+    assert bundle.calibration == fitted and bundle.calibration_name == "validation-linear"
+
+    images = list(study["cohort"].query("split == 'test'")["image_path"])[:3]
+    calibrated = predict_images(images, bundle)
+    raw = predict_images(images, bundle, raw=True)
+    assert set(calibrated["calibration"]) == {"validation-linear"} and set(raw["calibration"]) == {"none"}
+    bmd_cols = [f"bmd_l{k}" for k in range(1, 5)]
+    np.testing.assert_allclose(calibrated[bmd_cols].to_numpy(), scale * raw[bmd_cols].to_numpy() + offset,
+                               rtol=1e-9, atol=1e-12)
+    # T-scores and the category come from the numbers reported
+    for k, v in enumerate(("L1", "L2", "L3", "L4")):
+        np.testing.assert_allclose(calibrated[f"t_l{k + 1}"], t_score(calibrated[bmd_cols[k]].to_numpy(), v, "F",
+                                                                      "hologic"))
+    lowest = calibrated[[f"t_l{k}" for k in range(1, 5)]].min(axis=1).to_numpy()
+    assert list(calibrated["category"]) == list(who_category(lowest, -2.5))
+
+    # the command line: calibrated by default, --raw for the network's output, the column says which
+    assert main(["predict", *images, "--model", str(dest), "--out", str(tmp_path / "cal.csv"), "--quiet"]) == 0
+    assert "calibration validation-linear" in capsys.readouterr().out
+    assert main(["predict", *images, "--model", str(dest), "--out", str(tmp_path / "raw.csv"), "--raw",
+                 "--quiet"]) == 0
+    cal_csv, raw_csv = pd.read_csv(tmp_path / "cal.csv"), pd.read_csv(tmp_path / "raw.csv")
+    assert list(cal_csv.columns[:13]) == ["image", "status", "reason", *bmd_cols, "t_l1", "t_l2", "t_l3", "t_l4",
+                                          "category", "calibration"]
+    assert set(cal_csv["calibration"]) == {"validation-linear"} and set(raw_csv["calibration"]) == {"none"}
+    np.testing.assert_allclose(cal_csv[bmd_cols].to_numpy(), scale * raw_csv[bmd_cols].to_numpy() + offset,
+                               atol=3e-4)  # the CSV has 4 decimals
+
+
+def test_a_bundle_without_calibration_predicts_raw(study, tmp_path):
+    from bmd.predict import predict_images
+
+    run, _ = _run_with_known_shrinkage(study, tmp_path)
+    dest = export_bundle(run, study["detector"], tmp_path / "b")
+    images = list(study["cohort"].query("split == 'test'")["image_path"])[:2]
+    raw = predict_images(images, load_bundle(dest), raw=True)
+    info = json.loads((dest / BUNDLE_FILE).read_text())
+    del info["calibration"]  # a bundle exported before calibration existed
+    (dest / BUNDLE_FILE).write_text(json.dumps(info))
+    old = load_bundle(dest)
+    assert old.calibration is None and old.calibration_name == "none"
+    frame = predict_images(images, old)
+    assert set(frame["calibration"]) == {"none"}
+    np.testing.assert_allclose(frame[[f"bmd_l{k}" for k in range(1, 5)]].to_numpy(),
+                               raw[[f"bmd_l{k}" for k in range(1, 5)]].to_numpy())
+    # a run whose predictions do not follow the truth: no calibration, and the card and bundle.json say why
+    pred = pd.read_csv(run / "predictions.csv")
+    pred.loc[pred["split"] == "val", "pred_l2"] = 1.0
+    pred.to_csv(run / "predictions.csv", index=False)
+    dest = export_bundle(run, study["detector"], tmp_path / "flat")
+    cal = json.loads((dest / BUNDLE_FILE).read_text())["calibration"]
+    assert cal["method"] == "none" and "pred_l2" in cal["reason"]
+    assert load_bundle(dest).calibration is None
+    assert "None: `bmd predict` reports the network's raw output" in (dest / CARD_FILE).read_text()
+
+
+def _strings(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+def test_no_absolute_path_anywhere_in_an_exported_bundle(study, tmp_path_factory):
+    import os
+
+    bundle = study["bundle"]
+    cfg = json.loads((study["run"] / "config.json").read_text())
+    assert Path(cfg["cache"]).is_absolute() and Path(cfg["manifest"]).is_absolute()  # what there was to strip
+    forbidden = {str(tmp_path_factory.getbasetemp()), str(study["root"]), os.path.expanduser("~"),
+                 str(Path.cwd())}
+    forbidden = {f for f in forbidden if len(f) > 1}
+    files = [p for p in bundle.rglob("*") if p.is_file()]
+    assert {p.relative_to(bundle).as_posix() for p in files} >= {BUNDLE_FILE, CARD_FILE, "landmarks/config.json"}
+    for path in files:
+        data = path.read_bytes()
+        for f in forbidden:
+            assert f.encode() not in data, (path.name, f)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # tensors
+        # any path-like token: none may exist on this machine or point into a temporary or home folder
+        for token in re.findall(r"(?<![\w.])/[^\s\"'`|)\]]+", text):
+            assert not Path(token).exists(), (path.name, token)
+        if path.suffix == ".json":
+            for s in _strings(json.loads(text)):
+                assert not s.startswith(("/", "~")) and not re.match(r"^[A-Za-z]:[\\/]", s), (path.name, s)
+
+
+def test_the_model_card_says_what_the_model_is_for_and_what_it_was_trained_on(study):
+    import hashlib
+
+    from bmd.model_card import CARD_SECTIONS
+
+    card = (study["bundle"] / CARD_FILE).read_text()
+    info = json.loads((study["bundle"] / BUNDLE_FILE).read_text())
+    headings = re.findall(r"^## (.+)$", card, flags=re.M)
+    assert headings == list(CARD_SECTIONS)
+    assert {"Training data", "Test performance", "Calibration", "Intended use", "Input requirements",
+            "Known limits"} <= set(headings)
+    oracle = json.loads((Path(study["manifest"]).parent / "oracle.json").read_text())
+    sha = hashlib.sha256(Path(study["manifest"]).read_bytes()).hexdigest()
+    data = info["training_data"]
+    assert data["source"] == "twin" and data["manifest"] == "manifest.csv" and data["manifest_sha256"] == sha
+    assert data["twin"]["spec_hash"] == oracle["spec_hash"] and data["twin"]["spec_version"] == oracle["spec_version"]
+    assert data["split_sizes"] == {"train": 12, "val": 6, "test": 6}
+    assert oracle["spec_hash"] in card and oracle["spec_version"] in card and sha in card
+    assert "12 training, 6 validation" in card and "6 test cases" in card
+    assert "not a diagnostic device" in card and "not for real patients" in card
+    assert f"At least {info['inputs']['chest_size']} pixels" in card and "DICOM" in card and "PNG" in card
+    # test R and AUC with CIs as the run measured them; bias and MAE from its predictions
+    metrics = {r["vertebra"]: r for r in json.loads((study["run"] / "metrics.json").read_text())["splits"]["test"]}
+    rows = {r["vertebra"]: r for r in info["performance"]["test"]["rows"]}
+    pred = pd.read_csv(study["run"] / "predictions.csv").query("split == 'test'")
+    for v in ("L1", "L2", "L3", "L4", "avg"):
+        assert rows[v]["r"] == pytest.approx(metrics[v]["r"]) and rows[v]["auc_lo"] == pytest.approx(metrics[v]["auc_lo"], nan_ok=True)
+    diff = pred["pred_l1"] - pred["bmd_l1"]
+    assert rows["L1"]["bias"] == pytest.approx(diff.mean()) and rows["L1"]["mae"] == pytest.approx(diff.abs().mean())
+    assert rows["L1"]["bias_lo"] <= rows["L1"]["bias"] <= rows["L1"]["bias_hi"]
+    m1 = metrics["L1"]
+    with_ci = bool(np.isfinite([m1["r_lo"], m1["r_hi"]]).all())  # a tiny split may leave a CI undefined
+    assert (f"{m1['r']:.3f} [{m1['r_lo']:.3f}, {m1['r_hi']:.3f}]" if with_ci else f"{m1['r']:.3f}") in card
+    assert f"{rows['L1']['mae']:.3f} [" in card
+    cal = info["calibration"]["method"]
+    assert (cal == "validation-linear") == ("`validation-linear`: a regression output" in card)

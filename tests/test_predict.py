@@ -60,8 +60,10 @@ def run_predictions(study) -> pd.DataFrame:
 
 def test_predictions_match_the_training_run_and_follow_the_contract(bundle, test_cases, run_predictions):
     paths = list(test_cases["image_path"])
-    frame = predict_images(paths, bundle, batch_size=4)  # two batches: batching must not matter
+    # the network's own output (raw): the run's predictions.csv is uncalibrated
+    frame = predict_images(paths, bundle, batch_size=4, raw=True)  # two batches: batching must not matter
     assert list(frame.columns) == [*CONTRACT_COLUMNS, "plausibility"]
+    assert CONTRACT_COLUMNS[-2:] == ("category", "calibration") and set(frame["calibration"]) == {"none"}
     assert list(frame["image"]) == paths
     assert set(frame["status"]) <= {"ok", "flagged"}
     expected = run_predictions.loc[test_cases["case_id"], PRED].to_numpy()
@@ -72,9 +74,9 @@ def test_predictions_match_the_training_run_and_follow_the_contract(bundle, test
         np.testing.assert_allclose(frame[f"t_l{k + 1}"], t_score(frame[BMD[k]].to_numpy(), v, "F", "hologic"))
     lowest = frame[[f"t_l{k}" for k in range(1, 5)]].min(axis=1).to_numpy()
     assert list(frame["category"]) == list(who_category(lowest, -2.5))
-    one_by_one = predict_images(paths, bundle, batch_size=1)
+    one_by_one = predict_images(paths, bundle, batch_size=1, raw=True)
     np.testing.assert_allclose(one_by_one[BMD].to_numpy(), frame[BMD].to_numpy(), atol=1e-5)
-    male = predict_images(paths[:1], bundle, sex="M")
+    male = predict_images(paths[:1], bundle, sex="M", raw=True)
     # T from BMD with the male table (BMD to float32 rounding: a batch of one versus a batch of four)
     assert male["t_l1"].iloc[0] == pytest.approx(t_score(frame["bmd_l1"].iloc[0], "L1", "M", "hologic"), abs=1e-5)
 
@@ -336,15 +338,16 @@ def test_evaluate_on_the_twin_scores_its_test_split_like_the_book(study, run_pre
     from bmd.evaluation import evaluate_predictions
     from bmd.external import evaluate_bundle
 
-    result = evaluate_bundle(study["bundle"], study["manifest"], tmp_path / "ev", n_boot=200)
+    result = evaluate_bundle(study["bundle"], study["manifest"], tmp_path / "ev", n_boot=200, raw=True)
     assert result["rows"] == "test" and result["n_cases"] == 6 and result["n_failed"] == 0
-    assert result["same_manifest_as_training"] is True
+    assert result["same_manifest_as_training"] is True and result["calibration"] == "none"
     assert {p.name for p in (tmp_path / "ev").iterdir()} == {"predictions.csv", "metrics.json", "predicted_vs_dxa.png"}
     assert (tmp_path / "ev" / "predicted_vs_dxa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved == result
     pred = pd.read_csv(tmp_path / "ev" / "predictions.csv", dtype={"case_id": str})
-    assert set(pred["split"]) == {"test"} and (pred["status"] != "failed").all()
+    assert set(pred["split"]) == {"test"} and (pred["status"] != "failed").all() and set(pred["calibration"]) == {
+        "none"}
     np.testing.assert_allclose(pred[PRED].to_numpy(), run_predictions.loc[pred["case_id"], PRED].to_numpy(),
                                atol=2e-5)
     book = evaluate_predictions(run_predictions.reset_index(), "test", n_boot=200, seed=0).set_index("vertebra")
@@ -373,6 +376,8 @@ def test_evaluate_on_another_sites_manifest_lists_failed_images(study, tmp_path,
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rows"] == "all" and metrics["n_cases"] == 6 and metrics["n_failed"] == 1
     assert metrics["same_manifest_as_training"] is False
+    assert metrics["calibration"] == load_bundle(study["bundle"]).calibration_name  # the default: as bmd predict
+    assert f"calibration {metrics['calibration']}" in printed
     assert metrics["failed"] == [{"case_id": site.loc[2, "case_id"], "reason": "cannot read: file not found"}]
     assert metrics["metrics"][0]["n"] == 5  # the failed case is counted and listed, not scored
     pred = pd.read_csv(out / "predictions.csv", dtype={"case_id": str})
