@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from bmd import VERTEBRAE, paths
+from bmd.atomic import file_mode
 
 SCHEMA_FILE = "manifest_schema.json"
 
@@ -501,17 +502,6 @@ def summarize(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where the system allows (else 0o022)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a manifest CSV atomically; returns the path.
 
@@ -530,7 +520,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
             finite = values.dropna()
             if np.isfinite(finite).all() and (finite == np.round(finite)).all():
                 out[col] = values.astype("Int64")
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+    mode = file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
