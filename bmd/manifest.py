@@ -1,7 +1,7 @@
 """The manifest: one CSV row per chest radiograph with its DXA result.
 
 The schema (columns, types, ranges, how empty cells are read) lives in
-``data_manifest/manifest_schema.json`` and is read from there: it is the one source of truth for this
+``bmd/resources/manifest_schema.json`` and is read from there: it is the one source of truth for this
 module and for ``data_manifest/README.md``.
 
 :func:`load_manifest` validates a file and reports *every* problem at once, each naming the CSV row
@@ -43,8 +43,8 @@ SCHEMA_FILE = "manifest_schema.json"
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    """The manifest schema (``data_manifest/manifest_schema.json``)."""
-    return json.loads((paths.data_manifest_dir() / SCHEMA_FILE).read_text(encoding="utf-8"))
+    """The manifest schema (``bmd/resources/manifest_schema.json``, installed with the package)."""
+    return json.loads(paths.manifest_schema_file().read_text(encoding="utf-8"))
 
 
 def required_columns() -> list[str]:
