@@ -106,7 +106,8 @@ def _print_manifest_errors(verb: str, manifest: str | Path | None, errors: Seque
     if len(errors) == 1 and not errors[0].startswith(("row ", "rows ")):
         print(f"bmd {verb}: {_one_line(errors[0])}", file=sys.stderr)
         return
-    print(f"{manifest}: invalid manifest ({len(errors)} error(s)):", file=sys.stderr)
+    head = "" if verb == "validate-manifest" else f"bmd {verb}: "  # there, the list is the verb's report
+    print(f"{head}{manifest}: invalid manifest ({len(errors)} error(s)):", file=sys.stderr)
     for line in errors:
         print(f"  {line}", file=sys.stderr)
 
