@@ -65,6 +65,7 @@ import torch
 from torch import nn
 
 from bmd import VERTEBRAE, __version__
+from bmd.atomic import dir_mode
 from bmd.data import FAMILIES, TargetScaler
 from bmd.landmarks.train import LandmarkModel, load_landmark_model
 from bmd.rois import GEOMETRY_VERSION, ROI_NAMES, RoiGeometry
@@ -241,6 +242,7 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
             os.replace(dest, trash / "old")
         else:
             raise BundleError(f"{dest}: exists and is not a model bundle; not overwriting it")
+    os.chmod(tmp, dir_mode())  # mkdtemp made it 0o700; a bundle is meant to be handed on
     os.replace(tmp, dest)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)

@@ -1,7 +1,9 @@
 """The ``bmd`` command line. Each verb is a thin wrapper over a function of the package.
 
-Exit status is 0 only when everything asked for succeeded. Expected failures (bad input files,
-invalid manifests, bad profiles) print one clear line each, never a traceback.
+Exit status is 0 only when everything asked for succeeded, 1 when work failed (a missing or unusable
+file, an invalid manifest, bundle or profile, an image that could not be used), 2 for a usage error
+(argparse: an unknown verb or option, a missing or malformed argument) and 130 when interrupted.
+Failures print one clear line each on stderr, naming the file, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,71 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "everything asked for succeeded",
+    EXIT_FAILED: "failed work: a missing or unusable file, manifest, bundle or profile; an image that failed",
+    EXIT_USAGE: "usage error: unknown verb or option, missing or malformed argument",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+DISTRIBUTION = "bmd-cxr"
+
+
+def version() -> str:
+    """The installed ``bmd-cxr`` distribution's version, else the package's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        from bmd import __version__
+
+        return __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``<prog>: <message> (see <prog> --help)`` and exit with status 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _profile_arg(value: str) -> str:
+    """``--profile``: a profile name or an existing YAML file; anything else is a usage error."""
+    from bmd.config import PROFILES
+
+    if value in PROFILES or Path(value).is_file():
+        return value
+    raise argparse.ArgumentTypeError(f"unknown profile {value!r}: expected one of {', '.join(PROFILES)} "
+                                     "or a profile YAML file")
+
+
+def _prefix(verb: str) -> str:
+    return f"bmd {verb}" if verb else "bmd"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a failure at the command-line boundary, naming the file where there is one.
+
+    An ``OSError`` with a file name reads ``<file>: <reason>``; the package's own errors (``bmd.*``
+    classes: manifest, bundle, profile, image, book, run-folder errors) already carry a one-line message
+    naming the file; anything else is ``<class>: <message>``.
+    """
+    if isinstance(exc, OSError) and exc.filename is not None:
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
+        return _one_line(f"{where}: {exc.strerror or type(exc).__name__}")
+    message = _one_line(str(exc))
+    if type(exc).__module__.split(".")[0] == "bmd" and message:
+        return message
+    if isinstance(exc, OSError) and message:
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -25,15 +92,41 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line: line breaks and runs of white space become single spaces."""
+    return " ".join(str(text).split())
+
+
+def _print_manifest_errors(verb: str, manifest: str | Path | None, errors: Sequence[str]) -> None:
+    """A manifest's errors on stderr.
+
+    A file that cannot be used at all (missing, unreadable, not a CSV) is one line naming it; row and
+    column errors are listed every one on its own line under a line naming the file.
+    """
+    if len(errors) == 1 and not errors[0].startswith(("row ", "rows ")):
+        print(f"bmd {verb}: {_one_line(errors[0])}", file=sys.stderr)
+        return
+    head = "" if verb == "validate-manifest" else f"bmd {verb}: "  # there, the list is the verb's report
+    print(f"{head}{manifest}: invalid manifest ({len(errors)} error(s)):", file=sys.stderr)
+    for line in errors:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _require_file(path: Path, what: str) -> None:
+    """Refuse a missing input file before any work (or any output folder) is started."""
+    if not path.exists():
+        raise FileNotFoundError(2, f"{what} not found", str(path))
+    if not path.is_file():
+        raise IsADirectoryError(21, f"{what} is not a file", str(path))
+
+
 def _cmd_validate_manifest(args: argparse.Namespace) -> int:
     from bmd.manifest import ManifestError, load_manifest, summarize
 
     try:
         manifest = load_manifest(args.manifest, check_files=not args.no_file_check, within_folder=args.within_folder)
     except ManifestError as exc:
-        print(f"{args.manifest}: invalid manifest ({len(exc.errors)} error(s)):", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
+        _print_manifest_errors("validate-manifest", args.manifest, exc.errors)
         return 1
     print(summarize(manifest))
     return 0
@@ -53,6 +146,7 @@ def _cmd_landmarks_train(args: argparse.Namespace) -> int:
     from bmd.config import load_profile
     from bmd.landmarks.train import recipe_for_profile, train_landmark_model
 
+    _require_file(args.manifest, "manifest")
     recipe = recipe_for_profile(load_profile(args.profile, seed=args.seed))
     if args.epochs is not None:
         recipe["epochs"] = args.epochs
@@ -89,28 +183,6 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
     return out
 
 
-def _one_line_errors(verb: str):
-    """Run a verb's body; a bad bundle or an unwritable output is one line on stderr and exit status 2."""
-
-    def wrap(body):
-        def run(args: argparse.Namespace) -> int:
-            from bmd.bundle import BundleError
-
-            try:
-                return body(args)
-            except BundleError as exc:
-                print(f"bmd {verb}: {exc}", file=sys.stderr)
-            except OSError as exc:  # an output that cannot be written, a folder that cannot be listed
-                where = f"{exc.filename}: " if exc.filename else ""
-                print(f"bmd {verb}: {where}{exc.strerror or exc.__class__.__name__}", file=sys.stderr)
-            return 2
-
-        return run
-
-    return wrap
-
-
-@_one_line_errors("predict")
 def _cmd_predict(args: argparse.Namespace) -> int:
     from bmd.atomic import write_text
     from bmd.bundle import load_bundle
@@ -141,9 +213,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if (frame["status"] == "failed").any() else 0
 
 
-@_one_line_errors("evaluate")
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from bmd.bundle import BundleError
     from bmd.external import evaluate_bundle
     from bmd.manifest import ManifestError
 
@@ -151,15 +221,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_bundle(args.model, args.manifest, args.out, split=args.split, n_boot=args.n_boot,
                                  batch_size=args.batch_size, raw=args.raw, progress=not args.quiet)
     except ManifestError as exc:
-        print(f"{args.manifest}: invalid manifest ({len(exc.errors)} error(s)):", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
+        _print_manifest_errors("evaluate", args.manifest, exc.errors)
         return 1
-    except BundleError:
-        raise
-    except ValueError as exc:  # e.g. --split test on a manifest without test rows
-        print(f"bmd evaluate: {exc}", file=sys.stderr)
-        return 2
     avg = next((r for r in result["metrics"] if r["vertebra"] == "avg"), None)
 
     def fmt(x) -> str:
@@ -184,8 +247,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
     try:
         html = build_book(profile=args.profile, manifest=args.manifest, seed=args.seed, out=args.out)
     except ManifestError as exc:  # refused before anything is written
-        for line in exc.errors:
-            print(f"bmd book: {args.manifest}: {line}", file=sys.stderr)
+        _print_manifest_errors("book", args.manifest, exc.errors)
         return 1
     except BookError as exc:
         print(f"bmd book: {exc}", file=sys.stderr)
@@ -194,49 +256,58 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verb(sub: argparse._SubParsersAction, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+    """A verb's parser; its ``--help`` opens with the one-line ``help`` unless a longer description is given."""
+    kwargs.setdefault("description", help[:1].upper() + help[1:] + ".")
+    return sub.add_parser(name, help=help, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bmd`` command."""
-    parser = argparse.ArgumentParser(prog="bmd", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="bmd", description=__doc__.splitlines()[0],
+                     epilog="Exit status: 0 success, 1 failed work (a file that is missing or unusable, "
+                            "an image that failed), 2 a usage error, 130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("inspect", help="one line per image: size, spacing, value range, photometric")
+    p = _verb(sub, "inspect", help="one line per image: size, spacing, value range, photometric")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("validate-manifest", help="check a manifest CSV and print its summary")
+    p = _verb(sub, "validate-manifest", help="check a manifest CSV and print its summary")
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--no-file-check", action="store_true", help="do not open the image files")
     p.add_argument("--within-folder", action="store_true",
                    help="refuse image and landmark paths that lead outside the manifest's folder")
     p.set_defaults(func=_cmd_validate_manifest)
 
-    p = sub.add_parser("twin", help="generate (or reuse) the synthetic twin cohort")
-    p.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")
+    p = _verb(sub, "twin", help="generate (or reuse) the synthetic twin cohort")
+    p.add_argument("--profile", default="quick", type=_profile_arg, help="smoke, quick or paper (default quick)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--seed", type=int, default=None, help="cohort seed (default: the profile's)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_twin)
 
-    p = sub.add_parser("landmarks", help="train the landmark detector or detect landmarks on images")
-    lsub = p.add_subparsers(dest="landmarks_command", required=True, metavar="ACTION")
-    q = lsub.add_parser("train", help="train on a manifest's train split (val selects and calibrates)")
-    q.add_argument("--manifest", required=True, type=Path)
+    p = _verb(sub, "landmarks", help="train the landmark detector or detect landmarks on images")
+    lsub = p.add_subparsers(dest="landmarks_command", required=True, metavar="ACTION", parser_class=_Parser)
+    q = _verb(lsub, "train", help="train the landmark detector on a manifest's train split (val selects and calibrates)")
+    q.add_argument("--manifest", required=True, type=Path, help="manifest CSV with train and val rows")
     q.add_argument("--out", required=True, type=Path, help="model bundle folder")
-    q.add_argument("--profile", default="quick", help="recipe: input size and epochs (default quick)")
-    q.add_argument("--epochs", type=int, default=None)
-    q.add_argument("--seed", type=int, default=None)
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--profile", default="quick", type=_profile_arg, help="recipe: input size and epochs (default quick)")
+    q.add_argument("--epochs", type=int, default=None, help="epochs (default: the profile's)")
+    q.add_argument("--seed", type=int, default=None, help="seed (default: the profile's)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_landmarks_train)
-    q = lsub.add_parser("predict", help="16 landmarks + plausibility per image (CSV)")
+    q = _verb(lsub, "predict", help="detect the 16 landmarks, with a plausibility score, per image (CSV)")
     q.add_argument("--model", required=True, type=Path, help="landmark model bundle folder")
     q.add_argument("images", nargs="+", metavar="IMAGE", help="files or folders")
     q.add_argument("--out", type=Path, default=None, help="CSV file (default: standard output)")
     q.set_defaults(func=_cmd_landmarks_predict)
 
-    sub.add_parser("train", help="train a model from a config JSON (the torchrun entry point; bmd train --help)")
+    _verb(sub, "train", help="train a model from a config JSON (the torchrun entry point; bmd train --help)")
 
-    p = sub.add_parser(
+    p = _verb(sub,
         "predict", help="BMD L1-L4, T-scores and WHO category per image, with a model bundle (CSV)",
         description="One CSV row per input image: image, status (ok|flagged|failed), reason, bmd_l1..bmd_l4 "
                     "(g/cm2), t_l1..t_l4, category (WHO category of the lowest vertebra T-score), calibration "
@@ -260,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser(
+    p = _verb(sub,
         "evaluate", help="external validation of a model bundle on a manifest (no retraining)",
         description="Predict a manifest's cases (its test split when it has one, else every row) and write "
                     "predictions.csv, metrics.json (R, AUC, MAE/RMSE, Bland-Altman with patient-bootstrap CIs) "
@@ -277,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("book", help="run the study's notebooks and build the book")
-    p.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")
+    p = _verb(sub, "book", help="run the study's notebooks and build the book")
+    p.add_argument("--profile", default="quick", type=_profile_arg, help="smoke, quick or paper (default quick)")
     p.add_argument("--manifest", type=Path, default=None, help="your own manifest instead of the twin")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the profile's)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the repository root)")
@@ -287,23 +358,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``bmd`` console script."""
-    from bmd.config import ProfileError
+    """Entry point of the ``bmd`` console script; returns the exit status (see :data:`EXIT_CODES`).
 
+    Every verb runs inside one boundary: a missing or unusable file, a bad bundle, manifest or
+    profile prints one line naming it and gives 1; argparse's usage errors give 2; an interrupt
+    gives 130; anything unexpected still prints one line (its class and message), never a traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:  # its own parser: every argument goes to the training entry point
-        from bmd.train import main as train_main
-
-        return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    verb = " ".join(argv[:2]) if argv[:1] == ["landmarks"] and len(argv) > 1 else (argv[0] if argv else "")
+    verb = verb if verb and not verb.startswith("-") else ""
     try:
+        if argv[:1] == ["train"]:  # its own parser: every argument goes to the training entry point
+            from bmd.train import main as train_main
+
+            return train_main(argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except ProfileError as exc:
-        print(f"bmd {args.command}: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"bmd {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{_prefix(verb)}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except Exception as exc:  # the command-line boundary: one line, never a traceback
+        print(f"{_prefix(verb)}: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The manifest: one CSV row per chest radiograph with its DXA result.
 
 The schema (columns, types, ranges, how empty cells are read) lives in
-``data_manifest/manifest_schema.json`` and is read from there: it is the one source of truth for this
+``bmd/resources/manifest_schema.json`` and is read from there: it is the one source of truth for this
 module and for ``data_manifest/README.md``.
 
 :func:`load_manifest` validates a file and reports *every* problem at once, each naming the CSV row
@@ -36,14 +36,15 @@ import numpy as np
 import pandas as pd
 
 from bmd import VERTEBRAE, paths
+from bmd.atomic import file_mode
 
 SCHEMA_FILE = "manifest_schema.json"
 
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    """The manifest schema (``data_manifest/manifest_schema.json``)."""
-    return json.loads((paths.data_manifest_dir() / SCHEMA_FILE).read_text(encoding="utf-8"))
+    """The manifest schema (``bmd/resources/manifest_schema.json``, installed with the package)."""
+    return json.loads(paths.manifest_schema_file().read_text(encoding="utf-8"))
 
 
 def required_columns() -> list[str]:
@@ -501,17 +502,6 @@ def summarize(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where the system allows (else 0o022)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a manifest CSV atomically; returns the path.
 
@@ -530,7 +520,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
             finite = values.dropna()
             if np.isfinite(finite).all() and (finite == np.round(finite)).all():
                 out[col] = values.astype("Int64")
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+    mode = file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:

@@ -1,7 +1,7 @@
 """The seed paper's published numbers, kept as data so every table can show them beside ours.
 
 Source: Wang F, Zheng K, Lu Y, et al. "Opportunistic Screening of Osteoporosis Using Plain Film Chest
-X-ray", arXiv:2104.01734 v1 (2021), Tables 1–3 (``data_manifest/paper_results.csv``) and its text.
+X-ray", arXiv:2104.01734 v1 (2021), Tables 1–3 (``bmd/resources/paper_results.csv``) and its text.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ FOLLOW_UP_2022 = {"r_l1": (0.889, 0.894), "auc": (0.963, 0.968), "cases": 13719}
 @lru_cache(maxsize=1)
 def results() -> pd.DataFrame:
     """The paper's Tables 1–3 in long form: ``table, model, vertebra, r, auc``."""
-    return pd.read_csv(paths.data_manifest_dir() / "paper_results.csv")
+    return pd.read_csv(paths.paper_results_file())
 
 
 def value(table: str, model: str, vertebra: str, metric: str) -> float | None:

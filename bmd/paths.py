@@ -28,14 +28,29 @@ def repo_root() -> Path:
     return Path.cwd().resolve()
 
 
-def data_manifest_dir() -> Path:
-    """Schema, reference tables and example manifests (``data_manifest/``)."""
-    return repo_root() / "data_manifest"
+def resources_dir() -> Path:
+    """The data files the package reads at run time (``bmd/resources/``, shipped in the wheel)."""
+    return _PACKAGE_DIR / "resources"
+
+
+def manifest_schema_file() -> Path:
+    """The manifest schema (JSON): columns, types, ranges, empty-cell rules."""
+    return resources_dir() / "manifest_schema.json"
 
 
 def reference_tables_file() -> Path:
     """The T-score reference tables (CSV, one row per table id, sex and vertebra)."""
-    return data_manifest_dir() / "reference_tables.csv"
+    return resources_dir() / "reference_tables.csv"
+
+
+def paper_results_file() -> Path:
+    """The paper's Tables 1-3 (CSV)."""
+    return resources_dir() / "paper_results.csv"
+
+
+def data_manifest_dir() -> Path:
+    """The manifest documentation and the example manifest (``data_manifest/`` of the checkout; not installed)."""
+    return repo_root() / "data_manifest"
 
 
 def profiles_dir() -> Path:

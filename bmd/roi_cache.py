@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bmd.atomic import dir_mode
 from bmd.landmarks.points import COORD_COLUMNS, N_LANDMARKS
 from bmd.processes import exit_with
 from bmd.rois import (
@@ -448,6 +449,7 @@ def build_roi_cache(manifest: pd.DataFrame, landmarks: LandmarkSource, cache_dir
                 os.replace(final, trash / "old")
             else:
                 trash = None
+            os.chmod(tmp, dir_mode())  # mkdtemp made it 0o700
             os.replace(tmp, final)
             _fsync(root)
             if trash is not None:

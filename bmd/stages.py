@@ -356,7 +356,7 @@ def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], ora
     from bmd.atomic import write_text
 
     key = _digest([*(Path(__file__).parent / name for name in _ROW_INPUTS),
-                   paths.data_manifest_dir() / "paper_results.csv"])
+                   paths.paper_results_file()])
     key.update(json.dumps([table, cfg.seed, (oracle or {}).get("ceilings"), converged], sort_keys=True,
                           default=str).encode())
     for label, frame in frames.items():

@@ -33,7 +33,6 @@ environment variable ``BMD_PROGRESS=1`` forces the bar on, ``BMD_PROGRESS=0`` of
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -86,8 +85,27 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        """Read a config JSON (unknown keys are an error)."""
-        return cls(**json.loads(Path(path).read_text()))
+        """Read a config JSON; bad JSON, unknown or missing keys raise :class:`TrainConfigError`.
+
+        A file that cannot be read raises the ``OSError`` (its ``filename`` names it).
+        """
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TrainConfigError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+                                   ) from None
+        if not isinstance(raw, dict):
+            raise TrainConfigError(f"{path}: a config must be a JSON object of TrainConfig fields")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise TrainConfigError(f"{path}: unknown key(s): {', '.join(unknown)}")
+        missing = sorted(name for name, f in fields.items()
+                         if name not in raw and f.default is dataclasses.MISSING)
+        if missing:
+            raise TrainConfigError(f"{path}: missing key(s): {', '.join(missing)}")
+        return cls(**raw)
 
     def save(self, path: str | Path) -> None:
         """Write the config JSON atomically."""
@@ -107,6 +125,10 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
 LOCK_FILE = ".run.lock"
 _LOCK_ENV = "BMD_RUN_LOCK"  # "<pid>:<run folder>": a launcher holding the folder's lock for its workers
 _HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]; the lock is re-entrant within a process
+
+
+class TrainConfigError(ValueError):
+    """A training config JSON that cannot be used; the message is one line naming the file."""
 
 
 class RunFolderBusy(RuntimeError):
@@ -604,13 +626,27 @@ def launch(cfg: TrainConfig, nproc: int = 1, resume: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``bmd train`` / ``python -m bmd.train``: train from a config JSON (exit status 1: folder in use)."""
-    parser = argparse.ArgumentParser(prog="bmd train", description="Train a model (run it with torchrun).")
+    """``bmd train`` / ``python -m bmd.train``: train from a config JSON.
+
+    Exit status 1 with one line on stderr (rank 0) when the config cannot be read or used or the run
+    folder is in use; 2 for a usage error.
+    """
+    from bmd.cli import _Parser
+
+    parser = _Parser(prog="bmd train", description="Train a model from a config JSON (run it with torchrun).")
     parser.add_argument("--config", required=True, type=Path, help="config JSON (see bmd.train.TrainConfig)")
     parser.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint.pt")
     args = parser.parse_args(argv)
     try:
-        run(TrainConfig.load(args.config), resume=args.resume)
+        cfg = TrainConfig.load(args.config)
+    except (OSError, TrainConfigError) as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            from bmd.cli import describe_error
+
+            print(f"bmd train: {describe_error(exc)}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        run(cfg, resume=args.resume)
     except RunFolderBusy as exc:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"bmd train: {exc}", file=sys.stderr, flush=True)

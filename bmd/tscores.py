@@ -3,7 +3,7 @@
 A T-score compares a BMD with young adults of the same sex measured on the same maker's device:
 ``T = (BMD - young_adult_mean) / young_adult_sd`` per vertebra, from a reference table chosen per
 manifest row (``reference`` and ``sex`` columns). Reference tables are data
-(``data_manifest/reference_tables.csv``), each row with its source. T-scores copied from DXA reports
+(``bmd/resources/reference_tables.csv``), each row with its source. T-scores copied from DXA reports
 (``t_l1..t_l4``) take precedence over computed ones, cell by cell.
 """
 

@@ -229,15 +229,15 @@ def test_a_bad_file_among_good_ones_fails_alone_and_sets_the_exit_status(test_ca
 
 def test_unusable_bundle_or_output_is_one_line_without_traceback(study, test_cases, tmp_path, capsys):
     image = str(test_cases["image_path"].iloc[0])
-    assert main(["predict", image, "--model", str(tmp_path / "no-bundle")]) == 2
+    assert main(["predict", image, "--model", str(tmp_path / "no-bundle")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such model bundle folder" in err and "Traceback" not in err
-    assert main(["predict", image, "--model", str(study["detector"])]) == 2
+    assert main(["predict", image, "--model", str(study["detector"])]) == 1
     assert "not a model bundle" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["predict", image, "--model", str(study["bundle"]), "--out", str(blocker / "r.csv"),
-                 "--quiet"]) == 2
+                 "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("bmd predict: ") and "Traceback" not in err
     for verb in ("predict", "evaluate"):

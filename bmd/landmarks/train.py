@@ -213,7 +213,6 @@ def train_landmark_model(
     """
     t_start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, int(threads)))
     say = log or (lambda _msg: None)
 
@@ -232,6 +231,7 @@ def train_landmark_model(
             f"{manifest_path}: the detector needs train and val cases (got {len(train)} and {len(val)})"
         )
     t_read = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)  # only once the manifest has been read
     say(f"landmarks: {len(train)} train / {len(val)} val images at {input_size}² (read in {t_read:.1f} s)")
 
     train_targets = train.normalised_points()
@@ -444,8 +444,12 @@ def load_landmark_model(bundle: str | os.PathLike) -> LandmarkModel:
     cfg_path = path / CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{path}: not a landmark model bundle (no {CONFIG_FILE})")
-    info = json.loads(cfg_path.read_text())
-    if info.get("format") != BUNDLE_FORMAT:
+    try:
+        info = json.loads(cfg_path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg_path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
+        info = info if isinstance(info, dict) else {}
         raise ValueError(
             f"{path}: unsupported bundle format {info.get('format')!r} (expected {BUNDLE_FORMAT})"
         )
