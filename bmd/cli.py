@@ -182,7 +182,8 @@ def _cmd_book(args: argparse.Namespace) -> int:
     from bmd.manifest import ManifestError
 
     try:
-        html = build_book(profile=args.profile, manifest=args.manifest, seed=args.seed, out=args.out)
+        html = build_book(profile=args.profile, manifest=args.manifest, seed=args.seed, out=args.out,
+                          quiet=args.quiet)
     except ManifestError as exc:  # refused before anything is written
         for line in exc.errors:
             print(f"bmd book: {args.manifest}: {line}", file=sys.stderr)
@@ -278,10 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("book", help="run the study's notebooks and build the book")
-    p.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")
+    p.add_argument("--profile", default="quick",
+                   help="smoke, quick or paper, or the path of a profile YAML (default quick)")
     p.add_argument("--manifest", type=Path, default=None, help="your own manifest instead of the twin")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the profile's)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the repository root)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (they still go to _build/book.log)")
     p.set_defaults(func=_cmd_book)
     return parser
 
