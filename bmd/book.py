@@ -74,6 +74,21 @@ def _kernel_manager_class() -> type:
     return CleanShutdownKernelManager
 
 
+class _ProfileFieldsAreKnown:
+    """Drop papermill's "Passed unknown parameter" warning for profile fields: every chapter reads them
+    all (:func:`bmd.config.from_parameters`) although its parameters cell names only ``profile``."""
+
+    def filter(self, record) -> bool:
+        import dataclasses
+
+        from bmd.config import Profile
+
+        message = record.getMessage()
+        prefix = "Passed unknown parameter: "
+        return not (message.startswith(prefix)
+                    and message[len(prefix):] in {f.name for f in dataclasses.fields(Profile)})
+
+
 def execute_chapters(parameters: dict, build_src: Path, source: Path | None = None,
                      console: progress.Console | None = None) -> dict[str, float]:
     """Execute every chapter notebook into ``build_src`` with papermill; returns seconds per chapter.
@@ -90,6 +105,10 @@ def execute_chapters(parameters: dict, build_src: Path, source: Path | None = No
     kernel_config.KernelManager.transport = "ipc"
     timings: dict[str, float] = {}
     progress_file = build_src.parent / "progress.log"
+    import logging
+
+    quiet_fields = _ProfileFieldsAreKnown()
+    logging.getLogger("papermill").addFilter(quiet_fields)
     previous = os.environ.get(progress.ENV)
     os.environ[progress.ENV] = str(progress_file)  # the kernels (and their subprocesses) inherit it
     try:
@@ -115,6 +134,7 @@ def execute_chapters(parameters: dict, build_src: Path, source: Path | None = No
             if console is not None:
                 console.end()
     finally:
+        logging.getLogger("papermill").removeFilter(quiet_fields)
         if previous is None:
             os.environ.pop(progress.ENV, None)
         else:
