@@ -7,6 +7,7 @@ Sphinx warning fails the build (``-W``).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from bmd import paths
+from bmd import paths, progress
 from bmd.config import load_profile
 
 
@@ -54,8 +55,47 @@ def _hide_injected_parameters(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def execute_chapters(parameters: dict, build_src: Path, source: Path | None = None) -> dict[str, float]:
-    """Execute every chapter notebook into ``build_src`` with papermill; returns seconds per chapter."""
+def _kernel_manager_class() -> type:
+    """A kernel manager whose shutdown does not interrupt the kernel first.
+
+    jupyter_client's ``shutdown_kernel`` sends SIGINT before its shutdown request; ipykernel, idle in
+    its message loop, then logs ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.`` after every
+    chapter, which reads like a failure. The shutdown request alone stops an idle kernel (one that does
+    not stop is still killed after the manager's wait), and every other interrupt is left as it is.
+    """
+    from jupyter_client import AsyncKernelManager
+
+    class CleanShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:  # set by shutdown_kernel; a shutdown request follows
+                return
+            await super()._async_interrupt_kernel()
+
+    return CleanShutdownKernelManager
+
+
+class _ProfileFieldsAreKnown:
+    """Drop papermill's "Passed unknown parameter" warning for profile fields: every chapter reads them
+    all (:func:`bmd.config.from_parameters`) although its parameters cell names only ``profile``."""
+
+    def filter(self, record) -> bool:
+        import dataclasses
+
+        from bmd.config import Profile
+
+        message = record.getMessage()
+        prefix = "Passed unknown parameter: "
+        return not (message.startswith(prefix)
+                    and message[len(prefix):] in {f.name for f in dataclasses.fields(Profile)})
+
+
+def execute_chapters(parameters: dict, build_src: Path, source: Path | None = None,
+                     console: progress.Console | None = None) -> dict[str, float]:
+    """Execute every chapter notebook into ``build_src`` with papermill; returns seconds per chapter.
+
+    With a ``console``, each chapter is a step of it and the lines that the chapter's code writes with
+    :func:`bmd.progress.note` (stages, training epochs) are printed under the chapter's name.
+    """
     import papermill
     from traitlets.config import Config
 
@@ -64,19 +104,41 @@ def execute_chapters(parameters: dict, build_src: Path, source: Path | None = No
     kernel_config = Config()
     kernel_config.KernelManager.transport = "ipc"
     timings: dict[str, float] = {}
-    for rel in chapter_notebooks(source):
-        target = build_src / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(source / rel), str(target), parameters=parameters, kernel_name="python3",
-                progress_bar=False, cwd=str(target.parent), config=kernel_config,
-            )
-        except papermill.PapermillExecutionError as exc:
-            raise BookError(f"chapter {rel} failed: {exc.ename}: {exc.evalue}") from None
-        _hide_injected_parameters(target)
-        timings[str(rel)] = time.perf_counter() - start
+    progress_file = build_src.parent / "progress.log"
+    import logging
+
+    quiet_fields = _ProfileFieldsAreKnown()
+    logging.getLogger("papermill").addFilter(quiet_fields)
+    previous = os.environ.get(progress.ENV)
+    os.environ[progress.ENV] = str(progress_file)  # the kernels (and their subprocesses) inherit it
+    try:
+        for rel in chapter_notebooks(source):
+            target = build_src / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if console is not None:
+                console.begin(rel.with_suffix("").as_posix())
+            start = time.perf_counter()
+            try:
+                with progress.Follower(progress_file, console.line if console else lambda line: None):
+                    papermill.execute_notebook(
+                        str(source / rel), str(target), parameters=parameters, kernel_name="python3",
+                        progress_bar=False, cwd=str(target.parent), config=kernel_config,
+                        kernel_manager_class=_kernel_manager_class(),
+                    )
+            except papermill.PapermillExecutionError as exc:
+                if console is not None:
+                    console.line(f"failed: {exc.ename}: {exc.evalue}")
+                raise BookError(f"chapter {rel} failed: {exc.ename}: {exc.evalue}") from None
+            _hide_injected_parameters(target)
+            timings[str(rel)] = time.perf_counter() - start
+            if console is not None:
+                console.end()
+    finally:
+        logging.getLogger("papermill").removeFilter(quiet_fields)
+        if previous is None:
+            os.environ.pop(progress.ENV, None)
+        else:
+            os.environ[progress.ENV] = previous
     return timings
 
 
@@ -115,12 +177,15 @@ def build_html(build_src: Path, out_root: Path) -> Path:
     return out_root / "_build" / "html"
 
 
-def build_book(profile: str = "quick", manifest: str | Path | None = None, seed: int | None = None,
-               out: str | Path | None = None) -> Path:
+def build_book(profile: str | Path = "quick", manifest: str | Path | None = None, seed: int | None = None,
+               out: str | Path | None = None, quiet: bool = False) -> Path:
     """Execute the chapters for a profile and build the book; returns the HTML folder.
 
-    ``manifest`` runs the study on a site's own data instead of the twin cohort; ``out`` is where the
-    run folder, executed notebooks and HTML go (default: the repository root).
+    ``profile`` is a packaged name or the path of a profile YAML; every field of it is passed to every
+    chapter, and the run folder is named by its ``profile`` field. ``manifest`` runs the study on a
+    site's own data instead of the twin cohort; ``out`` is where the run folder, executed notebooks and
+    HTML go (default: the repository root). Progress goes to stdout, one line per step and per stage
+    (a bar as well on a terminal), and to ``<out>/_build/book.log``; ``quiet`` keeps only the log.
     """
     from bmd import summary
 
@@ -139,14 +204,24 @@ def build_book(profile: str = "quick", manifest: str | Path | None = None, seed:
     # Markdown pages, the toc and the bibliography travel with the executed notebooks.
     shutil.copytree(paths.book_source_dir(), build_src, ignore=shutil.ignore_patterns("*.ipynb", "_build"))
     parameters = {
-        "profile": cfg.profile,
-        "seed": cfg.seed,
+        **cfg.as_dict(),  # every field, so that an edited profile YAML runs as edited
         "manifest": str(Path(manifest).resolve()) if manifest else None,
         "out": str(root),
     }
-    chapters = execute_chapters(parameters, build_src)
-    book_start = time.perf_counter()
-    html = build_html(build_src, root)
+    log_file = root / "_build" / "book.log"
+    log_file.unlink(missing_ok=True)
+    steps = len(chapter_notebooks()) + 1
+    console = progress.Console(steps, log_file, stream=open(os.devnull, "w") if quiet else None)  # noqa: SIM115
+    try:
+        chapters = execute_chapters(parameters, build_src, console=console)
+        book_start = time.perf_counter()
+        console.begin("html")
+        html = build_html(build_src, root)
+        console.end()
+    except BaseException:
+        console.close()
+        raise
     summary.stamp(summary_file, cfg.profile, total_seconds=time.perf_counter() - start,
                   book_seconds=time.perf_counter() - book_start, chapter_seconds=chapters)
+    console.close("finished")
     return html

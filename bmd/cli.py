@@ -245,7 +245,8 @@ def _cmd_book(args: argparse.Namespace) -> int:
     from bmd.manifest import ManifestError
 
     try:
-        html = build_book(profile=args.profile, manifest=args.manifest, seed=args.seed, out=args.out)
+        html = build_book(profile=args.profile, manifest=args.manifest, seed=args.seed, out=args.out,
+                          quiet=args.quiet)
     except ManifestError as exc:  # refused before anything is written
         _print_manifest_errors("book", args.manifest, exc.errors)
         return 1
@@ -349,10 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = _verb(sub, "book", help="run the study's notebooks and build the book")
-    p.add_argument("--profile", default="quick", type=_profile_arg, help="smoke, quick or paper (default quick)")
+    p.add_argument("--profile", default="quick", type=_profile_arg,
+                   help="smoke, quick or paper, or the path of a profile YAML (default quick)")
     p.add_argument("--manifest", type=Path, default=None, help="your own manifest instead of the twin")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the profile's)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the repository root)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (they still go to _build/book.log)")
     p.set_defaults(func=_cmd_book)
     return parser
 

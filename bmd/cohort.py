@@ -50,8 +50,10 @@ def load_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Pat
             df = split_manifest(df, fractions=fractions, seed=cfg.seed)
         return Cohort(manifest=df, manifest_path=path, is_twin=False, oracle=None)
 
+    from bmd import progress
     from bmd.twin import generate_twin
 
+    progress.note(f"twin cohort: generating or reusing {cfg.twin_n_cases} cases")
     folder = generate_twin(paths.twin_dir(cfg.profile, cfg.seed, out), cfg, seed=cfg.seed, progress=progress)
     oracle = json.loads((folder / "oracle.json").read_text())
     df = load_manifest(folder / "manifest.csv")

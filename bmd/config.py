@@ -7,6 +7,9 @@ Configuration flows one way: ``bmd/profiles/<name>.yaml`` → papermill paramete
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,27 +64,125 @@ class Profile:
 def load_profile(name_or_path: str | Path, **overrides: Any) -> Profile:
     """Read a profile by name (``smoke``, ``quick``, ``paper``) or YAML path; ``overrides`` win.
 
-    Unknown keys are refused so that a typo in a parameter file is an error, not a silent default.
+    Unknown keys are refused so that a typo in a parameter file is an error, not a silent default, and
+    every value is checked against the field's type (:func:`check_types`). An override of None is
+    ignored (None means "the profile's value").
     """
+    path = _profile_path(name_or_path)
+    raw = _read_yaml(path)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(raw, str(path))
+
+
+def _profile_path(name_or_path: str | Path) -> Path:
+    """A packaged profile's file for a bare name, else the path itself (a YAML file)."""
     path = Path(name_or_path)
-    if not path.suffix:
-        if str(name_or_path) not in PROFILES:
-            raise ProfileError(f"unknown profile {name_or_path!r}: expected one of {', '.join(PROFILES)}")
-        path = paths.profile_file(str(name_or_path))
+    if path.suffix:
+        return path
+    if str(name_or_path) not in PROFILES:
+        raise ProfileError(f"unknown profile {str(name_or_path)!r}: expected one of {', '.join(PROFILES)} "
+                           "or the path of a profile YAML")
+    return paths.profile_file(str(name_or_path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ProfileError(f"{path}: cannot read profile: {exc}") from None
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: a profile must be a mapping of parameter names to values")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return raw
+
+
+def _build(raw: dict[str, Any], where: str) -> Profile:
     known = {f.name for f in dataclasses.fields(Profile)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ProfileError(f"{path}: unknown parameter(s): {', '.join(unknown)}")
+        raise ProfileError(f"{where}: unknown parameter(s): {', '.join(unknown)}")
     if "profile" not in raw:
-        raise ProfileError(f"{path}: missing 'profile' name")
-    return Profile(**raw)
+        raise ProfileError(f"{where}: missing 'profile' name")
+    try:
+        return Profile(**check_types(raw))
+    except ProfileError as exc:
+        raise ProfileError(f"{where}: {exc}") from None
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _check_value(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as field ``key`` of type ``hint`` holds it (an int becomes a float), or ProfileError."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    wanted = " or ".join("null" if o is type(None) else _TYPE_WORDS.get(o, getattr(o, "__name__", str(o)))
+                         for o in options)
+    message = f"{key}: expected {wanted}, got {value!r}"
+    if isinstance(value, str) and (int in options or float in options):
+        try:
+            float(value)
+        except ValueError:
+            pass
+        else:  # YAML 1.1 reads 1e-4 (no dot in the mantissa) as text
+            mantissa, _, exponent = value.strip().lower().partition("e")
+            number = f"{mantissa}.0e{exponent}" if exponent and "." not in mantissa else repr(float(value))
+            message += f" (YAML reads this as text: write {number}, unquoted)"
+    raise ProfileError(message)
+
+
+def check_types(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``values`` (profile field → value) against :class:`Profile`'s annotations.
+
+    Returns the values with integers given for float fields turned into floats. A wrong type is refused
+    with one line naming the key, e.g. ``train_lr: expected a number, got '1e-4'``: a value is never
+    converted from text, since a string where a number belongs is a typo more often than not (YAML reads
+    ``1e-4`` as text; ``1.0e-4`` is a number).
+    """
+    hints = typing.get_type_hints(Profile)
+    return {key: _check_value(key, value, hints[key]) if key in hints else value for key, value in values.items()}
+
+
+def from_parameters(namespace: Mapping[str, Any]) -> Profile:
+    """The profile a chapter runs with, built from its papermill parameters (pass ``globals()``).
+
+    ``profile`` (a packaged name or a YAML path) gives the starting values; every :class:`Profile`
+    field that papermill injected (``-f profile.yaml`` injects them all, ``-p train_lr 0.01`` one)
+    replaces the starting value, so an edited copy of a profile runs as edited. ``seed`` None keeps the
+    profile's seed. A ``profile`` name that is not packaged (an edited copy's own name) needs the fields
+    injected with it, which is what ``bmd book --profile mine.yaml`` and ``papermill -f mine.yaml`` do.
+    """
+    fields = [f.name for f in dataclasses.fields(Profile)]
+    injected = {k: namespace[k] for k in fields if k in namespace and k not in ("profile", "seed")}
+    name = namespace.get("profile")
+    if name is None:
+        raise ProfileError("no 'profile' parameter: give a profile name or the path of a profile YAML")
+    if namespace.get("seed") is not None:
+        injected["seed"] = namespace["seed"]
+    if Path(str(name)).suffix or str(name) in PROFILES or not injected:
+        path = _profile_path(name)
+        raw = _read_yaml(path)
+        raw.update(injected)
+        return _build(raw, str(path))
+    return _build({"profile": name, **injected}, "parameters")
+
+
+def resolved_table(cfg: Profile):
+    """The profile a chapter ran with as a one-column table (parameter → value) for the page."""
+    import pandas as pd
+
+    return pd.DataFrame({"value": [_yaml_text(v) for v in cfg.as_dict().values()]},
+                        index=pd.Index(list(cfg.as_dict()), name="parameter"))
 
 
 #: What each :class:`Profile` field does (the parameters appendix of the book is generated from this).
@@ -116,8 +217,8 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
 
 #: The parameters cell every chapter notebook starts with (papermill parameters), and what each does.
 NOTEBOOK_PARAMETERS: dict[str, str] = {
-    "profile": "`smoke`, `quick` or `paper`, or the path of a profile YAML (papermill only; `bmd book` takes "
-               "the three names); every profile field is read from it.",
+    "profile": "`smoke`, `quick` or `paper`, or the path of a profile YAML; every profile field is read from "
+               "it, and any profile field given as a parameter of its own (`-f profile.yaml` gives them all) wins.",
     "seed": "Overrides the profile's seed; None keeps it.",
     "manifest": "A site's manifest CSV; None runs on the twin cohort of the profile and seed.",
     "out": "Folder for data, run folders and the built book; None is the repository root.",
@@ -126,7 +227,8 @@ NOTEBOOK_PARAMETERS: dict[str, str] = {
 
 #: What ``bmd book`` passes to every notebook for each notebook parameter.
 BOOK_PASSES: dict[str, str] = {
-    "profile": "the profile's name (`--profile`)",
+    "profile": "the profile's `profile` field (`--profile` is a name or a YAML path), and every field of the "
+               "profile as a parameter of its own",
     "seed": "the resolved seed (`--seed`, else the profile's)",
     "manifest": "the absolute path of `--manifest`, or None",
     "out": "the absolute path of `--out` (default: the repository root)",

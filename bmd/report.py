@@ -15,6 +15,36 @@ from bmd import VERTEBRAE, paper
 BMD_COLUMNS = tuple(f"bmd_{v.lower()}" for v in VERTEBRAE)
 SPLITS = ("train", "val", "test")
 
+#: What readers see for each model id in tables and figures (``summary.json`` keeps the ids).
+MODEL_NAMES: dict[str, str] = {
+    "vgg11": "Chest (VGG-11)", "vgg16": "Chest (VGG-16)", "resnet18": "Chest (ResNet-18)",
+    "resnet34": "Chest (ResNet-34)", "resnet50": "Chest (ResNet-50)",
+    "chest": "Chest (VGG-16)", "cervi": "Cervical spine", "clavi": "Clavicles", "lumbar": "T12 (\"lumbar\")",
+    "ribcage": "Rib cages", "multi_roi": "Multi-ROI", "attention": "Multi-ROI (attention)",
+    "age_sex": "Age + sex", "roi_intensity": "ROI intensity", "radiomics": "Radiomics",
+    "ensm_roi": "Ensemble (ROI)", "ensm_all": "Ensemble (all)",
+    "multi_roi, recalibrated": "Multi-ROI, recalibrated",
+}
+
+#: Matplotlib settings of every book figure: 200 dpi, no text under 9 pt.
+FIGURE_STYLE: dict[str, object] = {
+    "figure.dpi": 200, "savefig.dpi": 200, "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
+    "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9, "legend.title_fontsize": 9,
+}
+
+
+def model_name(model: str) -> str:
+    """A model id (``multi_roi``) as readers see it (``Multi-ROI``); unknown ids are shown as they are."""
+    return MODEL_NAMES.get(model, model)
+
+
+def pyplot():
+    """``matplotlib.pyplot`` with the book's figure style (:data:`FIGURE_STYLE`) applied."""
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(FIGURE_STYLE)
+    return plt
+
 
 def split_table(df: pd.DataFrame) -> pd.DataFrame:
     """Cases and patients per split, beside the paper's case counts."""
@@ -77,7 +107,7 @@ def category_table(df: pd.DataFrame, threshold: float = -2.5) -> pd.DataFrame:
 
 def plot_bmd_distributions(df: pd.DataFrame):
     """Histograms of BMD per vertebra, by sex (seaborn); returns the Figure."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import seaborn as sns
 
     long = df.melt(id_vars=["sex"], value_vars=list(BMD_COLUMNS), var_name="vertebra", value_name="bmd")
@@ -95,7 +125,7 @@ def plot_bmd_distributions(df: pd.DataFrame):
 
 def plot_correlation_matrix(df: pd.DataFrame):
     """Heat map of the L1–L4 BMD correlation matrix; returns the Figure."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import seaborn as sns
 
     corr = df[list(BMD_COLUMNS)].astype(float).corr()
@@ -195,7 +225,7 @@ def results_table(rows: list[dict], vertebra: str = "avg") -> pd.DataFrame:
         if r["vertebra"] != vertebra:
             continue
         delta = r.get("delta_r_radiomics")
-        out.append({"model": r["model"], "R": _fmt(r["r"], r["r_ci"]), "paper R": _fmt(r["paper_r"]).replace(
+        out.append({"model": model_name(r["model"]), "R": _fmt(r["r"], r["r_ci"]), "paper R": _fmt(r["paper_r"]).replace(
                     "n/a", "—"), "ceiling R": _fmt(r["ceiling_r"]).replace("n/a", "—"),
                     "ΔR vs radiomics": "—" if delta is None else _fmt(delta, r.get("delta_r_radiomics_ci"), True),
                     "AUC": _fmt(r["auc"], r["auc_ci"]), "paper AUC": _fmt(r["paper_auc"]).replace("n/a", "—"),
@@ -220,12 +250,12 @@ def reference_comparison(rows: list[dict], vertebra: str = "avg") -> str:
         return "No deep model here has a ΔR against the radiomics baseline (it could not be computed)."
 
     def item(r: dict) -> str:
-        return f"{r['model']} (ΔR = {_fmt(r['delta_r_radiomics'], r['delta_r_radiomics_ci'], True)})"
+        return f"{model_name(r['model'])} (ΔR = {_fmt(r['delta_r_radiomics'], r['delta_r_radiomics_ci'], True)})"
 
     verdicts = {r["model"]: beats_reference(r) for r in deep}
     win = [item(r) for r in deep if verdicts[r["model"]]]
     lose = [item(r) for r in deep if verdicts[r["model"]] is False]
-    unknown = [r["model"] for r in deep if verdicts[r["model"]] is None]
+    unknown = [model_name(r["model"]) for r in deep if verdicts[r["model"]] is None]
     parts = []
     if win:
         parts.append(("Every deep model beats" if not lose and not unknown else "Beating")
@@ -253,7 +283,7 @@ def convergence_sentence(failed: dict[str, str]) -> str:
 def plot_predicted_vs_dxa(frame: pd.DataFrame, split: str = "test"):
     """Figure 2 of the paper: predicted vs DXA BMD per vertebra (seaborn scatter with identity line),
     each panel with its R, bias (mean of prediction − DXA) and MAE in g/cm²."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import seaborn as sns
 
     from bmd.metrics import agreement, pearson_r
@@ -271,7 +301,7 @@ def plot_predicted_vs_dxa(frame: pd.DataFrame, split: str = "test"):
         ax.set_title(f"{v}  (R = {num(r)})")
         # the systematic offset and the typical error, in the units a DXA report uses
         ax.text(0.04, 0.96, f"bias {_fmt(agr.bias, signed=True)}\nMAE {num(agr.mae)} g/cm²", transform=ax.transAxes,
-                va="top", ha="left", fontsize=8, bbox={"boxstyle": "round", "fc": "white", "ec": "0.8", "alpha": 0.8})
+                va="top", ha="left", fontsize=9, bbox={"boxstyle": "round", "fc": "white", "ec": "0.8", "alpha": 0.8})
         ax.set_xlabel("DXA BMD (g/cm²)")
         ax.set_ylabel("predicted BMD (g/cm²)")
     fig.tight_layout()
@@ -280,20 +310,20 @@ def plot_predicted_vs_dxa(frame: pd.DataFrame, split: str = "test"):
 
 def per_vertebra_table(rows: list[dict], order: list[str] | None = None) -> pd.DataFrame:
     """R (95% CI), the paper's R and AUC per model (rows) and vertebra (columns)."""
-    per = pd.DataFrame([{"model": r["model"], "vertebra": r["vertebra"], "R": _fmt(r["r"], r["r_ci"]),
+    per = pd.DataFrame([{"model": model_name(r["model"]), "vertebra": r["vertebra"], "R": _fmt(r["r"], r["r_ci"]),
                          "paper R": _fmt(r["paper_r"]).replace("n/a", "—"), "AUC": _fmt(r["auc"], r["auc_ci"])}
                         for r in rows if r["vertebra"] != "avg"])
     wide = per.pivot(index="model", columns="vertebra", values=["R", "paper R", "AUC"])
-    order = order or list(dict.fromkeys(per["model"]))
+    order = [model_name(m) for m in order] if order else list(dict.fromkeys(per["model"]))
     return wide.loc[[m for m in order if m in wide.index]]
 
 
 def plot_results(rows: list[dict], title: str, metric: str = "r"):
     """Our test-split R (or AUC) per model with its 95% CI (L1–L4 mean), the paper's value beside it."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     avg = [r for r in rows if r["vertebra"] == "avg"]
-    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(avg) + 1.2))
+    fig, ax = plt.subplots(figsize=(7.6, 0.45 * len(avg) + 1.2))
     labelled: set[str] = set()
 
     def label(name: str) -> str | None:  # each legend entry once
@@ -311,11 +341,12 @@ def plot_results(rows: list[dict], title: str, metric: str = "r"):
             ax.plot(r[f"paper_{metric}"], i, "D", color="C3", label=label("paper (its own data)"))
         if metric == "r" and r.get("ceiling_r") is not None:
             ax.plot(r["ceiling_r"], i, "|", color="grey", ms=14, label=label("twin ceiling"))
-    ax.set_yticks(range(len(avg)), [r["model"] for r in avg])
+    ax.set_yticks(range(len(avg)), [model_name(r["model"]) for r in avg])
     ax.invert_yaxis()
     ax.set_xlabel({"r": "Pearson R (mean over L1–L4)", "auc": "osteoporosis AUC (mean over L1–L4)"}[metric])
     ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=8, frameon=False)
+    # beside the axes, never over a point
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, borderaxespad=0)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -417,7 +417,9 @@ def draw_rois(image: Array, landmarks: Array, ax=None, geometry: RoiGeometry | N
     first pixel) marked with a dot, so orientation and mirroring can be read off the drawing. The
     chest box is dashed (it differs from the image border only on non-square images).
     """
-    import matplotlib.pyplot as plt
+    from bmd.report import pyplot
+
+    plt = pyplot()
 
     img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     pts = check_landmarks(landmarks)
@@ -435,7 +437,7 @@ def draw_rois(image: Array, landmarks: Array, ax=None, geometry: RoiGeometry | N
             ax.plot(*c[:2].T, color=colour, lw=2.5)
             ax.plot(*c[0], "o", color=colour, ms=3)
             if labels:
-                ax.annotate(name, box.centre, color=colour, fontsize=7, ha="center", va="center")
+                ax.annotate(name, box.centre, color=colour, fontsize=9, ha="center", va="center")
     for prefix, colour in _LANDMARK_COLOURS.items():
         idx = [i for i, n in enumerate(LANDMARK_NAMES) if n.startswith(prefix)]
         ax.scatter(pts[idx, 0], pts[idx, 1], s=10, c=colour, edgecolors="k", linewidths=0.3, zorder=3)
@@ -452,7 +454,9 @@ def draw_roi_gallery(crops: RoiCrops | Mapping[str, Array] | Array, local: Array
     ``crops``: a :class:`RoiCrops` of one case, a mapping ROI name → crop (e.g. ``RoiCache.crops(i)``),
     or the chest crop with the 6 local crops given as ``local``.
     """
-    import matplotlib.pyplot as plt
+    from bmd.report import pyplot
+
+    plt = pyplot()
 
     if isinstance(crops, RoiCrops):
         named = crops.as_dict()
@@ -469,7 +473,7 @@ def draw_roi_gallery(crops: RoiCrops | Mapping[str, Array] | Array, local: Array
         if crop.dtype == np.uint8:
             crop = crop / 255.0
         ax.imshow(crop, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name + (" (mirrored)" if name in MIRRORED else ""), fontsize=8)
+        ax.set_title(name + (" (mirrored)" if name in MIRRORED else ""), fontsize=9)
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bmd import paths, summary
+from bmd import paths, progress, summary
 from bmd.cohort import Cohort
 from bmd.config import Profile
 from bmd.landmarks.points import COORD_COLUMNS
@@ -30,8 +30,11 @@ def landmark_detector(cfg: Profile, cohort: Cohort, out: str | Path | None = Non
     bundle = run / "landmark_model"
     recipe = recipe_for_profile(cfg)
     start = time.perf_counter()
-    if not _bundle_matches(bundle, cohort.manifest_path, recipe):
-        train_landmark_model(cohort.manifest_path, bundle, progress=False, log=None, **recipe)
+    if _bundle_matches(bundle, cohort.manifest_path, recipe):
+        progress.note("landmark detector: reused")
+    else:
+        progress.note(f"training the landmark detector ({recipe['epochs']} epochs)")
+        train_landmark_model(cohort.manifest_path, bundle, progress=False, log=progress.note, **recipe)
     path = summary.summary_path(cfg.profile, out)
     summary.record_timing(path, "landmarks", time.perf_counter() - start)
     summary.update(path, artifacts={"landmark_model": str(bundle.relative_to(paths.out_root(out)))})
@@ -161,6 +164,7 @@ def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, bundle: Pa
     from bmd.roi_cache import build_roi_cache
 
     start = time.perf_counter()
+    progress.note("ROI crops: building or checking the cache")
     marks = results.detected[["case_id", *COORD_COLUMNS]].set_index("case_id")
     source = "detector"
     if results.ground_truth is not None:
@@ -195,8 +199,9 @@ def train_models(cfg: Profile, cohort: Cohort, cache, specs: list, out: str | Pa
     start = time.perf_counter()
     runs = paths.run_dir(cfg.profile, out) / "models"
     done = {}
-    for spec in specs:
+    for i, spec in enumerate(specs, 1):
         config = train_config(spec, cfg, cache.path, cohort.manifest_path, runs)
+        progress.note(f"model {i}/{len(specs)}: {spec.name}")
         done[spec.name] = train_model(config, nproc=cfg.train_nproc)
     summary.record_timing(summary.summary_path(cfg.profile, out), "training", time.perf_counter() - start)
     return done

@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -601,16 +602,34 @@ def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path
     write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=1, default=float).encode())
 
 
+_EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) .*?\bR (-?[\d.]+|nan)")
+
+
+def epoch_progress(line: str) -> str | None:
+    """``epoch 4/7, val R 0.71`` from an epoch line of the entry point, or None for any other line."""
+    match = _EPOCH_LINE.match(line.strip())
+    if match is None:
+        return None
+    done, total, r = match.groups()
+    return f"epoch {done}/{total}, val R {float(r):.2f}"
+
+
 def launch(cfg: TrainConfig, nproc: int = 1, resume: bool = False) -> Path:
     """Run the entry point under torch.distributed.run with ``nproc`` processes (what notebooks call).
 
     The run folder's lock is taken here, before torchrun starts (a busy folder raises
-    :class:`RunFolderBusy` at once), and held for the workers; a failed run raises ``RuntimeError``
-    with the tail of its output.
+    :class:`RunFolderBusy` at once), and held for the workers. torchrun's output is read line by line
+    as it comes: each epoch line becomes a progress line (:func:`bmd.progress.note`, e.g. ``training
+    vgg11 (epoch 4/7, val R 0.71)``); a failed run raises ``RuntimeError`` with the tail of its output.
     """
+    import collections
     import subprocess
 
+    from bmd import progress
+
     run_dir = Path(cfg.run_dir)
+    name = run_dir.name
+    tail: collections.deque[str] = collections.deque(maxlen=5)
     with run_lock(run_dir) as fd:
         cfg.save(run_dir / "config.json")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -618,9 +637,19 @@ def launch(cfg: TrainConfig, nproc: int = 1, resume: bool = False) -> Path:
         # torchrun inherits the locked file (the lock lives as long as any holder), and rank 0 knows that
         # the pid in it is its own launcher's
         env = {**os.environ, _LOCK_ENV: f"{os.getpid()}:{run_dir.resolve()}"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, pass_fds=(fd,))
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        progress.note(f"training {name}")
+        # stdout and stderr in one stream, read as it comes: the epoch lines, then the error if any
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              pass_fds=(fd,), bufsize=1) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.strip():
+                    tail.append(line.rstrip())
+                epoch = epoch_progress(line)
+                if epoch is not None:
+                    progress.note(f"training {name} ({epoch})")
+            returncode = proc.wait()
+    if returncode != 0:
         raise RuntimeError(f"training in {run_dir} failed: " + " | ".join(tail))
     return run_dir
 

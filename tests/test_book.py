@@ -56,7 +56,7 @@ def test_smoke_book_table2_has_every_model_and_the_papers_values(smoke_book):
     assert multi["paper_r"] == 0.840 and multi["ceiling_r"] is not None and len(multi["r_ci"]) == 2
     assert (smoke_book / data["artifacts"]["multi_roi_model"] / "bundle.json").is_file()
     html = " ".join((smoke_book / "_build" / "html" / "table2.html").read_text().split())
-    assert "0.840" in html and "multi_roi" in html  # the paper's value beside ours
+    assert "0.840" in html and "Multi-ROI" in html  # the paper's value beside ours
 
 
 def test_book_refuses_a_bad_manifest_before_writing_anything(tmp_path, capsys):

@@ -183,7 +183,7 @@ def test_table2_page_shows_the_papers_numbers_beside_ours_and_is_screenshotted(s
     rows = browser.execute_script(
         "return [...document.querySelectorAll('article table tr')].map(tr => "
         "[...tr.children].map(c => c.innerText.trim()))")
-    multi = [row for row in rows if row and row[0] == "multi_roi"]
+    multi = [row for row in rows if row and row[0] == "Multi-ROI"]
     assert multi, "no multi_roi row in the Table 2 page's tables"
     shown = " | ".join(multi[0])
     r = ours["r"]

@@ -1,6 +1,9 @@
+import dataclasses
+
 import pytest
 
-from bmd.config import PROFILES, ProfileError, load_profile
+from bmd import paths
+from bmd.config import PROFILES, Profile, ProfileError, load_profile
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -70,12 +73,88 @@ def test_book_passes_describes_what_bmd_book_passes(tmp_path, monkeypatch):
     from bmd.config import BOOK_PASSES
 
     seen = {}
-    monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src: seen.update(parameters))
+    monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, console=None: seen.update(parameters))
     monkeypatch.setattr(book, "build_html", lambda build_src, out_root: out_root / "_build" / "html")
-    book.build_book(profile="smoke", out=tmp_path)
+    book.build_book(profile="smoke", out=tmp_path, quiet=True)
     passed = {name for name, text in BOOK_PASSES.items() if not text.startswith("not passed")}
-    assert set(seen) == passed
+    assert set(seen) == passed | {f.name for f in dataclasses.fields(Profile)}  # every profile field as well
     assert seen["out"] == str(tmp_path.resolve()) and seen["manifest"] is None and seen["seed"] == 0
+    assert seen == {**load_profile("smoke").as_dict(), "manifest": None, "out": str(tmp_path.resolve())}
+
+
+def _edited_smoke(tmp_path, name="mine", **changes):
+    import yaml
+
+    values = {**yaml.safe_load(paths.profile_file("smoke").read_text()), "profile": name, **changes}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_a_yaml_path_is_a_profile_and_its_values_reach_the_config(tmp_path):
+    path = _edited_smoke(tmp_path, train_lr=0.05, train_epochs=2)
+    cfg = load_profile(path)
+    assert (cfg.profile, cfg.train_lr, cfg.train_epochs, cfg.roi_size) == ("mine", 0.05, 2, 32)
+    assert load_profile(str(path), seed=5).seed == 5
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train_lr: 1e-4", "train_lr: expected a number, got '1e-4'"),
+    ("train_epochs: 2.5", "train_epochs: expected an integer, got 2.5"),
+    ("train_batch_norm: 'yes'", "train_batch_norm: expected true or false, got 'yes'"),
+    ("roi_size: true", "roi_size: expected an integer, got True"),
+    ("train_optimizer: 3", "train_optimizer: expected a string, got 3"),
+    ("train_pretrained: 1", "train_pretrained: expected a string or null, got 1"),
+])
+def test_values_of_the_wrong_type_are_refused_naming_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"profile: bad\n{text}\n")
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_exponent_without_a_dot_gets_the_hint_and_an_integer_float_is_accepted(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("profile: lr\ntrain_lr: 1e-4\n")
+    with pytest.raises(ProfileError, match=r"write 1\.0e-4"):
+        load_profile(path)
+    path.write_text("profile: lr\ntrain_lr: 1.0e-4\ntrain_width: 1\n")
+    cfg = load_profile(path)
+    assert cfg.train_lr == 1e-4 and isinstance(cfg.train_width, float)
+
+
+def test_from_parameters_builds_the_profile_from_what_papermill_injected(tmp_path):
+    from bmd.config import from_parameters
+
+    # -p profile smoke: the packaged profile; seed None keeps its seed
+    assert from_parameters({"profile": "smoke", "seed": None}) == load_profile("smoke")
+    assert from_parameters({"profile": "smoke", "seed": 3}).seed == 3
+    # -f edited.yaml: every field injected, the edited one wins even under a packaged name
+    injected = {**load_profile("smoke").as_dict(), "train_lr": 0.05, "seed": None}
+    assert from_parameters(injected).train_lr == 0.05
+    # an edited copy with its own name (what bmd book --profile mine.yaml passes)
+    mine = load_profile(_edited_smoke(tmp_path, train_epochs=2))
+    assert from_parameters({**mine.as_dict(), "manifest": None, "out": None}) == mine
+    # a YAML path as the profile, one field overridden by -p; a null override is kept (paper: imagenet)
+    cfg = from_parameters({"profile": str(_edited_smoke(tmp_path)), "seed": None, "roi_size": 16})
+    assert (cfg.profile, cfg.roi_size) == ("mine", 16)
+    assert from_parameters({"profile": "paper", "seed": None, "train_pretrained": None}).train_pretrained is None
+    with pytest.raises(ProfileError, match="unknown profile 'mine'"):
+        from_parameters({"profile": "mine", "seed": None})
+    with pytest.raises(ProfileError, match="train_lr: expected a number, got '1e-4'"):
+        from_parameters({"profile": "smoke", "seed": None, "train_lr": "1e-4"})
+
+
+def test_bmd_book_names_the_run_folder_by_the_yaml_profile_field(tmp_path, monkeypatch):
+    from bmd import book
+
+    seen = {}
+    monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, console=None: seen.update(parameters))
+    monkeypatch.setattr(book, "build_html", lambda build_src, out_root: out_root / "_build" / "html")
+    book.build_book(profile=_edited_smoke(tmp_path, train_lr=0.05), out=tmp_path / "out", quiet=True)
+    assert seen["profile"] == "mine" and seen["train_lr"] == 0.05
+    assert (tmp_path / "out" / "runs" / "mine" / "summary.json").is_file()
 
 
 def test_parameter_markdown_renders_both_tables_with_every_parameter():

@@ -29,18 +29,22 @@ def test_best_model_skips_undefined_values_and_num_says_na():
 
 def test_tables_show_ours_with_ci_beside_the_papers():
     table = report.results_table(_rows())
-    assert table.loc["vgg16", "R"] == "0.720 [0.670, 0.770]"
-    assert table.loc["vgg16", "paper R"] == "0.820" and table.loc["vgg16", "paper AUC"] == "—"
-    assert table.loc["resnet50", "R"] == "n/a"
+    assert table.loc["Chest (VGG-16)", "R"] == "0.720 [0.670, 0.770]"  # readers' names, not ids
+    assert table.loc["Chest (VGG-16)", "paper R"] == "0.820" and table.loc["Chest (VGG-16)", "paper AUC"] == "—"
+    assert table.loc["Chest (ResNet-50)", "R"] == "n/a"
     wide = report.per_vertebra_table(_rows(), ["vgg16", "vgg11"])
-    assert list(wide.index) == ["vgg16", "vgg11"]  # the order asked for; others left out
-    assert wide.loc["vgg11", ("paper R", "L3")] == "0.795"
+    assert list(wide.index) == ["Chest (VGG-16)", "Chest (VGG-11)"]  # the order asked for; others left out
+    assert wide.loc["Chest (VGG-11)", ("paper R", "L3")] == "0.795"
 
 
 def test_results_figure_has_one_row_per_model():
     fig = report.plot_results(_rows(), "Table 1")
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["vgg11", "vgg16", "resnet50"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Chest (VGG-11)", "Chest (VGG-16)", "Chest (ResNet-50)"]
+    assert fig.dpi == 200 and min(t.get_fontsize() for t in ax.get_yticklabels()) >= 9
+    legend = ax.get_legend().get_window_extent()
+    fig.canvas.draw()
+    assert legend.x0 >= ax.get_window_extent().x1  # the legend sits beside the axes, over no point
     assert {"ours (95% CI)", "paper (its own data)", "twin ceiling"} <= set(ax.get_legend_handles_labels()[1])
 
 
@@ -116,7 +120,7 @@ def test_table_and_sentence_say_whether_each_deep_model_beats_radiomics():
     rows = report.results_rows("table2", frames, None, n_boot=200, reference=reference)
     table = report.results_table(rows)
     assert table.loc["same", "ΔR vs radiomics"] == "+0.000 [+0.000, +0.000]"
-    assert table.loc["radiomics", "ΔR vs radiomics"] == "—"
+    assert table.loc["Radiomics", "ΔR vs radiomics"] == "—"
     assert table.loc["better", "bias (g/cm²)"] == "+0.100" and table.loc["better", "MAE (g/cm²)"] == "0.100"
     avg = {r["model"]: r for r in rows if r["vertebra"] == "avg"}
     assert report.beats_reference(avg["better"]) is True and report.beats_reference(avg["same"]) is False
@@ -134,3 +138,12 @@ def test_figure_2_shows_bias_and_mae_per_vertebra():
     texts = [" ".join(t.get_text() for t in ax.texts) for ax in fig.axes]
     assert len(texts) == 4 and all("bias -0.050" in t and "MAE 0.050 g/cm²" in t for t in texts)
     assert fig.axes[0].get_title().startswith("L1  (R = 1.000)")
+
+
+def test_every_model_id_has_a_readers_name_and_summary_ids_stay():
+    from bmd.experiments import ENSEMBLES, table_models
+
+    ids = {label for table in table_models().values() for label in table} | set(ENSEMBLES) | set(report.BASELINES)
+    assert ids <= set(report.MODEL_NAMES)
+    assert report.model_name("ensm_all") == "Ensemble (all)" and report.model_name("age_sex") == "Age + sex"
+    assert report.model_name("unknown_id") == "unknown_id"

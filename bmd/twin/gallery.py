@@ -32,7 +32,9 @@ def draw_landmarks(ax, points: np.ndarray, size: float = 14) -> None:
 
 def draw_gallery(cohort_dir: str | os.PathLike, n: int = 8, seed: int = 0, columns: int = 4):
     """A figure of ``n`` random cases of a cohort folder (manifest.csv + landmarks.csv) with landmarks."""
-    import matplotlib.pyplot as plt
+    from bmd.report import pyplot
+
+    plt = pyplot()
 
     from bmd.io import read_image
 
@@ -50,7 +52,7 @@ def draw_gallery(cohort_dir: str | os.PathLike, n: int = 8, seed: int = 0, colum
         pts = marks.loc[case["case_id"]].to_numpy(dtype=float).reshape(16, 2)
         draw_landmarks(ax, pts)
         ax.set_title(f"{case['case_id']} · {case['sex']} {case['age']} · L1 {case['bmd_l1']:.2f}\n"
-                     f"{meta.photometric}, {meta.bits_stored}-bit", fontsize=8)
+                     f"{meta.photometric}, {meta.bits_stored}-bit", fontsize=9)
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
