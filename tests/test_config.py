@@ -170,3 +170,25 @@ def test_parameter_markdown_renders_both_tables_with_every_parameter():
     assert epochs.startswith("| `train_epochs` | 3 | 7 | 100 | 100 |")
     batch_norm = next(line for line in profiles if line.startswith("| `train_batch_norm` |"))
     assert "| true | true | false | false |" in batch_norm  # spelled as in the YAML files
+
+
+@pytest.mark.slow
+def test_a_chapter_run_with_an_edited_profile_yaml_uses_the_edited_values(tmp_path):
+    """papermill -f edited.yaml: the chapter's typed config (and the page's resolved-parameters cell)
+    holds the edited values, not the packaged profile's."""
+    import nbformat
+    import papermill as pm
+    import yaml
+
+    raw = yaml.safe_load(paths.profile_file("smoke").read_text())
+    raw.update(profile="mine", train_lr=0.0042, train_epochs=5)
+    edited = tmp_path / "mine.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "parameters.ipynb"
+    pm.execute_notebook(str(paths.book_source_dir() / "appendix" / "parameters.ipynb"), str(out),
+                        parameters={**raw, "out": str(tmp_path)}, progress_bar=False, cwd=str(tmp_path))
+    nb = nbformat.read(out, as_version=4)
+    resolved = next(c for c in nb.cells if "resolved_table(cfg)" in c.source)
+    shown = "".join(o.get("data", {}).get("text/plain", "") for o in resolved.outputs)
+    assert "0.0042" in shown and "mine" in shown
+    assert "0.003" not in shown  # the packaged smoke learning rate did not come back
