@@ -2,7 +2,9 @@
 
 * Table 1 — five backbones on the whole chest;
 * Table 2 — the five ROI models (one backbone on one ROI family) and the multi-ROI model;
-  Table 2's ``chest`` *is* Table 1's VGG-16, so it is trained once;
+  Table 2's ``chest`` *is* Table 1's VGG-16, so it is trained once; beyond the paper, the ``attention``
+  row: the multi-ROI model with the follow-up's attention over the ROIs (arXiv:2201.01838), trained
+  with the multi-ROI model's recipe;
 * Table 3 — the ensembles "Ensm roi" (mean of the 5 ROI models) and "Ensm all" (+ the multi-ROI
   model), computed from saved predictions without retraining.
 
@@ -29,16 +31,16 @@ ENSEMBLES: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One trained model: a ROI model (family + backbone) or the multi-ROI model (backbone)."""
+    """One trained model: a ROI model (family + backbone) or a multi-ROI model (backbone)."""
 
-    model: str  # roi | multi_roi
+    model: str  # roi | multi_roi | attention
     backbone: str = "vgg16"
     family: str = "all"  # the ROI family of a roi model; "all" for the multi-ROI model
 
     @property
     def name(self) -> str:
-        """A stable id, also the run folder's name (e.g. ``roi-chest-vgg16``, ``multi_roi-vgg16``)."""
-        return f"roi-{self.family}-{self.backbone}" if self.model == "roi" else f"multi_roi-{self.backbone}"
+        """A stable id, also the run folder's name (``roi-chest-vgg16``, ``multi_roi-vgg16``, ``attention-vgg16``)."""
+        return f"roi-{self.family}-{self.backbone}" if self.model == "roi" else f"{self.model}-{self.backbone}"
 
 
 def table_models() -> dict[str, dict[str, ModelSpec]]:
@@ -46,6 +48,7 @@ def table_models() -> dict[str, dict[str, ModelSpec]]:
     table1 = {b: ModelSpec("roi", b, "chest") for b in BACKBONES_TABLE1}
     table2 = {f: ModelSpec("roi", "vgg16", f) for f in ROI_FAMILIES_TABLE2}
     table2["multi_roi"] = ModelSpec("multi_roi", "vgg16")
+    table2["attention"] = ModelSpec("attention", "vgg16")  # beyond the paper (arXiv:2201.01838)
     return {"table1": table1, "table2": table2}
 
 
@@ -93,7 +96,7 @@ def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str
 
     return TrainConfig(
         run_dir=str(Path(runs) / spec.name), cache=str(cache), manifest=str(manifest), model=spec.model,
-        family="chest" if spec.model == "multi_roi" else spec.family, backbone=spec.backbone,
+        family="chest" if spec.model != "roi" else spec.family, backbone=spec.backbone,
         width=cfg.train_width, batch_norm=cfg.train_batch_norm, pretrained=cfg.train_pretrained,
         epochs=cfg.train_epochs,
         batch_size=cfg.train_batch_size, optimizer=cfg.train_optimizer, lr=cfg.train_lr,

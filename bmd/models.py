@@ -10,6 +10,9 @@ Weights are random unless a local weights file is given; nothing is ever downloa
 * :class:`MultiROIModel` — the 7 ROIs through the same backbone, a shared FC on each ROI's feature
   (7 predictions), an FC on the concatenated features (the joint prediction, the model's output);
   training loss = mean of the 8 MSEs (:func:`multi_roi_loss`).
+* :class:`AttentionROIModel` — beyond the paper: the follow-up's anatomy-aware attention over the ROIs
+  (Wang et al., arXiv:2201.01838) in place of the concatenation and joint FC; same inputs, same output
+  type, same loss.
 
 **Batch norm and the two kinds of input.** When the whole chest and the local crops differ in size
 (the CPU profiles) they go through the shared backbone in two passes. A plain batch-norm layer would
@@ -193,15 +196,13 @@ class MultiROIOutput:
     joint: Tensor
 
 
-class MultiROIModel(nn.Module):
-    """The paper's multi-ROI model: shared backbone, shared per-ROI FC, joint FC on concatenated features."""
+class _SharedBackboneROIs(nn.Module):
+    """The part every multi-ROI model shares: the 7 ROIs through one backbone (per-stream batch norm)."""
 
-    def __init__(self, backbone: Backbone, n_rois: int = 7, n_outputs: int = N_VERTEBRAE):
+    def __init__(self, backbone: Backbone, n_rois: int = 7):
         super().__init__()
         self.backbone = backbone
         self.n_rois = n_rois
-        self.roi_head = nn.Linear(backbone.out_features, n_outputs)  # shared by the 7 ROIs
-        self.joint_head = nn.Linear(n_rois * backbone.out_features, n_outputs)
         if backbone.has_batch_norm:
             backbone.split_batch_norm(2)  # chest and local crops keep their own statistics
 
@@ -217,9 +218,166 @@ class MultiROIModel(nn.Module):
         f_local = self.backbone(local.flatten(0, 1), stream=1).view(b, self.n_rois - 1, -1)
         return torch.cat([f_chest, f_local], dim=1)
 
+    def joint_from_features(self, feats: Tensor) -> Tensor:
+        """The model's output (B, 4) from ROI features (B, 7, D) (what ROI ablation swaps blocks of)."""
+        raise NotImplementedError
+
     def forward(self, chest: Tensor, local: Tensor) -> MultiROIOutput:
         feats = self.features(chest, local)
-        return MultiROIOutput(per_roi=self.roi_head(feats), joint=self.joint_head(feats.flatten(1)))
+        return MultiROIOutput(per_roi=self.roi_head(feats), joint=self.joint_from_features(feats))
+
+
+class MultiROIModel(_SharedBackboneROIs):
+    """The paper's multi-ROI model: shared backbone, shared per-ROI FC, joint FC on concatenated features."""
+
+    def __init__(self, backbone: Backbone, n_rois: int = 7, n_outputs: int = N_VERTEBRAE):
+        super().__init__(backbone, n_rois)
+        self.roi_head = nn.Linear(backbone.out_features, n_outputs)  # shared by the 7 ROIs
+        self.joint_head = nn.Linear(n_rois * backbone.out_features, n_outputs)
+
+    def joint_from_features(self, feats: Tensor) -> Tensor:
+        """The joint FC on the concatenated ROI features."""
+        return self.joint_head(feats.flatten(1))
+
+
+#: The anatomical identity of each ROI token, in ``bmd.rois.ROI_NAMES`` order (one learned embedding each).
+ROI_IDENTITIES: tuple[str, ...] = ("chest", "cervical spine", "clavicle left", "clavicle right", "rib cage left",
+                                   "rib cage right", "T12")
+
+
+def attention_width(backbone_features: int, heads: int = 4) -> int:
+    """d_model of the ROI attention: the backbone width clipped to [32, 256], a multiple of ``heads``."""
+    d = min(max(int(backbone_features), 32), 256)
+    return d - d % heads
+
+
+class _ReadoutLayer(nn.Module):
+    """A pre-norm transformer encoder layer whose keys and values are the ROI tokens only.
+
+    Tokens are ``[readouts..., ROI tokens...]``. The ROI tokens attend to each other (an ordinary
+    encoder over the 7 regions); each readout token attends to the ROI tokens but no token attends to
+    a readout, so a readout's attention is a distribution over the 7 regions (it sums to 1) and the
+    readouts cannot pass information between vertebrae behind the regions' backs.
+    ``nn.TransformerEncoderLayer`` cannot return its attention weights, hence this small layer.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float, ff_mult: int = 2):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, ff_mult * d_model), nn.GELU(), nn.Dropout(dropout),
+                                nn.Linear(ff_mult * d_model, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, n_keys: int, n_queries: int | None = None, need_weights: bool = False
+                ) -> tuple[Tensor, Tensor | None]:
+        """Update the first ``n_queries`` tokens (all when None) from the last ``n_keys`` (the ROI tokens).
+
+        Returns the updated queries and, when ``need_weights``, their attention (B, queries, n_keys)
+        averaged over heads (computed only when asked: the fused kernel is used otherwise).
+        """
+        h = self.norm1(x)
+        kv = h[:, -n_keys:]
+        q_in = x if n_queries is None else x[:, :n_queries]
+        q = h if n_queries is None else h[:, :n_queries]
+        out, weights = self.attn(q, kv, kv, need_weights=need_weights, average_attn_weights=True)
+        y = q_in + self.drop(out)
+        return y + self.drop(self.ff(self.norm2(y))), weights
+
+
+class AttentionROIModel(_SharedBackboneROIs):
+    """Anatomy-aware attention over the 7 ROI features (after Wang et al., arXiv:2201.01838).
+
+    The 7 crops go through one shared backbone exactly as in :class:`MultiROIModel` (same
+    ``features``, per-stream batch norm included). Each ROI feature is projected to ``d_model`` and
+    added to a learned embedding of its anatomical identity (:data:`ROI_IDENTITIES`): a token. One
+    learned readout (query) token per vertebra L1–L4 joins them and a small pre-norm transformer
+    (``layers`` × :class:`_ReadoutLayer`, ``heads`` heads, dropout) runs over the tokens; each readout
+    token is read out by one shared linear head to its vertebra's (standardised) BMD, the joint output.
+
+    The paper's auxiliary per-ROI losses are **kept**: the shared per-ROI FC on each ROI's backbone
+    feature gives the 7 per-ROI predictions, so :func:`multi_roi_loss` (mean of 8 MSEs) trains this
+    model unchanged. They make every region's feature carry BMD by itself, which the attention then
+    weighs, and keep the comparison with the multi-ROI model about the fusion alone.
+
+    ``d_model`` defaults to :func:`attention_width` of the backbone width.
+    """
+
+    def __init__(self, backbone: Backbone, n_rois: int = 7, n_outputs: int = N_VERTEBRAE,
+                 d_model: int | None = None, layers: int = 2, heads: int = 4, dropout: float = 0.1):
+        super().__init__(backbone, n_rois)
+        d = d_model or attention_width(backbone.out_features, heads)
+        self.d_model, self.n_outputs = d, n_outputs
+        self.roi_head = nn.Linear(backbone.out_features, n_outputs)  # the paper's shared per-ROI FC (aux losses)
+        self.project = nn.Linear(backbone.out_features, d)
+        self.roi_embedding = nn.Parameter(torch.empty(n_rois, d))  # anatomical identity of each ROI token
+        self.readout = nn.Parameter(torch.empty(n_outputs, d))  # one query token per vertebra
+        # ViT's initialisation of learned tokens: small, so the projected features dominate at the start
+        nn.init.trunc_normal_(self.roi_embedding, std=0.02)
+        nn.init.trunc_normal_(self.readout, std=0.02)
+        self.layers = nn.ModuleList(_ReadoutLayer(d, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 1)  # shared by the readout tokens: vertebra k's BMD from token k
+
+    def _run(self, feats: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
+        b = feats.shape[0]
+        tokens = self.project(feats) + self.roi_embedding
+        x = torch.cat([self.readout.expand(b, -1, -1).to(tokens.dtype), tokens], dim=1)
+        weights = []
+        for i, layer in enumerate(self.layers):
+            # the last layer's ROI tokens feed nothing: only the readouts are updated there
+            last = i == len(self.layers) - 1
+            x, w = layer(x, self.n_rois, self.n_outputs if last else None, need_weights)
+            if need_weights:
+                weights.append(w)
+        return self.head(self.norm(x[:, :self.n_outputs])).squeeze(-1), weights
+
+    def joint_from_features(self, feats: Tensor) -> Tensor:
+        """BMD (B, 4, standardised) from the readout tokens after the ROI attention."""
+        return self._run(feats)[0]
+
+    @torch.no_grad()
+    def attention(self, chest: Tensor, local: Tensor, rollout: bool = False) -> Tensor:
+        """Each vertebra's readout attention over the 7 ROI tokens, (B, 4, 7), averaged over heads.
+
+        Default: the last layer's weights (what the readout reads at the end; rows sum to 1). With
+        ``rollout``: attention rollout over the layers (Abnar & Zuidema 2020, residual counted as one
+        half), which also follows what the ROI tokens took from each other in earlier layers; rows are
+        renormalised to sum to 1. Call in eval mode (dropout off).
+        """
+        return self.attention_from_features(self.features(chest, local), rollout)
+
+    @torch.no_grad()
+    def attention_from_features(self, feats: Tensor, rollout: bool = False) -> Tensor:
+        """:meth:`attention` from ROI features (B, 7, D) already computed."""
+        _, weights = self._run(feats, need_weights=True)
+        q = self.n_outputs
+        if not rollout:
+            return weights[-1][:, :q].float()
+        b = feats.shape[0]
+        eye = torch.eye(self.n_rois, device=feats.device).expand(b, -1, -1)
+        roi_mix = eye  # how much of each original ROI every ROI token holds
+        read = torch.zeros(b, q, self.n_rois, device=feats.device)
+        for w in weights:
+            w = w.float()
+            read = 0.5 * read + 0.5 * w[:, :q] @ roi_mix
+            if w.shape[1] > q:  # not the last layer: the ROI tokens mixed too
+                roi_mix = 0.5 * roi_mix + 0.5 * w[:, q:] @ roi_mix
+        return read / read.sum(dim=-1, keepdim=True)
+
+
+#: Model kinds whose forward takes (chest, local) and returns :class:`MultiROIOutput`.
+MULTI_ROI_KINDS: tuple[str, ...] = ("multi_roi", "attention")
+
+
+def build_multi_roi(kind: str, backbone: Backbone) -> _SharedBackboneROIs:
+    """The multi-ROI model of a kind (``multi_roi`` or ``attention``) on a backbone."""
+    if kind == "attention":
+        return AttentionROIModel(backbone)
+    if kind == "multi_roi":
+        return MultiROIModel(backbone)
+    raise ValueError(f"unknown multi-ROI model kind {kind!r}: expected one of {', '.join(MULTI_ROI_KINDS)}")
 
 
 def masked_mse(pred: Tensor, target: Tensor) -> Tensor:

@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from bmd.atomic import atomic_path, write_bytes
 from bmd.data import BMD_COLUMNS, Augment, RoiDataset, TargetScaler, select_family
-from bmd.models import MultiROIModel, ROIModel, build_backbone, masked_mse, multi_roi_loss
+from bmd.models import MULTI_ROI_KINDS, ROIModel, build_backbone, build_multi_roi, masked_mse, multi_roi_loss
 
 
 @dataclass
@@ -64,7 +64,7 @@ class TrainConfig:
     run_dir: str
     cache: str  # ROI cache folder (bmd.roi_cache): chest.npy (N,Hc,Wc), local.npy (N,6,H,W), case_ids.txt
     manifest: str  # the study manifest (targets, splits, patient ids)
-    model: str = "multi_roi"  # multi_roi | roi
+    model: str = "multi_roi"  # multi_roi | attention (multi-ROI with attention over the ROIs) | roi
     family: str = "chest"  # ROI family of a roi model: chest, cervi, clavi, ribcage, lumbar
     backbone: str = "vgg16"
     width: float = 1.0
@@ -303,7 +303,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     """The model a config asks for."""
     backbone = build_backbone(cfg.backbone, cfg.width, cfg.batch_norm, cfg.pretrained,
                               zero_init_residual=cfg.zero_init_residual)
-    return MultiROIModel(backbone) if cfg.model == "multi_roi" else ROIModel(backbone)
+    return build_multi_roi(cfg.model, backbone) if cfg.model in MULTI_ROI_KINDS else ROIModel(backbone)
 
 
 # --------------------------------------------------------------------------------------- the loop
@@ -350,7 +350,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, epoch
                        dynamic_ncols=True, file=sys.stderr)
     for chest, local, target, rows in batches:
         # only the crops the model reads are augmented (and moved to the device)
-        if cfg.model == "multi_roi":
+        if cfg.model in MULTI_ROI_KINDS:
             crops = [chest, local[:, :, 0]]
         else:
             crops = [select_family(chest, local, cfg.family)[:, :, 0]]
@@ -359,7 +359,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, epoch
         crops = [c.to(device, non_blocking=True) for c in crops]
         target = target.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if cfg.model == "multi_roi":
+            if cfg.model in MULTI_ROI_KINDS:
                 out = model(crops[0], crops[1].unsqueeze(2))
                 loss = multi_roi_loss(out, target)
             else:
@@ -385,7 +385,7 @@ def predict(model, dataset: RoiDataset, cfg: TrainConfig, device, batch_size: in
     for chest, local, _, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         chest, local = chest.to(device), local.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if cfg.model == "multi_roi":
+            if cfg.model in MULTI_ROI_KINDS:
                 pred = net(chest, local).joint
             else:
                 pred = net(select_family(chest, local, cfg.family))

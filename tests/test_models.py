@@ -107,3 +107,79 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
     assert blocks and all(float(b.bn3.weight.abs().sum()) == 0 for b in blocks)
     plain = build_backbone("resnet18", width=0.125)
     assert all(float(b.bn2.weight.abs().sum()) > 0 for b in plain.modules() if isinstance(b, tv_resnet.BasicBlock))
+
+
+def _attention_model(**kw):
+    from bmd.models import AttentionROIModel
+
+    torch.manual_seed(0)
+    return AttentionROIModel(build_backbone("vgg11", width=0.125, **kw))
+
+
+def test_attention_model_shapes_and_attention_over_the_seven_rois():
+    model = _attention_model(batch_norm=True).eval()
+    chest, local = torch.rand(3, 1, 48, 48), torch.rand(3, 6, 1, 32, 32)  # two streams, as in the CPU profiles
+    with torch.no_grad():
+        out = model(chest, local)
+    assert out.per_roi.shape == (3, 7, 4) and out.joint.shape == (3, 4)
+    assert model.d_model == 64 and model.d_model % 4 == 0
+    for rollout in (False, True):
+        att = model.attention(chest, local, rollout=rollout)
+        assert att.shape == (3, 4, 7)
+        assert torch.allclose(att.sum(dim=-1), torch.ones(3, 4), atol=1e-5) and (att >= 0).all()
+    # the readout with weights is the same computation as the fast path without them
+    with torch.no_grad():
+        assert torch.allclose(model.joint_from_features(model.features(chest, local)), out.joint, atol=1e-5)
+
+
+def test_attention_model_shares_the_multi_roi_feature_path():
+    from bmd.models import AttentionROIModel, MultiROIModel
+
+    torch.manual_seed(0)
+    multi = MultiROIModel(build_backbone("vgg11", width=0.125, batch_norm=True)).eval()
+    attn = AttentionROIModel(build_backbone("vgg11", width=0.125, batch_norm=True)).eval()
+    attn.backbone.load_state_dict(multi.backbone.state_dict())  # per-stream statistics included
+    chest, local = torch.rand(2, 1, 48, 48), torch.rand(2, 6, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(multi.features(chest, local), attn.features(chest, local))
+
+
+def test_attention_model_trains_one_step_through_the_multi_roi_loss():
+    model = _attention_model(batch_norm=True).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    chest, local, target = torch.rand(4, 1, 32, 32), torch.rand(4, 6, 1, 32, 32), torch.randn(4, 4)
+    target[0, 1] = float("nan")
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    loss = multi_roi_loss(model(chest, local), target)
+    assert torch.isfinite(loss)
+    loss.backward()
+    # every parameter gets a gradient: no unused parameter (DDP would need find_unused_parameters)
+    assert all(p.grad is not None for p in model.parameters())
+    optimizer.step()
+    for name in ("readout", "roi_embedding", "project.weight", "head.weight", "roi_head.weight"):
+        assert not torch.equal(before[name], dict(model.named_parameters())[name]), name
+
+
+def test_attention_model_knows_which_region_is_which():
+    """Without the identity embeddings the attention is blind to order: permuting the local ROIs'
+    features leaves the output unchanged; with them, it changes it. (Features, not crops: an untrained
+    narrow VGG maps every crop to nearly the same feature.)"""
+    model = _attention_model().eval()
+    feats = torch.randn(2, 7, model.backbone.out_features)
+    perm = torch.tensor([0, 2, 1, 4, 3, 6, 5])  # chest stays; left/right and neighbours swap
+    with torch.no_grad():
+        assert not torch.allclose(model.joint_from_features(feats), model.joint_from_features(feats[:, perm]),
+                                  atol=1e-4)
+        model.roi_embedding.zero_()
+        assert torch.allclose(model.joint_from_features(feats), model.joint_from_features(feats[:, perm]),
+                              atol=1e-5)
+
+
+def test_build_multi_roi_refuses_unknown_kinds():
+    from bmd.models import AttentionROIModel, MultiROIModel, build_multi_roi
+
+    bb = build_backbone("vgg11", width=0.125)
+    assert isinstance(build_multi_roi("attention", bb), AttentionROIModel)
+    assert isinstance(build_multi_roi("multi_roi", build_backbone("vgg11", width=0.125)), MultiROIModel)
+    with pytest.raises(ValueError, match="unknown multi-ROI model kind"):
+        build_multi_roi("roi", bb)
