@@ -1,13 +1,15 @@
-"""What each region contributes to the multi-ROI model: test-time ablation and the joint head's weights.
+"""What each region contributes to a multi-ROI model: test-time ablation and the joint head's weights.
 
 Ablation replaces one region's crop, for every test case, by that region's mean training crop (an
-uninformative but in-distribution input) and measures how much the joint prediction's R drops. The
-joint head's weight norm per region is a second, training-free view. Neither retrains anything.
+uninformative but in-distribution input) and measures how much the joint prediction's R drops; it
+works for the paper's multi-ROI model and for the attention model alike. The joint head's weight norm
+per region (multi-ROI model only) is a second, training-free view. Neither retrains anything.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from bmd import VERTEBRAE
 from bmd.data import BMD_COLUMNS, TargetScaler
 from bmd.metrics import pearson_r
+from bmd.models import MULTI_ROI_KINDS
 from bmd.rois import ROI_NAMES
 
 
@@ -52,12 +55,42 @@ def roi_ablation(run: str | Path, cache, manifest: pd.DataFrame, split: str = "t
     """R of the joint prediction with each region replaced by its mean training crop.
 
     ``cache`` is a :class:`bmd.roi_cache.RoiCache` (the one the run trained on) and ``manifest`` the
-    study manifest. Returns one row per region (and ``none`` for the intact model): ``roi, r, delta_r``
-    where ``r`` is the mean over L1–L4 on ``split`` and ``delta_r`` the drop from the intact model.
+    study manifest; the run is a ``multi_roi`` or an ``attention`` run. Returns one row per region (and
+    ``none`` for the intact model): ``roi, r, delta_r`` where ``r`` is the mean over L1–L4 on ``split``
+    and ``delta_r`` the drop from the intact model.
     """
+    return _study(run, cache, manifest, split)[0]
+
+
+@dataclass
+class AttentionStudy:
+    """What an attention run attends to on a split, and what each region costs it when ablated."""
+
+    case_ids: list[str]  # the split's cases, in cache order
+    weights: np.ndarray  # (N, 4, 7): each vertebra's readout attention over the ROIs (last layer)
+    ablation: pd.DataFrame  # :func:`roi_ablation` of the same run
+
+    def mean(self) -> pd.DataFrame:
+        """Mean attention over the cases: vertebrae (rows) × ROIs (columns); rows sum to 1."""
+        return pd.DataFrame(self.weights.mean(axis=0), index=list(VERTEBRAE), columns=list(ROI_NAMES))
+
+
+def attention_study(run: str | Path, cache, manifest: pd.DataFrame, split: str = "test") -> AttentionStudy:
+    """The readout attention of an ``attention`` run on every case of ``split`` and its ROI ablation,
+    from one pass of the split's crops through the backbone (both read the same features)."""
+    ablation, model, feats, case_ids = _study(run, cache, manifest, split, need="attention")
+    with torch.no_grad():
+        weights = torch.cat([model.attention_from_features(feats[i:i + 256]) for i in range(0, len(feats), 256)])
+    return AttentionStudy(case_ids, weights.numpy(), ablation)
+
+
+def _study(run: str | Path, cache, manifest: pd.DataFrame, split: str, need: str | None = None):
+    """The ablation table, the model, the split's features and its case ids (see :func:`roi_ablation`)."""
     model, config = load_run_model(run)
-    if config["model"] != "multi_roi":
-        raise ValueError(f"{run}: ablation needs a multi-ROI run, not a {config['model']} model")
+    kinds = (need,) if need else MULTI_ROI_KINDS
+    if config["model"] not in kinds:
+        what = f"an {need}" if need else "a multi-ROI"
+        raise ValueError(f"{run}: ablation needs {what} run, not a {config['model']} model")
     info = manifest.set_index("case_id").loc[list(cache.case_ids)]
     splits = info["split"].to_numpy()
     rows, train = np.flatnonzero(splits == split), np.flatnonzero(splits == "train")
@@ -70,14 +103,14 @@ def roi_ablation(run: str | Path, cache, manifest: pd.DataFrame, split: str = "t
 
     def score(feats: torch.Tensor) -> float:
         with torch.no_grad():
-            pred = scaler.inverse(model.joint_head(feats.flatten(1)).numpy())
+            pred = scaler.inverse(model.joint_from_features(feats).numpy())
         rs = [pearson_r(pred[:, j], truth[:, j]) for j in range(len(VERTEBRAE))]
         # a prediction made constant by the ablation carries no information: R 0, not undefined
         return float(np.mean([0.0 if not np.isfinite(r) else r for r in rs]))
 
-    # In eval mode a crop's features do not depend on the other crops, and only the joint head mixes
-    # regions: so the test crops go through the backbone once, the mean crops once, and each ablation
-    # swaps one region's block of features (8x less work than a forward pass per ablated region).
+    # In eval mode a crop's features do not depend on the other crops, and only the joint head (or the
+    # attention) mixes regions: so the test crops go through the backbone once, the mean crops once, and
+    # each ablation swaps one region's block of features (8x less work than a forward pass per region).
     feats = _features(model, chest, local)
     mean_feats = _features(model, mean_chest[None], mean_local[None])[0]
     intact = score(feats)
@@ -87,7 +120,7 @@ def roi_ablation(run: str | Path, cache, manifest: pd.DataFrame, split: str = "t
         ablated[:, k] = mean_feats[k]
         r = score(ablated)
         out.append({"roi": name, "r": r, "delta_r": intact - r})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out), model, feats, [cache.case_ids[i] for i in rows]
 
 
 def joint_weight_norms(run: str | Path) -> pd.DataFrame:

@@ -97,3 +97,23 @@ def test_swapped_features_equal_a_forward_pass_on_ablated_crops(run):
         rs = [pearson_r(pred[:, j], bmd[test][:, j]) for j in range(4)]
         expected = float(np.mean([0.0 if not np.isfinite(r) else r for r in rs]))
         assert table.loc[ROI_NAMES[k], "r"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_attention_run_gives_attention_and_ablation_from_one_pass(run, tmp_path):
+    """An attention run: weights per test case (rows sum to 1 over the 7 ROIs) beside its ROI ablation;
+    a multi-ROI run is refused for attention."""
+    from bmd.ablation import attention_study
+
+    root, cache, manifest = run
+    config = TrainConfig.load(root / "config.json")
+    config = dataclasses.replace(config, model="attention", run_dir=str(tmp_path))
+    torch.manual_seed(0)
+    torch.save({"model": build_model(config).state_dict()}, tmp_path / "best.pt")
+    config.save(tmp_path / "config.json")
+    study = attention_study(tmp_path, cache, manifest)
+    assert study.weights.shape == (20, 4, 7) and len(study.case_ids) == 20
+    assert np.allclose(study.weights.sum(axis=-1), 1.0, atol=1e-5)
+    assert list(study.mean().columns) == list(ROI_NAMES) and list(study.ablation["roi"]) == ["none", *ROI_NAMES]
+    pd.testing.assert_frame_equal(study.ablation, roi_ablation(tmp_path, cache, manifest))
+    with pytest.raises(ValueError, match="attention"):
+        attention_study(root, cache, manifest)
