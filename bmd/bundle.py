@@ -83,8 +83,10 @@ LANDMARK_DIR = "landmarks"
 CALIBRATED, UNCALIBRATED = "validation-linear", "none"
 """Values of the ``calibration`` column of ``bmd predict``: the bundle's validation recalibration, or raw."""
 _LANDMARK_FILES = ("config.json", "weights.pt", "plausibility.pt")
-KINDS = ("multi_roi", "roi")
+KINDS = ("multi_roi", "attention", "roi")
 STORAGE = ("uint8", "float16")
+#: bundle.json's model.output: what the prediction is, per kind (a roi model: the mean over its crops)
+_OUTPUT_TEXT = {"multi_roi": "joint head", "attention": "vertebra readout tokens of the attention over the 7 ROIs"}
 
 
 class BundleError(ValueError):
@@ -99,8 +101,8 @@ class Bundle:
     model: nn.Module
     landmarks: LandmarkModel
     scaler: TargetScaler
-    kind: str  # multi_roi | roi
-    family: str  # the ROI family of a roi model; "all" for the multi-ROI model
+    kind: str  # multi_roi | attention | roi
+    family: str  # the ROI family of a roi model; "all" for the multi-ROI models
     backbone: str
     chest_size: int
     roi_size: int
@@ -207,10 +209,10 @@ def _scaler_for_run(run: Path, cfg) -> TargetScaler:
 
 
 def _build_network(kind: str, backbone: str, width: float, batch_norm: bool) -> nn.Module:
-    from bmd.models import MultiROIModel, ROIModel, build_backbone
+    from bmd.models import MULTI_ROI_KINDS, ROIModel, build_backbone, build_multi_roi
 
     net = build_backbone(backbone, width, batch_norm)  # weights come from the bundle, never a download
-    return MultiROIModel(net) if kind == "multi_roi" else ROIModel(net)
+    return build_multi_roi(kind, net) if kind in MULTI_ROI_KINDS else ROIModel(net)
 
 
 def _check_settings(reference: str, sex: str, threshold: float) -> tuple[str, str, float]:
@@ -487,7 +489,7 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "model": {"kind": cfg.model, "family": family, "backbone": cfg.backbone, "width": cfg.width,
                       "batch_norm": cfg.batch_norm, "outputs": list(VERTEBRAE), "unit": "g/cm²",
-                      "output": "joint head" if cfg.model == "multi_roi" else "mean over the family's crops"},
+                      "output": _OUTPUT_TEXT.get(cfg.model, "mean over the family's crops")},
             "inputs": {"chest_size": inputs["chest_size"], "roi_size": inputs["roi_size"],
                        "roi_names": list(ROI_NAMES), "geometry": inputs["geometry"],
                        "geometry_version": inputs["geometry_version"], "storage": inputs["storage"],

@@ -44,10 +44,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _model_section(info: dict) -> list[str]:
     model, cfg = info["model"], info.get("provenance", {}).get("training_config", {})
-    what = ("multi-ROI model: 7 regions (the whole chest and 6 local crops placed from 16 detected landmarks) "
-            "through one shared backbone; the joint head's output is the prediction"
-            if model["kind"] == "multi_roi" else
-            f"ROI model on {_FAMILY_TEXT.get(model['family'], model['family'])}")
+    regions = "7 regions (the whole chest and 6 local crops placed from 16 detected landmarks) through one shared backbone"
+    what = {"multi_roi": f"multi-ROI model: {regions}; the joint head's output is the prediction",
+            "attention": f"multi-ROI model with attention over the ROIs: {regions}; each region's feature plus a "
+                         "learned embedding of its anatomy is a token, and one readout token per vertebra attends "
+                         "over the 7 tokens (a small transformer) and gives that vertebra's prediction"
+            }.get(model["kind"], f"ROI model on {_FAMILY_TEXT.get(model['family'], model['family'])}")
     init = cfg.get("pretrained") or "random"
     ts = info["t_scores"]
     return [
@@ -188,7 +190,8 @@ def _limits_section(info: dict) -> list[str]:
 def render_model_card(info: dict) -> str:
     """The Markdown text of a bundle's model card from its ``bundle.json`` description."""
     model = info["model"]
-    title = ("multi-ROI" if model["kind"] == "multi_roi" else f"{model['family']} ROI") + f" {model['backbone']}"
+    title = {"multi_roi": "multi-ROI", "attention": "multi-ROI attention"}.get(model["kind"], f"{model['family']} ROI")
+    title += f" {model['backbone']}"
     lines = [f"# Model card: lumbar BMD from a chest radiograph ({title})", "",
              "Written by `bmd.bundle.export_bundle`; `bundle.json` in this folder holds the same facts.", ""]
     for part in (_model_section(info), _intended_use(), _training_section(info), _performance_section(info),

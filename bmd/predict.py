@@ -47,6 +47,7 @@ import torch
 
 from bmd import VERTEBRAE
 from bmd.bundle import UNCALIBRATED, Bundle, load_bundle
+from bmd.models import MULTI_ROI_KINDS
 
 BMD_OUT = tuple(f"bmd_{v.lower()}" for v in VERTEBRAE)
 T_OUT = tuple(f"t_{v.lower()}" for v in VERTEBRAE)
@@ -117,7 +118,7 @@ def _infer(bundle: Bundle, images: list[np.ndarray]) -> tuple[object, np.ndarray
     crops = crop_rois_batch(images, marks.points, bundle.roi_size, bundle.chest_size, bundle.geometry)
     chest = _as_trained(crops.chest, bundle.storage)[:, None]  # (n, 1, C, C)
     local = _as_trained(crops.local, bundle.storage)[:, :, None]  # (n, 6, 1, R, R)
-    if bundle.kind == "multi_roi":
+    if bundle.kind in MULTI_ROI_KINDS:
         z = bundle.model(chest, local).joint
     else:
         z = bundle.model(select_family(chest, local, bundle.family))
