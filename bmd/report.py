@@ -20,7 +20,7 @@ MODEL_NAMES: dict[str, str] = {
     "vgg11": "Chest (VGG-11)", "vgg16": "Chest (VGG-16)", "resnet18": "Chest (ResNet-18)",
     "resnet34": "Chest (ResNet-34)", "resnet50": "Chest (ResNet-50)",
     "chest": "Chest (VGG-16)", "cervi": "Cervical spine", "clavi": "Clavicles", "lumbar": "T12 (\"lumbar\")",
-    "ribcage": "Rib cages", "multi_roi": "Multi-ROI", "attention": "Multi-ROI (attention)",
+    "ribcage": "Rib cages", "multi_roi": "Multi-ROI", "attention": "Attention (multi-ROI)",
     "age_sex": "Age + sex", "roi_intensity": "ROI intensity", "radiomics": "Radiomics",
     "ensm_roi": "Ensemble (ROI)", "ensm_all": "Ensemble (all)",
     "multi_roi, recalibrated": "Multi-ROI, recalibrated",
@@ -153,7 +153,7 @@ def oracle_table(oracle: dict) -> pd.DataFrame:
 
 #: ROI family / model row → the oracle ceiling that bounds it
 CEILING_OF = {"chest": "chest", "cervi": "cervi", "clavi": "clavi", "lumbar": "lumbar", "ribcage": "ribcage",
-              "multi_roi": "all", "vgg11": "chest", "vgg16": "chest", "resnet18": "chest", "resnet34": "chest",
+              "multi_roi": "all", "attention": "all", "vgg11": "chest", "vgg16": "chest", "resnet18": "chest", "resnet34": "chest",
               "resnet50": "chest", "ensm_roi": "all", "ensm_all": "all"}
 
 
@@ -161,6 +161,8 @@ CEILING_OF = {"chest": "chest", "cervi": "cervi", "clavi": "clavi", "lumbar": "l
 BASELINES: tuple[str, ...] = ("age_sex", "roi_intensity", "radiomics")
 #: The hand-crafted baseline every deep model is compared with (ΔR, paired bootstrap).
 REFERENCE = "radiomics"
+#: Rows compared with a second model besides the reference: row → model (``delta_r_<model>`` keys).
+PAIRED_WITH: dict[str, str] = {"attention": "multi_roi"}
 
 
 def results_rows(table: str, frames: dict, oracle: dict | None, n_boot: int = 2000, seed: int = 0,
@@ -173,7 +175,9 @@ def results_rows(table: str, frames: dict, oracle: dict | None, n_boot: int = 20
     ``delta_r_radiomics`` and ``delta_r_radiomics_ci``: R(model) − R(``reference``) on the same test
     cases with a paired patient-level bootstrap (``avg`` = mean of the four differences), and
     ``converged`` from ``converged`` (row label → flag). Baseline rows hold ``None`` in those keys, as
-    do deep rows when no reference (or no flag) is given.
+    do deep rows when no reference (or no flag) is given. A row of :data:`PAIRED_WITH` (``attention``)
+    adds ``delta_r_<other>`` and ``delta_r_<other>_ci``, the same paired difference against that
+    other model of the same table (``multi_roi``); ``None`` when that model is not in ``frames``.
     """
     from bmd.evaluation import delta_r_against, evaluate_predictions
     from bmd.summary import finite_or_null
@@ -187,6 +191,9 @@ def results_rows(table: str, frames: dict, oracle: dict | None, n_boot: int = 20
         deltas = {}
         if reference is not None and model not in BASELINES:
             deltas = delta_r_against(frame, reference, "test", n_boot=n_boot, seed=seed).set_index("vertebra")
+        other = PAIRED_WITH.get(model)
+        paired = (delta_r_against(frame, frames[other], "test", n_boot=n_boot, seed=seed).set_index("vertebra")
+                  if other in frames else None)
         for rec in metrics.to_dict(orient="records"):
             v = rec["vertebra"]
             row = {"model": model, "vertebra": v, "r": rec["r"], "r_ci": [rec["r_lo"], rec["r_hi"]],
@@ -200,6 +207,10 @@ def results_rows(table: str, frames: dict, oracle: dict | None, n_boot: int = 20
                 d = deltas.loc[v]
                 row["delta_r_radiomics"] = float(d["delta_r"])
                 row["delta_r_radiomics_ci"] = [float(d["delta_r_lo"]), float(d["delta_r_hi"])]
+            if other is not None:
+                d = paired.loc[v] if paired is not None else None
+                row[f"delta_r_{other}"] = None if d is None else float(d["delta_r"])
+                row[f"delta_r_{other}_ci"] = None if d is None else [float(d["delta_r_lo"]), float(d["delta_r_hi"])]
             rows.append(row)
     return finite_or_null(rows)
 
@@ -266,6 +277,38 @@ def reference_comparison(rows: list[dict], vertebra: str = "avg") -> str:
     if unknown:
         parts.append(f"Undecided (ΔR interval undefined): {', '.join(unknown)}.")
     return " ".join(parts)
+
+
+def paired_table(rows: list[dict], model: str = "attention", other: str = "multi_roi") -> pd.DataFrame:
+    """Per vertebra and ``avg``: R of ``model`` and of ``other`` (95% CI) and ΔR = R(model) − R(other) with its
+    paired patient-level bootstrap 95% CI (the ``delta_r_<other>`` keys of ``model``'s rows)."""
+    mine = {r["vertebra"]: r for r in rows if r["model"] == model}
+    theirs = {r["vertebra"]: r for r in rows if r["model"] == other}
+    out = []
+    for v, r in mine.items():
+        o = theirs.get(v, {})
+        out.append({"vertebra": v, model_name(model): _fmt(r["r"], r["r_ci"]),
+                    model_name(other): _fmt(o.get("r"), o.get("r_ci")),
+                    f"ΔR vs {model_name(other)}": _fmt(r.get(f"delta_r_{other}"), r.get(f"delta_r_{other}_ci"), True)})
+    return pd.DataFrame(out).set_index("vertebra") if out else pd.DataFrame()
+
+
+def paired_verdict(rows: list[dict], model: str = "attention", other: str = "multi_roi", vertebra: str = "avg") -> str:
+    """One sentence: does ``model`` help, tie with (95% CI of ΔR covering 0) or hurt ``other``, on the test split;
+    built from the rows, never written by hand."""
+    row = next((r for r in rows if r["model"] == model and r["vertebra"] == vertebra), None)
+    name, other_name = model_name(model), model_name(other)
+    delta = None if row is None else row.get(f"delta_r_{other}")
+    ci = None if row is None else row.get(f"delta_r_{other}_ci")
+    if delta is None or ci is None or any(c is None or not np.isfinite(c) for c in ci):
+        return f"The difference between {name} and {other_name} could not be computed here."
+    text = _fmt(delta, ci, True)
+    if ci[0] > 0:
+        return f"{name} beats {other_name}: ΔR = {text} (mean over L1–L4), the whole 95% CI above 0."
+    if ci[1] < 0:
+        return f"{name} does worse than {other_name}: ΔR = {text} (mean over L1–L4), the whole 95% CI below 0."
+    return (f"{name} ties with {other_name}: ΔR = {text} (mean over L1–L4); the 95% CI covers 0, so this test "
+            "split cannot tell the two fusions apart.")
 
 
 def convergence_sentence(failed: dict[str, str]) -> str:

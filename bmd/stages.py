@@ -321,7 +321,9 @@ def table_results(cfg: Profile, cohort: Cohort, table: str, out: str | Path | No
 
     cache = prepare_rois(cfg, cohort, out)
     if table == "table3":
-        specs = {spec.name: spec for spec in table_models()["table2"].values()}
+        # only the ensembles' members (Table 2's attention model is no member: the ensembles are the paper's)
+        members = {name for names in ENSEMBLES.values() for name in names}
+        specs = {spec.name: spec for spec in table_models()["table2"].values() if spec.name in members}
         trained = train_models(cfg, cohort, cache, list(specs.values()), out)
         saved = {name: predictions(run) for name, run in trained.items()}
         frames = {label: ensemble([saved[name] for name in members]) for label, members in ENSEMBLES.items()}
@@ -380,25 +382,78 @@ def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], ora
     return rows
 
 
-def export_multi_roi(cfg: Profile, table2: TableResults, out: str | Path | None = None) -> Path:
-    """Export the multi-ROI model with its landmark detector as the bundle ``bmd predict`` takes.
+#: Table 2 rows that may become the exported model, in order of preference on a tie (the paper's first).
+EXPORT_CANDIDATES: tuple[str, ...] = ("multi_roi", "attention")
 
-    Written to ``runs/<profile>/bundles/multi_roi`` (re-exported only when the run is newer) and named
-    in ``summary.json``'s ``artifacts.multi_roi_model``.
+
+def validation_r(frame: pd.DataFrame) -> float:
+    """Mean over L1–L4 of Pearson R on the **validation** split of a predictions frame (NaN when undefined)."""
+    from bmd.metrics import pearson_r
+
+    part = frame[frame["split"] == "val"]
+    rs = [pearson_r(part[f"pred_{v}"].to_numpy(float), part[f"bmd_{v}"].to_numpy(float))
+          for v in ("l1", "l2", "l3", "l4")]
+    rs = [r for r in rs if np.isfinite(r)]
+    return float(np.mean(rs)) if rs else float("nan")
+
+
+def choose_exported_model(table2: TableResults) -> tuple[str, dict[str, float]]:
+    """The Table 2 model to export and every candidate's validation R (mean over L1–L4).
+
+    The attention model replaces the paper's multi-ROI model only when its validation R is higher;
+    the test split never takes part in the choice.
+    """
+    scores = {label: validation_r(table2.frames[label]) for label in EXPORT_CANDIDATES if label in table2.runs}
+    best = EXPORT_CANDIDATES[0]
+    for label, r in scores.items():
+        if np.isfinite(r) and (not np.isfinite(scores[best]) or r > scores[best]):
+            best = label
+    return best, scores
+
+
+def export_model(cfg: Profile, table2: TableResults, out: str | Path | None = None) -> Path:
+    """Export the book's model with its landmark detector as the bundle ``bmd predict`` takes.
+
+    The exported model is the multi-ROI model, or the attention model when its validation R is higher
+    (:func:`choose_exported_model`). Written to ``runs/<profile>/bundles/<model>`` (re-exported only when
+    the run is newer) and named in ``summary.json``'s ``artifacts.multi_roi_model`` (the key the results
+    contract keeps); ``exported_model`` records which model it is and the validation R behind the choice.
     """
     from bmd.bundle import export_bundle
 
-    run = table2.runs["multi_roi"]
+    label, scores = choose_exported_model(table2)
+    run = table2.runs[label]
     run_root = paths.run_dir(cfg.profile, out)
-    dest = run_root / "bundles" / "multi_roi"
+    dest = run_root / "bundles" / label
     stale = not (dest / "bundle.json").is_file() or any(
         (src.stat().st_mtime_ns > (dest / "bundle.json").stat().st_mtime_ns)
         for src in (run / "best.pt", run_root / "landmark_model" / "weights.pt"))
     if stale:
         export_bundle(run, run_root / "landmark_model", dest)
-    summary.update(summary.summary_path(cfg.profile, out),
-                   artifacts={"multi_roi_model": str(dest.relative_to(paths.out_root(out)))})
+    path = summary.summary_path(cfg.profile, out)
+    summary.update(path, artifacts={"multi_roi_model": str(dest.relative_to(paths.out_root(out)))},
+                   exported_model={"model": label, "val_r": {k: (v if np.isfinite(v) else None)
+                                                             for k, v in scores.items()},
+                                   "rule": "the higher validation R (mean over L1–L4) of multi_roi and attention"})
     return dest
+
+
+#: The earlier name of :func:`export_model` (it always exported the multi-ROI model then).
+export_multi_roi = export_model
+
+
+def attention_results(cfg: Profile, cohort: Cohort, table2: TableResults, out: str | Path | None = None):
+    """What the attention model attends to on the test split (:func:`bmd.ablation.attention_study`):
+    one pass of the test crops through it; the mean attention and the ablation go to ``summary.json``."""
+    from bmd.ablation import attention_study
+
+    cache = prepare_rois(cfg, cohort, out)
+    study = attention_study(table2.runs["attention"], cache, cohort.manifest)
+    summary.update(summary.summary_path(cfg.profile, out), attention={
+        "mean_weights": {v: {roi: float(w) for roi, w in row.items()} for v, row in study.mean().iterrows()},
+        "weights": "last layer, averaged over heads, mean over the test split",
+        "roi_ablation": _records(study.ablation)})
+    return study
 
 
 @dataclass

@@ -5,7 +5,8 @@ creation time and total timing with :func:`stamp`. Layout (keys kept stable, mor
 
     profile, commit, created, timings_s {twin, landmarks, rois, training, book, total},
     oracle [{roi, vertebra, r, auc}], cohort {...}, landmarks {...}, tables {table1, table2, table3},
-    artifacts {landmark_model, multi_roi_model}
+    artifacts {landmark_model, multi_roi_model (the exported model's bundle: multi-ROI or attention)},
+    exported_model {model, val_r, rule}, attention {mean_weights, weights, roi_ablation}
 """
 
 from __future__ import annotations

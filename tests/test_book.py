@@ -50,11 +50,16 @@ def test_smoke_book_table2_has_every_model_and_the_papers_values(smoke_book):
     data = json.loads((smoke_book / "runs" / "smoke" / "summary.json").read_text())
     rows = data["tables"]["table2"]
     models = {r["model"] for r in rows}
-    assert models == {"cervi", "clavi", "lumbar", "ribcage", "chest", "multi_roi", "age_sex", "roi_intensity",
-                      "radiomics"}
+    assert models == {"cervi", "clavi", "lumbar", "ribcage", "chest", "multi_roi", "attention", "age_sex",
+                      "roi_intensity", "radiomics"}
     multi = next(r for r in rows if r["model"] == "multi_roi" and r["vertebra"] == "avg")
     assert multi["paper_r"] == 0.840 and multi["ceiling_r"] is not None and len(multi["r_ci"]) == 2
-    assert (smoke_book / data["artifacts"]["multi_roi_model"] / "bundle.json").is_file()
+    attention = next(r for r in rows if r["model"] == "attention" and r["vertebra"] == "avg")
+    assert len(attention["delta_r_multi_roi_ci"]) == 2 and attention["delta_r_radiomics"] is not None
+    assert data["exported_model"]["model"] in ("multi_roi", "attention")
+    bundle = smoke_book / data["artifacts"]["multi_roi_model"]
+    assert bundle.name == data["exported_model"]["model"] and (bundle / "bundle.json").is_file()
+    assert set(data["attention"]["mean_weights"]) == {"L1", "L2", "L3", "L4"}
     html = " ".join((smoke_book / "_build" / "html" / "table2.html").read_text().split())
     assert "0.840" in html and "Multi-ROI" in html  # the paper's value beside ours
 

@@ -147,3 +147,29 @@ def test_every_model_id_has_a_readers_name_and_summary_ids_stay():
     assert ids <= set(report.MODEL_NAMES)
     assert report.model_name("ensm_all") == "Ensemble (all)" and report.model_name("age_sex") == "Age + sex"
     assert report.model_name("unknown_id") == "unknown_id"
+
+
+def test_attention_row_carries_a_paired_delta_against_the_multi_roi_model():
+    import numpy as np
+
+    multi = _frame(seed=1, noise=0.12)
+    better = _frame(seed=1, noise=0.12)
+    for k in range(1, 5):  # the same cases, half the error: a clear, paired improvement
+        better[f"pred_l{k}"] = better[f"bmd_l{k}"] + 0.5 * (multi[f"pred_l{k}"] - multi[f"bmd_l{k}"])
+    rows = report.results_rows("table2", {"multi_roi": multi, "attention": better, "radiomics": multi}, None,
+                               n_boot=200, reference=multi)
+    by = {(r["model"], r["vertebra"]): r for r in rows}
+    att = by[("attention", "avg")]
+    assert att["delta_r_multi_roi"] > 0 and att["delta_r_multi_roi_ci"][0] > 0
+    assert att["delta_r_multi_roi"] == pytest.approx(
+        np.mean([by[("attention", v)]["delta_r_multi_roi"] for v in ("L1", "L2", "L3", "L4")]))
+    assert "delta_r_multi_roi" not in by[("multi_roi", "avg")]  # only the attention row compares
+    assert report.paired_verdict(rows).startswith("Attention (multi-ROI) beats Multi-ROI")
+    table = report.paired_table(rows)
+    assert list(table.index) == ["L1", "L2", "L3", "L4", "avg"] and "ΔR vs Multi-ROI" in table.columns
+    tie = report.results_rows("table2", {"multi_roi": multi, "attention": multi.copy()}, None, n_boot=100)
+    assert "ties with" in report.paired_verdict(tie)
+    worse = report.results_rows("table2", {"multi_roi": better, "attention": multi}, None, n_boot=200)
+    assert "does worse than" in report.paired_verdict(worse)
+    alone = report.results_rows("table2", {"attention": multi}, None, n_boot=50)
+    assert alone[0]["delta_r_multi_roi"] is None and "could not be computed" in report.paired_verdict(alone)

@@ -166,7 +166,10 @@ def test_every_table_compares_with_radiomics_and_flags_unconverged_runs(tmp_path
     unconverged = {"roi-chest-resnet50", "multi_roi-vgg16"}
     val_test = manifest[manifest["split"] != "train"].reset_index(drop=True)
 
+    calls: list[list[str]] = []
+
     def fake_training(cfg, cohort, cache, specs, out):
+        calls.append([spec.name for spec in specs])
         runs = {}
         for spec in specs:
             run = tmp_path / "models" / spec.name
@@ -198,5 +201,10 @@ def test_every_table_compares_with_radiomics_and_flags_unconverged_runs(tmp_path
     assert t1.avg()["resnet50"]["converged"] is False and t1.avg()["vgg16"]["converged"] is True
     assert t2.avg()["lumbar"]["converged"] is True and t2.avg()["multi_roi"]["converged"] is False
     assert t3.avg()["ensm_roi"]["converged"] is True and t3.avg()["ensm_all"]["converged"] is False
+    # the attention row: compared with the multi-ROI model on the same cases, paired
+    attention = t2.avg()["attention"]
+    assert attention["delta_r_multi_roi"] is not None and len(attention["delta_r_multi_roi_ci"]) == 2
+    assert "delta_r_multi_roi" not in t2.avg()["multi_roi"]
+    assert "attention-vgg16" in calls[1] and "attention-vgg16" not in calls[2]  # Table 3 needs only its members
     saved = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
     assert saved["tables"]["table1"][0]["delta_r_radiomics"] is not None
