@@ -413,3 +413,36 @@ def test_the_model_card_says_what_the_model_is_for_and_what_it_was_trained_on(st
     assert f"{rows['L1']['mae']:.3f} [" in card
     cal = info["calibration"]["method"]
     assert (cal == "validation-linear") == ("`validation-linear`: a regression output" in card)
+
+
+def test_an_attention_run_exports_loads_and_predicts_unchanged(study, tmp_path):
+    """A run of kind ``attention`` (the study's run with attention weights in its best.pt) goes through
+    export, load and ``bmd predict`` like a multi-ROI run."""
+    import dataclasses
+
+    from bmd.cli import main
+    from bmd.data import _as_float
+    from bmd.models import AttentionROIModel
+    from bmd.train import TrainConfig, build_model
+
+    run = tmp_path / "run"
+    shutil.copytree(study["run"], run)
+    cfg = dataclasses.replace(TrainConfig.load(run / "config.json"), model="attention", run_dir=str(run))
+    cfg.save(run / "config.json")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.save({"model": model.state_dict(), "epoch": 0}, run / "best.pt")
+    export_bundle(run, study["detector"], tmp_path / "bundle")
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.kind == "attention" and isinstance(bundle.model, AttentionROIModel)
+    for key, value in bundle.model.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+    assert "attention" in (tmp_path / "bundle" / CARD_FILE).read_text()
+    cache = study["cache"]
+    chest, local = _as_float(np.asarray(cache.chest[:3]))[:, None], _as_float(np.asarray(cache.local[:3]))[:, :, None]
+    with torch.inference_mode():
+        assert torch.equal(bundle.model(chest, local).joint, model(chest, local).joint)
+    image = str(study["cohort"]["image_path"].iloc[0])
+    assert main(["predict", image, "--model", str(tmp_path / "bundle"), "--out", str(tmp_path / "p.csv")]) == 0
+    out = pd.read_csv(tmp_path / "p.csv")
+    assert out.loc[0, "status"] in ("ok", "flagged") and np.isfinite(out.loc[0, "bmd_l1"])

@@ -155,3 +155,17 @@ def test_ddp_non_finite_loss_stops_training_and_is_marked(tiny, tmp_path):
     assert metrics["converged"] is False and "non-finite training loss in epoch 1" in metrics["reason"]
     log = pd.read_csv(run / "log.csv")
     assert len(log) == 1  # stopped after the first epoch instead of training on NaN weights
+
+
+@pytest.mark.slow
+def test_ddp_run_of_the_attention_model_trains_and_predicts(tiny, tmp_path):
+    """model="attention" through the same entry point: a finished run with predictions and the model's weights."""
+    import json
+
+    run = launch(_cfg(tiny, tmp_path / "attention", model="attention", batch_norm=True), nproc=1)
+    weights = _weights(run)
+    assert {"readout", "roi_embedding", "head.weight", "roi_head.weight"} <= set(weights)
+    pred = pd.read_csv(run / "predictions.csv")
+    assert set(pred["split"]) == {"val", "test"} and np.isfinite(pred[[f"pred_l{k}" for k in range(1, 5)]]).all().all()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["splits"]["test"][-1]["vertebra"] == "avg"
