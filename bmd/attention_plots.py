@@ -32,8 +32,11 @@ def plot_attention_summary(mean: pd.DataFrame, ablation: pd.DataFrame, ceilings:
     panels = 3 if ceilings is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.4),
                              gridspec_kw={"width_ratios": [1.5] + [1] * (panels - 1)})
-    sns.heatmap(mean.loc[list(VERTEBRAE), list(ROI_NAMES)], annot=True, fmt=".2f", cmap="viridis", vmin=0,
-                cbar=False, ax=axes[0])
+    values = mean.loc[list(VERTEBRAE), list(ROI_NAMES)]
+    # a fixed floor for the colour scale's top: uniform attention (1/7 each) then looks uniform and dim,
+    # not saturated
+    sns.heatmap(values, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=max(2 / len(ROI_NAMES),
+                float(values.to_numpy().max())), cbar=False, ax=axes[0])
     axes[0].set_title("mean attention (readout → ROI)")
     axes[0].set_xlabel("ROI token")
     axes[0].set_ylabel("vertebra readout")
