@@ -83,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # CPU threads per rank (0: cores / ranks)
     compile: bool = False  # torch.compile (GPU only)
+    precise_bn_cases: int = 256  # batch-norm statistics recomputed on this many training cases each epoch (0: off)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -393,6 +394,49 @@ def predict(model, dataset: RoiDataset, cfg: TrainConfig, device, batch_size: in
     return np.concatenate(outs) if outs else np.zeros((0, 4))
 
 
+def recompute_batch_norm(model, dataset: RoiDataset, cfg: TrainConfig, device, batch_size: int = 64) -> None:
+    """Set every batch-norm layer's running statistics to their average over ``dataset`` (no augmentation).
+
+    Evaluation normalises with running statistics, an exponential average over the last few training
+    batches, each computed with slightly older weights. In a short run whose weights still move, that
+    lag turns into a shift and a scale error of every prediction (measured: a ResNet-18 whose last epoch
+    reached validation R 0.64 but MSE 1.14 and bias −0.11 g/cm²; with recomputed statistics MSE 0.64, bias
+    −0.01). Recomputing them with the current weights ("precise BN", Wu & Johnson 2021) removes the lag.
+    Every rank uses the same cases, so the statistics agree across ranks. Weights are untouched.
+    """
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or len(dataset) == 0:
+        return
+    names = {m: [n for n, _ in m.named_buffers() if n.startswith(("running_mean", "running_var"))] for m in norms}
+    sums = {m: {n: torch.zeros_like(getattr(m, n)) for n in names[m]} for m in norms}
+    momenta = {m: m.momentum for m in norms}
+    was_training = net.training
+    net.train()
+    batches = 0
+    try:
+        for m in norms:
+            m.momentum = 1.0  # each forward leaves exactly that batch's statistics in the buffers
+        with torch.no_grad():
+            for chest, local, _, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                chest, local = chest.to(device), local.to(device)
+                if cfg.model in MULTI_ROI_KINDS:
+                    net(chest, local)
+                else:
+                    net(select_family(chest, local, cfg.family))
+                for m in norms:
+                    for n in names[m]:
+                        sums[m][n] += getattr(m, n)
+                batches += 1
+        for m in norms:
+            for n in names[m]:
+                getattr(m, n).copy_(sums[m][n] / batches)
+    finally:
+        for m in norms:
+            m.momentum = momenta[m]
+        net.train(was_training)
+
+
 def _val_scores(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     """Validation (MSE, R): the masked mean squared error in standardised units and the mean over
     vertebrae of Pearson R. The MSE selects the epoch: R ignores an offset, and an epoch picked by R
@@ -508,6 +552,8 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
 
     aug = Augment(geometry=cfg.augment_geometry)
     val_target = targets[datasets["val"].rows]
+    # the same fixed training cases on every rank, so that the recomputed statistics agree
+    bn_cases = RoiDataset(chest, local, targets, datasets["train"].rows[:cfg.precise_bn_cases])
     progress = rank == 0 and _show_progress()
     for epoch in range(start_epoch, cfg.epochs):
         if stopped:
@@ -523,6 +569,8 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
                 print(f"epoch {epoch + 1}/{cfg.epochs} {stopped}: training stopped", flush=True)
             if best_epoch >= 0:
                 break
+        if cfg.precise_bn_cases > 0:
+            recompute_batch_norm(ddp, bn_cases, cfg, device)
         val_pred = predict(ddp, datasets["val"], cfg, device)
         val_mse, val_r = _val_scores(val_pred, val_target)
         score = -val_mse if np.isfinite(val_mse) else -np.inf  # higher is better

@@ -169,3 +169,34 @@ def test_ddp_run_of_the_attention_model_trains_and_predicts(tiny, tmp_path):
     assert set(pred["split"]) == {"val", "test"} and np.isfinite(pred[[f"pred_l{k}" for k in range(1, 5)]]).all().all()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["splits"]["test"][-1]["vertebra"] == "avg"
+
+
+def test_recomputed_batch_norm_statistics_depend_only_on_the_weights_and_the_cases():
+    """Precise BN: whatever the running averages held before, recomputing gives the same statistics
+    (the mean of the per-batch ones over the given cases, each stream its own); weights are untouched."""
+    from bmd.data import RoiDataset
+    from bmd.train import build_model, recompute_batch_norm
+
+    gen = np.random.default_rng(0)
+    chest = gen.integers(0, 255, (10, 64, 64), dtype=np.uint8)
+    local = gen.integers(0, 255, (10, 6, 32, 32), dtype=np.uint8)
+    data = RoiDataset(chest, local, np.zeros((10, 4), np.float32), np.arange(10))
+    cfg = TrainConfig(run_dir="unused", cache="unused", manifest="unused", model="multi_roi", backbone="vgg11",
+                      width=0.125, batch_norm=True)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    results = []
+    for garbage in (0.0, 5.0):
+        for name, buf in model.named_buffers():
+            if "running_mean" in name:
+                buf.fill_(garbage)
+        recompute_batch_norm(model, data, cfg, torch.device("cpu"), batch_size=5)
+        results.append({k: v.clone() for k, v in model.named_buffers() if "running" in k})
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k])
+    first = model.backbone.features[1]
+    assert not torch.allclose(first.running_mean, first.running_mean_1)  # chest and local statistics apart
+    for k, v in weights.items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+    assert first.momentum == 0.1 and not model.training
