@@ -25,7 +25,7 @@ from bmd import paths
 
 #: The rows whose spread matters: the paper's model, the ensembles, the whole-chest VGG-16 and the
 #: strongest hand-crafted baseline.
-MODELS: tuple[str, ...] = ("multi_roi", "ensm_roi", "ensm_all", "chest", "radiomics")
+MODELS: tuple[str, ...] = ("multi_roi", "attention", "ensm_roi", "ensm_all", "chest", "radiomics")
 METRICS: tuple[str, ...] = ("r", "auc", "bias", "mae")
 FILE_NAME = "seed_spread.json"
 
