@@ -154,7 +154,7 @@ def test_one_training_step_of_every_paper_model_at_full_width(tmp_path):
     from bmd.config import load_profile
     from bmd.data import select_family
     from bmd.experiments import BACKBONES_TABLE1, all_models, train_config
-    from bmd.models import masked_mse, multi_roi_loss
+    from bmd.models import MULTI_ROI_KINDS, masked_mse, multi_roi_loss
     from bmd.train import build_model
 
     profile = load_profile("paper")
@@ -174,7 +174,7 @@ def test_one_training_step_of_every_paper_model_at_full_width(tmp_path):
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
         before = [p.detach().clone() for p in model.parameters()]
-        if cfg.model == "multi_roi":
+        if cfg.model in MULTI_ROI_KINDS:
             out = model(chest, local)
             assert out.joint.shape == (2, 4)
             loss = multi_roi_loss(out, target)
