@@ -104,9 +104,9 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
 
     bb = build_backbone("resnet50", width=0.125, zero_init_residual=True)
     blocks = [m for m in bb.modules() if isinstance(m, tv_resnet.Bottleneck)]
-    assert blocks and all(float(b.bn3.weight.abs().sum()) == 0 for b in blocks)
+    assert blocks and all(float(b.bn3.weight.detach().abs().sum()) == 0 for b in blocks)
     plain = build_backbone("resnet18", width=0.125)
-    assert all(float(b.bn2.weight.abs().sum()) > 0 for b in plain.modules() if isinstance(b, tv_resnet.BasicBlock))
+    assert all(float(b.bn2.weight.detach().abs().sum()) > 0 for b in plain.modules() if isinstance(b, tv_resnet.BasicBlock))
 
 
 def _attention_model(**kw):
