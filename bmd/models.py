@@ -203,13 +203,15 @@ class _SharedBackboneROIs(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.n_rois = n_rois
-        if backbone.has_batch_norm:
-            backbone.split_batch_norm(2)  # chest and local crops keep their own statistics
+        # chest and local crops keep their own batch-norm statistics (decided once, not per forward)
+        self.two_streams = backbone.has_batch_norm
+        if self.two_streams:
+            backbone.split_batch_norm(2)
 
     def features(self, chest: Tensor, local: Tensor) -> Tensor:
         """ROI features (B, 7, D): chest first, then the local ROIs in their fixed order."""
         b = chest.shape[0]
-        if chest.shape[-2:] == local.shape[-2:] and not self.backbone.has_batch_norm:
+        if chest.shape[-2:] == local.shape[-2:] and not self.two_streams:
             # all 7 ROIs through the backbone as one batch (nothing in it depends on the batch)
             rois = torch.cat([chest.unsqueeze(1), local], dim=1)
             return self.backbone(rois.flatten(0, 1)).view(b, self.n_rois, -1)

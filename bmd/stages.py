@@ -268,21 +268,24 @@ def radiomics_features(cache) -> np.ndarray:
     return features
 
 
+def run_verdict(run: Path) -> tuple[bool, str]:
+    """(converged, reason) of a training run, from its ``metrics.json`` (runs written before the flag
+    existed count as converged)."""
+    metrics = json.loads((Path(run) / "metrics.json").read_text())
+    converged = bool(metrics.get("converged", True))
+    return converged, "" if converged else (metrics.get("reason") or "did not converge")
+
+
 def run_converged(run: Path) -> bool:
-    """Whether a training run converged: ``metrics.json``'s ``converged`` flag (runs written before the
-    flag existed count as converged)."""
-    return bool(json.loads((Path(run) / "metrics.json").read_text()).get("converged", True))
+    """Whether a training run converged (:func:`run_verdict`)."""
+    return run_verdict(run)[0]
 
 
 def failed_runs(results: TableResults) -> dict[str, str]:
-    """Row label → why its training run did not learn (``metrics.json``'s ``reason``), for the runs
-    of a table that did not converge; empty when every model learned."""
-    failed = {}
-    for label, run in results.runs.items():
-        metrics = json.loads((Path(run) / "metrics.json").read_text())
-        if not metrics.get("converged", True):
-            failed[label] = metrics.get("reason") or "did not converge"
-    return failed
+    """Row label → why its training run did not learn, for the runs of a table that did not converge;
+    empty when every model learned."""
+    verdicts = {label: run_verdict(run) for label, run in results.runs.items()}
+    return {label: reason for label, (ok, reason) in verdicts.items() if not ok}
 
 
 @dataclass

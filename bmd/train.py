@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from bmd.atomic import atomic_path, write_bytes
 from bmd.data import BMD_COLUMNS, Augment, RoiDataset, TargetScaler, select_family
 from bmd.models import MULTI_ROI_KINDS, ROIModel, build_backbone, build_multi_roi, masked_mse, multi_roi_loss
+from bmd.summary import finite_or_null
 
 
 @dataclass
@@ -615,17 +616,13 @@ def convergence(val_r: float, stopped: str = "") -> dict:
     selected epoch's validation R is undefined or below :data:`MIN_VAL_R`.
     """
     if stopped:
-        return {"converged": False, "val_r": _finite_or_none(val_r), "reason": stopped}
+        return {"converged": False, "val_r": finite_or_null(float(val_r)), "reason": stopped}
     if not np.isfinite(val_r):
         return {"converged": False, "val_r": None, "reason": "validation R undefined (constant predictions)"}
     if val_r < MIN_VAL_R:
         return {"converged": False, "val_r": float(val_r),
                 "reason": f"validation R {val_r:.3f} below {MIN_VAL_R} (the model did not learn)"}
     return {"converged": True, "val_r": float(val_r), "reason": ""}
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path, best_epoch: int,

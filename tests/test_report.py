@@ -50,17 +50,9 @@ def test_results_figure_has_one_row_per_model():
 
 def _frame(seed: int = 0, n: int = 120, noise: float = 0.08):
     """A test-split predictions frame: truth and a noisy prediction (repeat scans of some patients)."""
-    import numpy as np
-    import pandas as pd
+    from frames import predictions_frame
 
-    rng = np.random.default_rng(seed)
-    bmd = rng.normal(0.85, 0.15, (n, 4))
-    frame = pd.DataFrame({"case_id": [f"C{i:03d}" for i in range(n)], "patient_id": [f"P{i // 2:03d}" for i in range(n)],
-                          "split": ["test"] * n, "sex": ["F", "M"] * (n // 2), "reference": "hologic"})
-    for k in range(4):
-        frame[f"bmd_l{k + 1}"] = bmd[:, k]
-        frame[f"pred_l{k + 1}"] = bmd[:, k] + rng.normal(0, noise, n)
-    return frame
+    return predictions_frame(seed, n, noise, scans_per_patient=2)
 
 
 def _shifted(frame, shift: float):

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+from frames import predictions_frame
 
 from bmd import stages
 from bmd.landmarks.train import LandmarkEvaluation
@@ -55,14 +56,7 @@ def test_saved_detector_evaluation_is_reused_only_for_the_same_weights_and_manif
 
 
 def _predictions(seed: int = 0, n: int = 30) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    bmd = rng.normal(0.85, 0.15, (n, 4))
-    frame = pd.DataFrame({"case_id": [f"C{i:03d}" for i in range(n)], "patient_id": [f"P{i:03d}" for i in range(n)],
-                          "split": ["test"] * n, "sex": ["F", "M"] * (n // 2), "reference": "hologic"})
-    for k in range(4):
-        frame[f"bmd_l{k + 1}"] = bmd[:, k]
-        frame[f"pred_l{k + 1}"] = bmd[:, k] + rng.normal(0, 0.08, n)
-    return frame
+    return predictions_frame(seed, n)
 
 
 def test_table_rows_are_reused_only_for_the_same_predictions(tmp_path, monkeypatch):
