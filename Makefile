@@ -31,10 +31,12 @@ book: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check bmd tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check bmd tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf _build runs book/_build

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from bmd.columns import N_LANDMARKS
 from bmd.landmarks.data import LandmarkAugment, LandmarkDataset
 from bmd.landmarks.model import LandmarkNet, ModelConfig, landmark_loss
-from bmd.landmarks.points import N_LANDMARKS
 
 
 def bench(input_size: int, steps: int, batch_size: int) -> dict[str, float]:

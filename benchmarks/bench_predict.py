@@ -25,14 +25,14 @@ import torch
 
 
 def build_quick_bundle(folder: Path) -> Path:
-    """An untrained quick-size bundle (through :func:`bmd.bundle.export_bundle`, from a stand-in run)."""
-    from bmd.bundle import export_bundle
-    from bmd.config import load_profile
-    from bmd.data import TargetScaler
+    """An untrained quick-size bundle (through :func:`bmd.deploy.bundle.export_bundle`, from a stand-in run)."""
+    from bmd.deploy.bundle import export_bundle
     from bmd.landmarks.model import LandmarkNet, ModelConfig
     from bmd.landmarks.plausibility import PlausibilityModel
     from bmd.landmarks.train import LandmarkModel, _forward, default_input_size, save_landmark_model
-    from bmd.train import TrainConfig, build_model
+    from bmd.model.dataset import TargetScaler
+    from bmd.model.train import TrainConfig, build_model
+    from bmd.study.config import load_profile
 
     quick = load_profile("quick")
     rng = np.random.default_rng(0)
@@ -104,10 +104,10 @@ def write_images(folder: Path, side: int, n: int, encoding: str) -> list[Path]:
 
 def stage_times(bundle, path: Path, repeats: int) -> dict[str, float]:
     """Median seconds of each stage for one image, run alone (batch of one)."""
+    from bmd.deploy.predict import _as_trained
     from bmd.io import read_image
     from bmd.landmarks.train import predict_landmarks
-    from bmd.predict import _as_trained
-    from bmd.rois import crop_rois_batch
+    from bmd.rois.crop import crop_rois_batch
 
     times: dict[str, list[float]] = {k: [] for k in ("decode", "landmarks", "crops", "network")}
     for _ in range(repeats):
@@ -141,8 +141,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from bmd.bundle import load_bundle
-    from bmd.predict import predict_images
+    from bmd.deploy.bundle import load_bundle
+    from bmd.deploy.predict import predict_images
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

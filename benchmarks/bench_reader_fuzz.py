@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the generator is shared with tests/te
 
 import mutants  # noqa: E402
 
-from bmd import paths  # noqa: E402
+from bmd.infra import paths  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bmd import paths
-from bmd.config import load_profile
+from bmd.data.manifest import load_manifest
+from bmd.infra import paths
 from bmd.io import read_image
 from bmd.landmarks.data import landmarks_for_manifest
-from bmd.manifest import load_manifest
-from bmd.roi_cache import RoiCache, build_roi_cache
+from bmd.rois.cache import RoiCache, build_roi_cache
+from bmd.study.config import load_profile
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     profile = load_profile(args.profile)
     if args.manifest is None:
-        from bmd.twin import generate_twin
+        from bmd.data.twin import generate_twin
 
         start = time.perf_counter()
         folder = generate_twin(paths.twin_dir(profile.profile, profile.seed), profile, progress=False)

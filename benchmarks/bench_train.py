@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--width 0.25] [--chest 128] [--roi 64] [--batch 32] [--steps 5]
 
 Prints samples/s of (a) training steps fed by the DataLoader over memory-mapped uint8 ROI arrays with
-per-crop augmentation (what bmd.train does) and (b) the same steps on tensors already in memory; their
+per-crop augmentation (what bmd.model.train does) and (b) the same steps on tensors already in memory; their
 ratio says whether the pipeline is the bottleneck (target ≥ 0.9). Then the 7-ROI forward as one batch
 vs a loop over ROIs, and the achieved GFLOP/s of a training step against a measured matmul GFLOP/s.
 """
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from bmd.data import Augment, RoiDataset
-from bmd.models import MultiROIModel, build_backbone, multi_roi_loss
-from bmd.train import _augment_batch
+from bmd.model.dataset import Augment, RoiDataset
+from bmd.model.networks import MultiROIModel, build_backbone, multi_roi_loss
+from bmd.model.train import _augment_batch
 
 
 def _step(model, opt, chest, local, target) -> None:

@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bmd.config import load_profile
-from bmd.twin import generate_twin
+from bmd.data.twin import generate_twin
+from bmd.study.config import load_profile
 
 
 def main() -> None:

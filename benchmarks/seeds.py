@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from bmd import seed_spread
-from bmd.config import load_profile
+from bmd.study import seed_spread
+from bmd.study.config import load_profile
 
 
 def main() -> None:

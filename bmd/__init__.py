@@ -2,4 +2,6 @@
 
 __version__ = "0.1.0"
 
-VERTEBRAE: tuple[str, ...] = ("L1", "L2", "L3", "L4")
+from bmd.columns import VERTEBRAE
+
+__all__ = ["VERTEBRAE", "__version__"]

@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bmd.infra.errors import EXIT_USAGE, OneLineParser, describe_error, one_line
+
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "everything asked for succeeded",
@@ -39,17 +40,9 @@ def version() -> str:
         return __version__
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        """Print ``<prog>: <message> (see <prog> --help)`` and exit with status 2."""
-        self.exit(EXIT_USAGE, f"{self.prog}: {_one_line(message)} (see {self.prog} --help)\n")
-
-
 def _profile_arg(value: str) -> str:
     """``--profile``: a profile name or an existing YAML file; anything else is a usage error."""
-    from bmd.config import PROFILES
+    from bmd.study.config import PROFILES
 
     if value in PROFILES or Path(value).is_file():
         return value
@@ -59,24 +52,6 @@ def _profile_arg(value: str) -> str:
 
 def _prefix(verb: str) -> str:
     return f"bmd {verb}" if verb else "bmd"
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for a failure at the command-line boundary, naming the file where there is one.
-
-    An ``OSError`` with a file name reads ``<file>: <reason>``; the package's own errors (``bmd.*``
-    classes: manifest, bundle, profile, image, book, run-folder errors) already carry a one-line message
-    naming the file; anything else is ``<class>: <message>``.
-    """
-    if isinstance(exc, OSError) and exc.filename is not None:
-        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
-        return _one_line(f"{where}: {exc.strerror or type(exc).__name__}")
-    message = _one_line(str(exc))
-    if type(exc).__module__.split(".")[0] == "bmd" and message:
-        return message
-    if isinstance(exc, OSError) and message:
-        return message
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -92,11 +67,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _one_line(text: str) -> str:
-    """``text`` on one line: line breaks and runs of white space become single spaces."""
-    return " ".join(str(text).split())
-
-
 def _print_manifest_errors(verb: str, manifest: str | Path | None, errors: Sequence[str]) -> None:
     """A manifest's errors on stderr.
 
@@ -104,7 +74,7 @@ def _print_manifest_errors(verb: str, manifest: str | Path | None, errors: Seque
     column errors are listed every one on its own line under a line naming the file.
     """
     if len(errors) == 1 and not errors[0].startswith(("row ", "rows ")):
-        print(f"bmd {verb}: {_one_line(errors[0])}", file=sys.stderr)
+        print(f"bmd {verb}: {one_line(errors[0])}", file=sys.stderr)
         return
     head = "" if verb == "validate-manifest" else f"bmd {verb}: "  # there, the list is the verb's report
     print(f"{head}{manifest}: invalid manifest ({len(errors)} error(s)):", file=sys.stderr)
@@ -121,7 +91,7 @@ def _require_file(path: Path, what: str) -> None:
 
 
 def _cmd_validate_manifest(args: argparse.Namespace) -> int:
-    from bmd.manifest import ManifestError, load_manifest, summarize
+    from bmd.data.manifest import ManifestError, load_manifest, summarize
 
     try:
         manifest = load_manifest(args.manifest, check_files=not args.no_file_check, within_folder=args.within_folder)
@@ -133,8 +103,8 @@ def _cmd_validate_manifest(args: argparse.Namespace) -> int:
 
 
 def _cmd_twin(args: argparse.Namespace) -> int:
-    from bmd.config import load_profile
-    from bmd.twin import generate_twin
+    from bmd.data.twin import generate_twin
+    from bmd.study.config import load_profile
 
     profile = load_profile(args.profile, seed=args.seed)
     out = generate_twin(args.out, profile, seed=profile.seed, workers=args.workers, progress=not args.quiet)
@@ -143,8 +113,8 @@ def _cmd_twin(args: argparse.Namespace) -> int:
 
 
 def _cmd_landmarks_train(args: argparse.Namespace) -> int:
-    from bmd.config import load_profile
     from bmd.landmarks.train import recipe_for_profile, train_landmark_model
+    from bmd.study.config import load_profile
 
     _require_file(args.manifest, "manifest")
     recipe = recipe_for_profile(load_profile(args.profile, seed=args.seed))
@@ -156,7 +126,7 @@ def _cmd_landmarks_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_landmarks_predict(args: argparse.Namespace) -> int:
-    from bmd.atomic import write_text
+    from bmd.infra.atomic import write_text
     from bmd.landmarks.train import predict_landmarks
 
     images = _expand_images(args.images)
@@ -184,9 +154,9 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from bmd.atomic import write_text
-    from bmd.bundle import load_bundle
-    from bmd.predict import predict_images, to_csv
+    from bmd.deploy.bundle import load_bundle
+    from bmd.deploy.predict import predict_images, to_csv
+    from bmd.infra.atomic import write_text
 
     bundle = load_bundle(args.model)
     images = _expand_images(args.images)
@@ -214,8 +184,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from bmd.external import evaluate_bundle
-    from bmd.manifest import ManifestError
+    from bmd.data.manifest import ManifestError
+    from bmd.deploy.external import evaluate_bundle
 
     try:
         result = evaluate_bundle(args.model, args.manifest, args.out, split=args.split, n_boot=args.n_boot,
@@ -241,8 +211,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
-    from bmd.book import BookError, build_book
-    from bmd.manifest import ManifestError
+    from bmd.data.manifest import ManifestError
+    from bmd.study.book import BookError, build_book
 
     try:
         html = build_book(profile=args.profile, manifest=args.manifest, seed=args.seed, out=args.out,
@@ -265,11 +235,11 @@ def _verb(sub: argparse._SubParsersAction, name: str, help: str, **kwargs) -> ar
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bmd`` command."""
-    parser = _Parser(prog="bmd", description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog="bmd", description=__doc__.splitlines()[0],
                      epilog="Exit status: 0 success, 1 failed work (a file that is missing or unusable, "
                             "an image that failed), 2 a usage error, 130 interrupted.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     p = _verb(sub, "inspect", help="one line per image: size, spacing, value range, photometric")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -291,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_twin)
 
     p = _verb(sub, "landmarks", help="train the landmark detector or detect landmarks on images")
-    lsub = p.add_subparsers(dest="landmarks_command", required=True, metavar="ACTION", parser_class=_Parser)
+    lsub = p.add_subparsers(dest="landmarks_command", required=True, metavar="ACTION", parser_class=OneLineParser)
     q = _verb(lsub, "train", help="train the landmark detector on a manifest's train split (val selects and calibrates)")
     q.add_argument("--manifest", required=True, type=Path, help="manifest CSV with train and val rows")
     q.add_argument("--out", required=True, type=Path, help="model bundle folder")
@@ -372,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verb = verb if verb and not verb.startswith("-") else ""
     try:
         if argv[:1] == ["train"]:  # its own parser: every argument goes to the training entry point
-            from bmd.train import main as train_main
+            from bmd.model.train import main as train_main
 
             return train_main(argv[1:])
         args = build_parser().parse_args(argv)

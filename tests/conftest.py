@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bmd import paths
+from bmd.infra import paths
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def smoke_book(tmp_path_factory) -> Path:
 
     Returns the ``--out`` folder; every test that needs a built book reads this one build.
     """
-    from bmd.book import build_book
+    from bmd.study.book import build_book
 
     out = tmp_path_factory.mktemp("smoke_book")
     build_book(profile="smoke", out=out)
@@ -89,7 +89,7 @@ def private_book(smoke_book, tmp_path_factory) -> tuple[Path, Path, dict[str, st
 
     Returns ``(out folder, cohort folder, old → new id mapping)``. Built once per test session.
     """
-    from bmd.book import build_book
+    from bmd.study.book import build_book
 
     base = tmp_path_factory.mktemp("private")
     cohort = base / "cohort"

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bmd.ablation import joint_weight_norms, roi_ablation
-from bmd.rois import ROI_NAMES
-from bmd.train import TrainConfig, build_model
+from bmd.columns import ROI_NAMES
+from bmd.model.train import TrainConfig, build_model
+from bmd.study.ablation import joint_weight_norms, roi_ablation
 
 ONLY = 3  # the one ROI (clavi_r) the joint head is allowed to read
 
@@ -73,9 +73,9 @@ def test_a_single_roi_run_is_refused(run, tmp_path):
 
 def test_swapped_features_equal_a_forward_pass_on_ablated_crops(run):
     """The feature-swap shortcut gives the R of actually feeding the mean crop through the model."""
-    from bmd.ablation import _as_unit, load_run_model
-    from bmd.data import TargetScaler
-    from bmd.metrics import pearson_r
+    from bmd.evaluation.metrics import pearson_r
+    from bmd.model.dataset import TargetScaler
+    from bmd.study.ablation import _as_unit, load_run_model
 
     root, cache, manifest = run
     table = roi_ablation(root, cache, manifest).set_index("roi")
@@ -102,7 +102,7 @@ def test_swapped_features_equal_a_forward_pass_on_ablated_crops(run):
 def test_attention_run_gives_attention_and_ablation_from_one_pass(run, tmp_path):
     """An attention run: weights per test case (rows sum to 1 over the 7 ROIs) beside its ROI ablation;
     a multi-ROI run is refused for attention."""
-    from bmd.ablation import attention_study
+    from bmd.study.ablation import attention_study
 
     root, cache, manifest = run
     config = TrainConfig.load(root / "config.json")

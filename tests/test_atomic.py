@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from bmd.atomic import atomic_path, current_umask, dir_mode, write_text
+from bmd.infra.atomic import atomic_path, current_umask, dir_mode, write_text
 
 
 def test_atomic_write_replaces_whole_file_or_nothing(tmp_path):
@@ -31,7 +31,7 @@ def umask():
 def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path, umask, mask, mode):
     import pandas as pd
 
-    from bmd.manifest import write_manifest
+    from bmd.data.manifest import write_manifest
 
     umask(mask)
     assert current_umask() == mask and dir_mode() == 0o777 & ~mask

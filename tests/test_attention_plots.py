@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from test_rois import chest_points, texture  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from bmd import VERTEBRAE, attention_plots  # noqa: E402
-from bmd.rois import ROI_NAMES  # noqa: E402
+from bmd.columns import ROI_NAMES, VERTEBRAE
+from bmd.study import attention_plots
 
 
 def test_summary_figure_has_a_panel_per_view_and_cases_figure_one_per_case():
@@ -35,7 +35,7 @@ def test_the_exported_model_is_chosen_on_the_validation_split_only():
 
     from test_stages import _predictions
 
-    from bmd import stages
+    from bmd.study import stages
 
     def frame(val_noise: float, test_noise: float) -> pd.DataFrame:
         val, test = _predictions(seed=1), _predictions(seed=2)

@@ -1,6 +1,6 @@
 """The book builds from its sources with Jupyter Book, warnings as errors."""
 
-from bmd.book import chapter_notebooks
+from bmd.study.book import chapter_notebooks
 
 
 def test_smoke_book_builds_html(smoke_book):
@@ -22,7 +22,7 @@ def test_source_notebooks_carry_no_outputs():
     import nbformat
 
     for rel in chapter_notebooks():
-        from bmd import paths
+        from bmd.infra import paths
 
         nb = nbformat.read(paths.book_source_dir() / rel, as_version=4)
         for cell in nb.cells:
@@ -78,7 +78,7 @@ def test_book_refuses_a_bad_manifest_before_writing_anything(tmp_path, capsys):
 
 
 def test_binder_and_repository_buttons_only_where_the_repository_is_known(monkeypatch):
-    from bmd.book import book_config
+    from bmd.study.book import book_config
 
     monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)
     local = book_config()

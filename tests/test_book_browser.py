@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bmd import paper
+from bmd.data import paper
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMEDRIVER_NAMES = ("chromedriver",)
@@ -160,7 +160,7 @@ def test_every_page_loads_offline_without_console_errors_and_renders_its_figures
         for entry in record["console"]:
             if entry["level"] != "SEVERE":
                 continue
-            # none tolerated: bmd.sphinx_ext removes the duplicate inline scripts of Sphinx 7
+            # none tolerated: bmd.study.sphinx_ext removes the duplicate inline scripts of Sphinx 7
             problems.append(f"{page}: console error: {entry['message']}")
         images = browser.execute_script(
             "return [...document.querySelectorAll('article img, main img')].map(i => "

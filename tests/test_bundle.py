@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bmd.bundle import (
+from bmd.deploy.bundle import (
     BUNDLE_FILE,
     BUNDLE_FORMAT,
     CARD_FILE,
@@ -37,12 +37,13 @@ BACKBONE = "resnet18"
 
 def smoke_study(root: Path) -> dict:
     """Build (or reuse) a smoke twin, detector, ROI cache, training run and its bundle under ``root``."""
-    from bmd import paths, stages
-    from bmd.cohort import load_cohort
-    from bmd.config import load_profile
-    from bmd.experiments import ModelSpec
+    from bmd.data.twin import generate_twin
+    from bmd.infra import paths
     from bmd.landmarks.train import train_landmark_model
-    from bmd.twin import generate_twin
+    from bmd.study import stages
+    from bmd.study.cohort import load_cohort
+    from bmd.study.config import load_profile
+    from bmd.study.experiments import ModelSpec
 
     torch.set_num_threads(2)
     cfg = load_profile("smoke", twin_n_train=12, twin_n_val=6, twin_n_test=6, train_epochs=2)
@@ -233,7 +234,7 @@ def test_a_landmark_bundle_given_as_model_gets_a_hint(study):
 
 def test_training_predictions_are_reproduced_by_the_loaded_network_on_cached_crops(study):
     """The bundle's network and scaler on the cache's own crops give the run's predictions.csv."""
-    from bmd.data import _as_float
+    from bmd.model.dataset import as_float as _as_float
 
     bundle = load_bundle(study["bundle"])
     cache = study["cache"]
@@ -266,9 +267,9 @@ def _run_with_known_shrinkage(study, tmp_path: Path) -> tuple[Path, pd.DataFrame
 
 def test_the_validation_recalibration_travels_in_the_bundle_and_predict_applies_it(study, tmp_path, capsys):
     from bmd.cli import main
-    from bmd.predict import predict_images
-    from bmd.screening import Recalibration
-    from bmd.tscores import t_score, who_category
+    from bmd.data.tscores import t_score, who_category
+    from bmd.deploy.predict import predict_images
+    from bmd.evaluation.screening import Recalibration
 
     run, pred = _run_with_known_shrinkage(study, tmp_path)
     dest = export_bundle(run, study["detector"], tmp_path / "b")
@@ -312,7 +313,7 @@ def test_the_validation_recalibration_travels_in_the_bundle_and_predict_applies_
 
 
 def test_a_bundle_without_calibration_predicts_raw(study, tmp_path):
-    from bmd.predict import predict_images
+    from bmd.deploy.predict import predict_images
 
     run, _ = _run_with_known_shrinkage(study, tmp_path)
     dest = export_bundle(run, study["detector"], tmp_path / "b")
@@ -380,7 +381,7 @@ def test_no_absolute_path_anywhere_in_an_exported_bundle(study, tmp_path_factory
 def test_the_model_card_says_what_the_model_is_for_and_what_it_was_trained_on(study):
     import hashlib
 
-    from bmd.model_card import CARD_SECTIONS
+    from bmd.deploy.model_card import CARD_SECTIONS
 
     card = (study["bundle"] / CARD_FILE).read_text()
     info = json.loads((study["bundle"] / BUNDLE_FILE).read_text())
@@ -421,9 +422,9 @@ def test_an_attention_run_exports_loads_and_predicts_unchanged(study, tmp_path):
     import dataclasses
 
     from bmd.cli import main
-    from bmd.data import _as_float
-    from bmd.models import AttentionROIModel
-    from bmd.train import TrainConfig, build_model
+    from bmd.model.dataset import as_float as _as_float
+    from bmd.model.networks import AttentionROIModel
+    from bmd.model.train import TrainConfig, build_model
 
     run = tmp_path / "run"
     shutil.copytree(study["run"], run)

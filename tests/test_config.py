@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from bmd import paths
-from bmd.config import PROFILES, Profile, ProfileError, load_profile
+from bmd.infra import paths
+from bmd.study.config import PROFILES, Profile, ProfileError, load_profile
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -35,7 +35,7 @@ def test_unknown_profile_and_unknown_key_are_refused(tmp_path):
 def test_parameter_table_lists_every_field_with_each_profiles_value_and_a_description():
     import dataclasses
 
-    from bmd.config import PARAMETER_DESCRIPTIONS, Profile, parameter_table
+    from bmd.study.config import PARAMETER_DESCRIPTIONS, Profile, parameter_table
 
     rows = parameter_table()
     fields = [f.name for f in dataclasses.fields(Profile)]
@@ -54,9 +54,9 @@ def test_parameter_table_lists_every_field_with_each_profiles_value_and_a_descri
 def test_notebook_parameters_match_the_chapters_parameters_cell():
     import nbformat
 
-    from bmd import paths
-    from bmd.book import chapter_notebooks
-    from bmd.config import notebook_parameter_table
+    from bmd.infra import paths
+    from bmd.study.book import chapter_notebooks
+    from bmd.study.config import notebook_parameter_table
 
     names = [r["parameter"] for r in notebook_parameter_table()]
     assert names == ["profile", "seed", "manifest", "out", "show_images"]
@@ -69,8 +69,8 @@ def test_notebook_parameters_match_the_chapters_parameters_cell():
 
 
 def test_book_passes_describes_what_bmd_book_passes(tmp_path, monkeypatch):
-    from bmd import book
-    from bmd.config import BOOK_PASSES
+    from bmd.study import book
+    from bmd.study.config import BOOK_PASSES
 
     seen = {}
     monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, console=None: seen.update(parameters))
@@ -125,7 +125,7 @@ def test_an_exponent_without_a_dot_gets_the_hint_and_an_integer_float_is_accepte
 
 
 def test_from_parameters_builds_the_profile_from_what_papermill_injected(tmp_path):
-    from bmd.config import from_parameters
+    from bmd.study.config import from_parameters
 
     # -p profile smoke: the packaged profile; seed None keeps its seed
     assert from_parameters({"profile": "smoke", "seed": None}) == load_profile("smoke")
@@ -147,7 +147,7 @@ def test_from_parameters_builds_the_profile_from_what_papermill_injected(tmp_pat
 
 
 def test_bmd_book_names_the_run_folder_by_the_yaml_profile_field(tmp_path, monkeypatch):
-    from bmd import book
+    from bmd.study import book
 
     seen = {}
     monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, console=None: seen.update(parameters))
@@ -158,7 +158,7 @@ def test_bmd_book_names_the_run_folder_by_the_yaml_profile_field(tmp_path, monke
 
 
 def test_parameter_markdown_renders_both_tables_with_every_parameter():
-    from bmd.config import NOTEBOOK_PARAMETERS, PARAMETER_DESCRIPTIONS, parameter_markdown
+    from bmd.study.config import NOTEBOOK_PARAMETERS, PARAMETER_DESCRIPTIONS, parameter_markdown
 
     tables = parameter_markdown()
     notebook, profiles = tables["notebook"].splitlines(), tables["profiles"].splitlines()

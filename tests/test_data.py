@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bmd.data import Augment
+from bmd.model.dataset import Augment
 
 
 def _crops() -> torch.Tensor:

@@ -4,15 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bmd.evaluation import (
-    PRED_COLUMNS,
-    age_sex_baseline,
-    ensemble,
-    evaluate_predictions,
-    roi_intensity_baseline,
-    roi_intensity_features,
-)
-from bmd.twin.population import sample_population
+from bmd.columns import PRED_COLUMNS
+from bmd.data.twin.population import sample_population
+from bmd.evaluation.baselines import age_sex_baseline, roi_intensity_baseline, roi_intensity_features
+from bmd.evaluation.predictions import ensemble, evaluate_predictions
 
 
 @pytest.fixture(scope="module")

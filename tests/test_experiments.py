@@ -2,8 +2,8 @@
 
 import dataclasses
 
-from bmd.config import load_profile
-from bmd.experiments import ENSEMBLES, all_models, table_models, train_config
+from bmd.study.config import load_profile
+from bmd.study.experiments import ENSEMBLES, all_models, table_models, train_config
 
 
 def test_tables_name_the_papers_rows_and_share_the_chest_model():

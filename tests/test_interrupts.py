@@ -20,7 +20,15 @@ import pandas as pd
 import pytest
 import torch
 
-from bmd.train import LOCK_FILE, RunFolderBusy, TrainConfig, _restore_best, _show_progress, launch, run_lock
+from bmd.model.train import (
+    LOCK_FILE,
+    RunFolderBusy,
+    TrainConfig,
+    _restore_best,
+    _show_progress,
+    launch,
+    run_lock,
+)
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -160,7 +168,7 @@ def _lock_pid(run: Path) -> int | None:
 
 @pytest.mark.slow
 def test_ddp_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(cache, tmp_path):
-    from bmd.experiments import train_model
+    from bmd.study.experiments import train_model
 
     cfg = _cfg(cache, tmp_path / "killed")
     run = Path(cfg.run_dir)
@@ -169,7 +177,7 @@ def test_ddp_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(cache, t
     stderr = tmp_path / "stderr.txt"
     with open(stderr, "w") as err:
         proc = _popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                       "-m", "bmd.train", "--config", str(run / "config.json")], stderr=err, BMD_PROGRESS="1")
+                       "-m", "bmd.model.train", "--config", str(run / "config.json")], stderr=err, BMD_PROGRESS="1")
     try:
         # a second run on the busy folder is refused at once, naming rank 0's pid, and harms nothing
         holder = _until(lambda: _lock_pid(run), proc, "rank 0 took the run folder")
@@ -221,7 +229,7 @@ def test_ddp_cli_refuses_a_busy_run_folder_in_one_line(cache, tmp_path):
     with run_lock(run):  # held by this process, as a training run would hold it
         with run_lock(run):  # re-entrant within a process
             pass
-        proc = subprocess.run([sys.executable, "-m", "bmd.train", "--config", str(run / "config.json")],
+        proc = subprocess.run([sys.executable, "-m", "bmd.model.train", "--config", str(run / "config.json")],
                               capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == f"bmd train: run folder {run} is in use by pid {os.getpid()}"
@@ -267,7 +275,7 @@ def test_a_kill_between_checkpoint_and_best_is_repaired_on_resume(tmp_path):
 
 
 def _profile(**sizes):
-    from bmd.config import load_profile
+    from bmd.study.config import load_profile
 
     # the smoke profile, smaller: a kill needs only a few cases to land in the middle
     return load_profile("smoke", **{"twin_n_train": 8, "twin_n_val": 4, "twin_n_test": 4, "twin_image_size": 128,
@@ -277,7 +285,7 @@ def _profile(**sizes):
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory) -> Path:
     """A small smoke-profile twin cohort, generated without interruption."""
-    from bmd.twin.cohort import generate_twin
+    from bmd.data.twin.cohort import generate_twin
 
     return generate_twin(tmp_path_factory.mktemp("twin_ref"), _profile(), workers=1, progress=False)
 
@@ -285,8 +293,8 @@ def twin(tmp_path_factory) -> Path:
 _BUILD = """
 import sys, time
 from pathlib import Path
-from bmd.manifest import load_manifest
-from bmd.roi_cache import build_roi_cache, landmark_array
+from bmd.data.manifest import load_manifest
+from bmd.rois.cache import build_roi_cache, landmark_array
 
 twin, cache_dir, marker, pause = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
 manifest = load_manifest(twin / "manifest.csv")
@@ -318,14 +326,14 @@ def _chunks(marker: Path) -> int:
 
 
 def _manifest(twin: Path) -> pd.DataFrame:
-    from bmd.manifest import load_manifest
+    from bmd.data.manifest import load_manifest
 
     return load_manifest(twin / "manifest.csv")
 
 
 @pytest.mark.slow
 def test_killed_roi_cache_build_is_never_used_and_the_next_build_is_correct(twin, tmp_path):
-    from bmd.roi_cache import build_roi_cache, landmark_array, load_cache
+    from bmd.rois.cache import build_roi_cache, landmark_array, load_cache
 
     root, marker = tmp_path / "cache", tmp_path / "chunks.txt"
     proc = _popen(_build_args(tmp_path, twin, root, marker, 0.5))
@@ -353,7 +361,7 @@ def test_killed_roi_cache_build_is_never_used_and_the_next_build_is_correct(twin
 
 @pytest.mark.slow
 def test_two_concurrent_roi_cache_builds_build_once(twin, tmp_path):
-    from bmd.roi_cache import load_cache
+    from bmd.rois.cache import load_cache
 
     root = tmp_path / "cache"
     first = _popen(_build_args(tmp_path, twin, root, tmp_path / "a.txt", 0.3))
@@ -376,8 +384,8 @@ def test_two_concurrent_roi_cache_builds_build_once(twin, tmp_path):
 
 _GENERATE = """
 import sys
-from bmd.config import load_profile
-from bmd.twin.cohort import generate_twin
+from bmd.study.config import load_profile
+from bmd.data.twin.cohort import generate_twin
 
 if __name__ == "__main__":  # the render workers' fork server imports this file
     sizes = {"twin_n_train": 8, "twin_n_val": 4, "twin_n_test": 4, "twin_image_size": 128}
@@ -397,8 +405,8 @@ def _images(out: Path) -> int:
 
 
 def _complete(out: Path) -> bool:
-    from bmd.twin.cohort import _sizes, is_complete
-    from bmd.twin.spec import TwinSpec, spec_hash
+    from bmd.data.twin.cohort import _sizes, is_complete
+    from bmd.data.twin.spec import TwinSpec, spec_hash
 
     profile = _profile()
     return is_complete(out, spec_hash(TwinSpec(), _sizes(profile)), profile.seed)
@@ -406,8 +414,8 @@ def _complete(out: Path) -> bool:
 
 @pytest.mark.slow
 def test_killed_twin_generation_is_not_complete_and_is_regenerated(twin, tmp_path):
+    from bmd.data.twin.cohort import generate_twin
     from bmd.io import read_image
-    from bmd.twin.cohort import generate_twin
 
     out = tmp_path / "twin"
     proc = _popen(_generate_args(tmp_path, out, 2))
@@ -434,7 +442,7 @@ def test_killed_twin_generation_is_not_complete_and_is_regenerated(twin, tmp_pat
 
 @pytest.mark.slow
 def test_a_second_twin_generation_on_a_busy_folder_refuses(tmp_path):
-    from bmd.twin.cohort import TwinError, generate_twin
+    from bmd.data.twin.cohort import TwinError, generate_twin
 
     out = tmp_path / "twin"
     proc = _popen(_generate_args(tmp_path, out, 1))

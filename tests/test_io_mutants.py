@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from bmd import io as bmd_io
-from bmd import paths
+from bmd.infra import paths
 from bmd.io import ImageReadError, read_image
 
 SEED = 20240611

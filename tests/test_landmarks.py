@@ -7,6 +7,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
+from bmd.columns import LANDMARK_NAMES, N_LANDMARKS
 from bmd.landmarks.data import (
     FLIP_PERMUTATION,
     AugmentConfig,
@@ -17,7 +18,6 @@ from bmd.landmarks.data import (
 )
 from bmd.landmarks.model import LandmarkNet, ModelConfig, landmark_loss, shape_features
 from bmd.landmarks.plausibility import PlausibilityModel, procrustes_residual
-from bmd.landmarks.points import LANDMARK_NAMES, N_LANDMARKS
 
 torch.set_num_threads(2)
 

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES
 from bmd.landmarks.annotations import (
     AnnotationError,
     import_annotations,
     read_landmark_csv,
     write_landmark_csv,
 )
-from bmd.landmarks.points import COORD_COLUMNS, LANDMARK_NAMES
 
 POINTS = np.column_stack([np.arange(16) * 10.0 + 5.25, np.arange(16) * 7.0 + 3.5])
 

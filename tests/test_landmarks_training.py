@@ -12,8 +12,8 @@ import pydicom
 import pytest
 import torch
 
-from bmd.config import load_profile
-from bmd.landmarks.points import COORD_COLUMNS, N_LANDMARKS
+from bmd.columns import COORD_COLUMNS, N_LANDMARKS
+from bmd.data.twin import generate_twin
 from bmd.landmarks.train import (
     evaluate_landmarks,
     load_landmark_model,
@@ -21,7 +21,7 @@ from bmd.landmarks.train import (
     save_landmark_model,
     train_landmark_model,
 )
-from bmd.twin import generate_twin
+from bmd.study.config import load_profile
 
 torch.set_num_threads(2)
 

@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bmd import paths
 from bmd.cli import main as cli_main
-from bmd.manifest import (
+from bmd.data.manifest import (
     OPTIONAL,
     REQUIRED,
     ManifestError,
@@ -23,7 +22,8 @@ from bmd.manifest import (
     summarize,
     write_manifest,
 )
-from bmd.tscores import osteoporotic, t_scores_for_manifest
+from bmd.data.tscores import osteoporotic, t_scores_for_manifest
+from bmd.infra import paths
 
 HEADER = "case_id,patient_id,image,bmd_l1,bmd_l2,bmd_l3,bmd_l4,sex,age,reference,split"
 GOOD_ROWS = [

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from bmd.cli import main as cli_main
-from bmd.manifest import BMD_COLUMNS, REQUIRED, ManifestError, load_manifest
+from bmd.data.manifest import BMD_COLUMNS, REQUIRED, ManifestError, load_manifest
 
 HEADER = "case_id,patient_id,image,bmd_l1,bmd_l2,bmd_l3,bmd_l4,sex,age,reference,split"
 COLUMNS = HEADER.split(",")
@@ -346,7 +346,7 @@ def test_validate_manifest_within_folder_flag_refuses_escaping_paths(tmp_path, c
     import shutil
 
     from bmd.cli import main
-    from bmd.paths import data_manifest_dir
+    from bmd.infra.paths import data_manifest_dir
 
     site = tmp_path / "site"
     shutil.copytree(data_manifest_dir() / "example", site)

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from bmd.metrics import agreement, auc_low_is_positive, delong_ci, evaluate, pearson_r
+from bmd.evaluation.metrics import agreement, auc_low_is_positive, delong_ci, evaluate, pearson_r
 
 
 def test_pearson_by_hand_and_masking():
@@ -67,7 +67,7 @@ def test_evaluate_point_values_cis_and_patient_bootstrap():
 
 
 def test_weighted_bootstrap_equals_explicit_resampling():
-    from bmd.metrics import (
+    from bmd.evaluation.metrics import (
         auc_low_is_positive,
         patient_bootstrap_weights,
         pearson_r,

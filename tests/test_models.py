@@ -3,14 +3,7 @@
 import pytest
 import torch
 
-from bmd.models import (
-    BACKBONES,
-    MultiROIModel,
-    ROIModel,
-    build_backbone,
-    masked_mse,
-    multi_roi_loss,
-)
+from bmd.model.networks import BACKBONES, MultiROIModel, ROIModel, build_backbone, masked_mse, multi_roi_loss
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -75,7 +68,7 @@ def test_local_weights_file_loads_and_a_wrong_one_is_refused(tmp_path):
 def test_multi_roi_keeps_chest_and_local_batch_norm_statistics_apart():
     """Chest and local crops differ in size and content: each pass keeps its own running statistics,
     so evaluation normalises each input the way training did."""
-    from bmd.models import StreamBatchNorm2d
+    from bmd.model.networks import StreamBatchNorm2d
 
     torch.manual_seed(0)
     model = MultiROIModel(build_backbone("vgg11", width=0.125, batch_norm=True))
@@ -110,7 +103,7 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
 
 
 def _attention_model(**kw):
-    from bmd.models import AttentionROIModel
+    from bmd.model.networks import AttentionROIModel
 
     torch.manual_seed(0)
     return AttentionROIModel(build_backbone("vgg11", width=0.125, **kw))
@@ -133,7 +126,7 @@ def test_attention_model_shapes_and_attention_over_the_seven_rois():
 
 
 def test_attention_model_shares_the_multi_roi_feature_path():
-    from bmd.models import AttentionROIModel, MultiROIModel
+    from bmd.model.networks import AttentionROIModel, MultiROIModel
 
     torch.manual_seed(0)
     multi = MultiROIModel(build_backbone("vgg11", width=0.125, batch_norm=True)).eval()
@@ -176,7 +169,7 @@ def test_attention_model_knows_which_region_is_which():
 
 
 def test_build_multi_roi_refuses_unknown_kinds():
-    from bmd.models import AttentionROIModel, MultiROIModel, build_multi_roi
+    from bmd.model.networks import AttentionROIModel, MultiROIModel, build_multi_roi
 
     bb = build_backbone("vgg11", width=0.125)
     assert isinstance(build_multi_roi("attention", bb), AttentionROIModel)

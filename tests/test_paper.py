@@ -1,4 +1,4 @@
-from bmd import paper
+from bmd.data import paper
 
 
 def test_paper_tables_have_five_rows_per_model():

@@ -22,11 +22,11 @@ from pydicom.uid import (
 )
 from test_bundle import smoke_study
 
-from bmd.bundle import load_bundle
 from bmd.cli import main
+from bmd.data.tscores import t_score, who_category
+from bmd.deploy.bundle import load_bundle
+from bmd.deploy.predict import CONTRACT_COLUMNS, predict_images
 from bmd.io import read_image
-from bmd.predict import CONTRACT_COLUMNS, predict_images
-from bmd.tscores import t_score, who_category
 
 pytestmark = pytest.mark.slow
 
@@ -89,9 +89,10 @@ def test_a_roi_model_bundle_predicts_from_its_family_crops(study, test_cases, tm
 
     import torch
 
-    from bmd.bundle import export_bundle
-    from bmd.data import _as_float, select_family
-    from bmd.train import TrainConfig, build_model
+    from bmd.deploy.bundle import export_bundle
+    from bmd.model.dataset import as_float as _as_float
+    from bmd.model.dataset import select_family
+    from bmd.model.train import TrainConfig, build_model
 
     run = tmp_path / "run"
     run.mkdir()
@@ -335,8 +336,8 @@ def test_every_real_file_gets_an_honest_row(realdata, bundle):
 
 
 def test_evaluate_on_the_twin_scores_its_test_split_like_the_book(study, run_predictions, tmp_path):
-    from bmd.evaluation import evaluate_predictions
-    from bmd.external import evaluate_bundle
+    from bmd.deploy.external import evaluate_bundle
+    from bmd.evaluation.predictions import evaluate_predictions
 
     result = evaluate_bundle(study["bundle"], study["manifest"], tmp_path / "ev", n_boot=200, raw=True)
     assert result["rows"] == "test" and result["n_cases"] == 6 and result["n_failed"] == 0

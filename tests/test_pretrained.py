@@ -12,8 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from bmd.models import build_backbone
-from bmd.pretrained import (
+from bmd.model.networks import build_backbone
+from bmd.model.pretrained import (
     PretrainedWeightsError,
     imagenet_weights_file,
     imagenet_weights_path,
@@ -125,8 +125,8 @@ def test_foreign_weights_are_refused_in_one_line(tmp_path):
 
 
 def test_the_paper_profile_asks_for_imagenet_weights_and_the_cpu_profiles_do_not(tmp_path):
-    from bmd.config import load_profile
-    from bmd.experiments import ModelSpec, train_config
+    from bmd.study.config import load_profile
+    from bmd.study.experiments import ModelSpec, train_config
 
     for name, expected in (("paper", "imagenet"), ("quick", None), ("smoke", None)):
         cfg = train_config(ModelSpec("multi_roi"), load_profile(name), tmp_path / "c", tmp_path / "m.csv", tmp_path)
@@ -134,8 +134,8 @@ def test_the_paper_profile_asks_for_imagenet_weights_and_the_cpu_profiles_do_not
 
 
 def test_training_refuses_to_start_without_the_imagenet_file(tmp_path, monkeypatch):
-    from bmd.config import load_profile
-    from bmd.experiments import ModelSpec, train_config, train_model
+    from bmd.study.config import load_profile
+    from bmd.study.experiments import ModelSpec, train_config, train_model
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     cfg = train_config(ModelSpec("roi", "resnet50", "chest"), load_profile("paper"), tmp_path / "cache",
@@ -151,11 +151,11 @@ def test_one_training_step_of_every_paper_model_at_full_width(tmp_path):
     (Table 1's five backbones, Table 2's ROI models and the multi-ROI VGG-16) at full width, on tiny
     inputs: a shape error shows here, not on the GPU. Random initialisation: the ImageNet files are not
     on test machines (their loading is checked above)."""
-    from bmd.config import load_profile
-    from bmd.data import select_family
-    from bmd.experiments import BACKBONES_TABLE1, all_models, train_config
-    from bmd.models import MULTI_ROI_KINDS, masked_mse, multi_roi_loss
-    from bmd.train import build_model
+    from bmd.model.dataset import select_family
+    from bmd.model.networks import MULTI_ROI_KINDS, masked_mse, multi_roi_loss
+    from bmd.model.train import build_model
+    from bmd.study.config import load_profile
+    from bmd.study.experiments import BACKBONES_TABLE1, all_models, train_config
 
     profile = load_profile("paper")
     assert profile.train_width == 1.0

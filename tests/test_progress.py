@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bmd import progress
-from bmd.train import epoch_progress
+from bmd.infra import progress
+from bmd.model.train import epoch_progress
 
 
 def test_note_appends_one_line_only_when_the_variable_names_a_file(tmp_path, monkeypatch):
@@ -60,7 +60,7 @@ def _probe_book(tmp_path: Path) -> Path:
         {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [],
          "source": "profile = 'smoke'"},
         {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-         "source": "from bmd import progress\nprogress.note(f'stage one of {profile}')"},
+         "source": "from bmd.infra import progress\nprogress.note(f'stage one of {profile}')"},
     ]
     nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                       "language": "python"}},
@@ -75,7 +75,7 @@ def test_chapters_report_progress_and_their_kernels_stop_without_a_keyboardinter
     prints nothing (jupyter_client's interrupt made ipykernel log a KeyboardInterrupt after each)."""
     _probe_book(tmp_path)
     code = (
-        "import sys\nfrom pathlib import Path\nfrom bmd import book, progress\n"
+        "import sys\nfrom pathlib import Path\nfrom bmd.infra import progress\nfrom bmd.study import book\n"
         f"out = Path({str(tmp_path)!r})\n"
         "console = progress.Console(1, None, stream=sys.stdout)\n"
         "book.execute_chapters({'profile': 'quick'}, out / 'build' / 'src', source=out / 'src', console=console)\n"

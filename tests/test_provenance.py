@@ -2,8 +2,8 @@
 
 import json
 
-from bmd import provenance, summary
-from bmd.config import load_profile
+from bmd.study import provenance, summary
+from bmd.study.config import load_profile
 
 
 def test_environment_reports_python_torch_and_the_papers_toolchain():
@@ -82,7 +82,7 @@ def test_own_data_page_names_exactly_the_readers_metadata_whitelist():
     import dataclasses
     import re
 
-    from bmd import paths
+    from bmd.infra import paths
     from bmd.io import ImageMeta
 
     text = (paths.book_source_dir() / "appendix" / "own_data.md").read_text()

@@ -7,10 +7,18 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import Ridge
 
-from bmd import radiomics
-from bmd.evaluation import ID_COLUMNS, PRED_COLUMNS, age_sex_baseline, evaluate_predictions
-from bmd.metrics import pearson_r
-from bmd.radiomics import ROI_FEATURES, fit_ridge, radiomics_baseline, radiomics_features, roi_features
+from bmd.columns import ID_COLUMNS, PRED_COLUMNS
+from bmd.evaluation import radiomics
+from bmd.evaluation.baselines import age_sex_baseline
+from bmd.evaluation.metrics import pearson_r
+from bmd.evaluation.predictions import evaluate_predictions
+from bmd.evaluation.radiomics import (
+    ROI_FEATURES,
+    fit_ridge,
+    radiomics_baseline,
+    radiomics_features,
+    roi_features,
+)
 
 BANDS = [i for i, name in enumerate(ROI_FEATURES) if name.startswith("band") and name.endswith("_logsd")]
 
@@ -129,7 +137,7 @@ def test_ridge_penalty_is_chosen_on_validation_and_coefficients_come_from_traini
 
 
 def test_radiomics_baseline_frame_has_the_baseline_layout_and_reads_bone_from_the_crops():
-    from bmd.twin.population import sample_population
+    from bmd.data.twin.population import sample_population
 
     manifest = sample_population({"train": 300, "val": 100, "test": 120}, seed=6)
     manifest["reference"] = "hologic"

@@ -7,7 +7,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from bmd import report  # noqa: E402
+from bmd.study import report
 
 
 def _rows():
@@ -133,7 +133,7 @@ def test_figure_2_shows_bias_and_mae_per_vertebra():
 
 
 def test_every_model_id_has_a_readers_name_and_summary_ids_stay():
-    from bmd.experiments import ENSEMBLES, table_models
+    from bmd.study.experiments import ENSEMBLES, table_models
 
     ids = {label for table in table_models().values() for label in table} | set(ENSEMBLES) | set(report.BASELINES)
     assert ids <= set(report.MODEL_NAMES)

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 import bmd.io
-from bmd.landmarks.points import COORD_COLUMNS, LANDMARK_NAMES
-from bmd.roi_cache import RoiCache, RoiCacheError, build_roi_cache, cache_key, load_cache
-from bmd.rois import LOCAL_NAMES, RoiGeometry, crop_rois
+from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, LOCAL_NAMES
+from bmd.rois.cache import RoiCache, RoiCacheError, build_roi_cache, cache_key, load_cache
+from bmd.rois.crop import crop_rois
+from bmd.rois.geometry import RoiGeometry
 
 SHAPE = (96, 128)
 ROI, CHEST = 16, 32

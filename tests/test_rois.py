@@ -10,20 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from bmd.landmarks.points import LANDMARK_NAMES
-from bmd.rois import (
-    LOCAL_NAMES,
+from bmd.columns import LANDMARK_NAMES, LOCAL_NAMES, ROI_NAMES
+from bmd.rois.crop import crop_boxes, crop_rois, crop_rois_batch
+from bmd.rois.draw import draw_roi_gallery, draw_rois
+from bmd.rois.geometry import (
     MIRRORED,
     ROI_FAMILIES,
-    ROI_NAMES,
     RoiGeometry,
     body_scale,
     chest_box,
-    crop_boxes,
-    crop_rois,
-    crop_rois_batch,
-    draw_roi_gallery,
-    draw_rois,
     local_boxes,
     roi_boxes,
 )

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bmd import screening
-from bmd.tscores import bmd_from_t
+from bmd.data.tscores import bmd_from_t
+from bmd.evaluation import screening
 
 
 def _frame(n: int = 400, noise: float = 0.4, shrink: float = 0.5, seed: int = 0) -> pd.DataFrame:
@@ -118,7 +118,7 @@ def test_weighted_roc_equals_roc_curve_of_the_explicit_resample():
     """Each weight row gives sklearn's ROC (interpolated at the grid) of the resample it describes."""
     from sklearn.metrics import roc_curve
 
-    from bmd.metrics import patient_bootstrap_weights
+    from bmd.evaluation.metrics import patient_bootstrap_weights
 
     rng = np.random.default_rng(3)
     n = 60

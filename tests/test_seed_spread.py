@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bmd import seed_spread
+from bmd.study import seed_spread
 
 
 def _res(r: float, bias: float) -> dict:

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from frames import predictions_frame
 
-from bmd import stages
 from bmd.landmarks.train import LandmarkEvaluation
+from bmd.study import stages
 
 
 def _evaluation() -> LandmarkEvaluation:
@@ -60,7 +60,7 @@ def _predictions(seed: int = 0, n: int = 30) -> pd.DataFrame:
 
 
 def test_table_rows_are_reused_only_for_the_same_predictions(tmp_path, monkeypatch):
-    from bmd import report
+    from bmd.study import report
 
     cfg = SimpleNamespace(profile="smoke", seed=0)
     frames = {"multi_roi": _predictions()}
@@ -85,7 +85,7 @@ def test_table_rows_are_reused_only_for_the_same_predictions(tmp_path, monkeypat
 
 
 def test_table_rows_are_recomputed_for_another_reference_or_convergence(tmp_path, monkeypatch):
-    from bmd import report
+    from bmd.study import report
 
     cfg = SimpleNamespace(profile="smoke", seed=0)
     frames = {"multi_roi": _predictions()}
@@ -119,7 +119,7 @@ def test_run_converged_reads_the_flag_and_older_runs_count_as_converged(tmp_path
 
 
 def test_radiomics_features_are_saved_per_cache_content(tmp_path, monkeypatch):
-    from bmd import radiomics
+    from bmd.evaluation import radiomics
 
     rng = np.random.default_rng(0)
     meta = {"files": {name: {"sha256": name * 2} for name in ("chest.npy", "local.npy", "case_ids.txt")}}
@@ -145,8 +145,8 @@ def test_radiomics_features_are_saved_per_cache_content(tmp_path, monkeypatch):
 def test_every_table_compares_with_radiomics_and_flags_unconverged_runs(tmp_path, monkeypatch):
     """The wiring of table_results, with training replaced by saved runs: the radiomics reference reaches
     Tables 1–3, the convergence flags come from the runs (an ensemble from all its members)."""
-    from bmd.experiments import table_models
-    from bmd.twin.population import sample_population
+    from bmd.data.twin.population import sample_population
+    from bmd.study.experiments import table_models
 
     manifest = sample_population({"train": 80, "val": 30, "test": 40}, seed=2)
     manifest["reference"] = "hologic"

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from bmd import summary
+from bmd.study import summary
 
 
 def test_update_merges_blocks_and_timings_add_up(tmp_path):
@@ -24,7 +24,7 @@ def test_undefined_numbers_are_stored_as_null(tmp_path):
     import json
     import math
 
-    from bmd import summary
+    from bmd.study import summary
 
     path = tmp_path / "summary.json"
     summary.update(path, tables={"table1": [{"r": math.nan, "r_ci": [math.inf, 0.5], "auc": 0.7}]})

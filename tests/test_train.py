@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bmd.train import TrainConfig, launch
+from bmd.model.train import TrainConfig, launch
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,8 @@ def test_ddp_roi_model_trains_on_a_paired_family(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_finished_run_is_reused_and_a_changed_config_retrains(tiny, tmp_path, monkeypatch):
-    import bmd.train as train
-    from bmd.experiments import is_finished, train_model
+    import bmd.model.train as train
+    from bmd.study.experiments import is_finished, train_model
 
     cfg = _cfg(tiny, tmp_path / "run", epochs=1)
     train_model(cfg)
@@ -107,8 +107,8 @@ def test_ddp_finished_run_is_reused_and_a_changed_config_retrains(tiny, tmp_path
 
 def test_batched_augmentation_equals_one_crop_at_a_time():
     """The batch is warped in one call, with each case's own seeded draws: the same crops as per crop."""
-    from bmd.data import Augment
-    from bmd.train import _augment_batch
+    from bmd.model.dataset import Augment
+    from bmd.model.train import _augment_batch
 
     gen = torch.Generator().manual_seed(0)
     chest, local = torch.rand(5, 1, 24, 24, generator=gen), torch.rand(5, 6, 16, 16, generator=gen)
@@ -126,7 +126,7 @@ def test_batched_augmentation_equals_one_crop_at_a_time():
 
 
 def test_convergence_verdict():
-    from bmd.train import MIN_VAL_R, convergence
+    from bmd.model.train import MIN_VAL_R, convergence
 
     assert convergence(0.8) == {"converged": True, "val_r": 0.8, "reason": ""}
     low = convergence(MIN_VAL_R - 0.01)
@@ -174,8 +174,8 @@ def test_ddp_run_of_the_attention_model_trains_and_predicts(tiny, tmp_path):
 def test_recomputed_batch_norm_statistics_depend_only_on_the_weights_and_the_cases():
     """Precise BN: whatever the running averages held before, recomputing gives the same statistics
     (the mean of the per-batch ones over the given cases, each stream its own); weights are untouched."""
-    from bmd.data import RoiDataset
-    from bmd.train import build_model, recompute_batch_norm
+    from bmd.model.dataset import RoiDataset
+    from bmd.model.train import build_model, recompute_batch_norm
 
     gen = np.random.default_rng(0)
     chest = gen.integers(0, 255, (10, 64, 64), dtype=np.uint8)

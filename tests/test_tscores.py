@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bmd import paths
-from bmd.tscores import (
+from bmd.data.tscores import (
     TScoreError,
     bmd_from_t,
     load_reference_tables,
@@ -21,6 +20,7 @@ from bmd.tscores import (
     t_scores_for_manifest,
     who_category,
 )
+from bmd.infra import paths
 
 
 def _ref(reference, sex, vertebra):

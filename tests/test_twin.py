@@ -10,17 +10,17 @@ import pandas as pd
 import pydicom
 import pytest
 
-from bmd import paper
-from bmd.config import Profile, load_profile
+from bmd.columns import LANDMARK_NAMES
+from bmd.data import paper
+from bmd.data.manifest import load_manifest
+from bmd.data.tscores import osteoporotic, t_scores_for_manifest
+from bmd.data.twin import TwinError, TwinSpec, generate_twin, is_complete
+from bmd.data.twin.cohort import _Lock
+from bmd.data.twin.oracle import ceilings
+from bmd.data.twin.population import sample_population
+from bmd.data.twin.spec import spec_hash
 from bmd.io import read_image
-from bmd.landmarks.points import LANDMARK_NAMES
-from bmd.manifest import load_manifest
-from bmd.tscores import osteoporotic, t_scores_for_manifest
-from bmd.twin import TwinError, TwinSpec, generate_twin, is_complete
-from bmd.twin.cohort import _Lock
-from bmd.twin.oracle import ceilings
-from bmd.twin.population import sample_population
-from bmd.twin.spec import spec_hash
+from bmd.study.config import Profile, load_profile
 
 TINY = Profile(profile="tiny", seed=0, twin_n_train=4, twin_n_val=1, twin_n_test=1, twin_image_size=128,
                chest_size=32, roi_size=16)

@@ -8,7 +8,7 @@ Supported inputs (:func:`import_annotations` picks by file type):
 * **CVAT** XML ("CVAT for images 1.1"): per ``<image>``, ``<points label="<name>" points="x,y"/>``.
 
 Every importer returns a DataFrame with ``case_id``, ``image`` and the 32 coordinate columns in
-:data:`~bmd.landmarks.points.COORD_COLUMNS` order. Coordinates follow the project convention (pixel
+:data:`~bmd.columns.COORD_COLUMNS` order. Coordinates follow the project convention (pixel
 centres at integers). Labelme and CVAT draw on a canvas whose pixel *corners* sit at integers, so 0.5 is
 subtracted from their coordinates (``corner_origin=False`` keeps them as they are).
 Problems raise :class:`AnnotationError` with a one-line message naming the file and listing the points
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bmd.landmarks.points import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
+from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
 
 
 class AnnotationError(ValueError):

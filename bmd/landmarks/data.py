@@ -31,7 +31,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from bmd.landmarks.points import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
+from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
 
 
 def _mirror_name(name: str) -> str:
@@ -191,8 +191,8 @@ def load_cohort(
     require_points: bool = True,
 ) -> LandmarkCohort:
     """Read and letterbox the images of the given manifest splits (all rows when ``splits`` is None)."""
+    from bmd.data.manifest import load_manifest
     from bmd.io import read_image
-    from bmd.manifest import load_manifest
 
     df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
     if splits is not None:

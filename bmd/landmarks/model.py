@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmd.landmarks.points import N_LANDMARKS
+from bmd.columns import N_LANDMARKS
 
 GLOBAL_SCALE = 0.1
 LOCAL_SCALE = 0.05

@@ -35,7 +35,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from bmd.atomic import atomic_path, write_text
+from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
+from bmd.infra.atomic import atomic_path, write_text
 from bmd.landmarks.data import (
     AugmentConfig,
     LandmarkAugment,
@@ -48,7 +49,6 @@ from bmd.landmarks.data import (
 )
 from bmd.landmarks.model import LandmarkNet, ModelConfig, landmark_loss
 from bmd.landmarks.plausibility import PlausibilityModel, PlausibilityResult
-from bmd.landmarks.points import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
 
 BUNDLE_FORMAT = "bmd-landmarks/1"
 CONFIG_FILE, WEIGHTS_FILE, PLAUSIBILITY_FILE = "config.json", "weights.pt", "plausibility.pt"
@@ -62,7 +62,7 @@ def default_input_size(image_size: int) -> int:
 
 
 def recipe_for_profile(profile) -> dict:
-    """Training arguments for a :class:`~bmd.config.Profile`: input side from the twin image size, and an
+    """Training arguments for a :class:`~bmd.study.config.Profile`: input side from the twin image size, and an
     epoch budget that fits the profile (smoke: seconds; quick: a few CPU minutes; paper: longer)."""
     size = default_input_size(profile.twin_image_size)
     if profile.profile == "smoke":

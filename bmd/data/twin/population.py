@@ -1,0 +1,94 @@
+"""Patients, DXA truth and latent bone densities of the twin cohort (no images: cheap and vectorised).
+
+Per patient: sex, age and L1–L4 BMD (multivariate normal, means rising from L1 to L4, the paper's
+inter-vertebra correlations); a lumbar bone-health score ``g`` (the standardised mean BMD); and for
+each chest bone a latent density ``d_k = g + shared + specific_k``. Per radiograph, each bone shows
+its density through two noisy channels: mean attenuation ``m_k = d_k + noise`` and trabecular
+texture ``tau_k = d_k + noise`` (the texture channel is the cleaner one). Age is drawn given bone
+health, so an age+sex model carries some, but limited, information.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bmd.columns import VERTEBRAE
+from bmd.data.twin.spec import BONES, TwinSpec
+
+SPLITS = ("train", "val", "test")
+
+
+def _patients_per_split(n_cases: int, repeat_share: float) -> tuple[int, int]:
+    """(patients, of which scanned twice) for a split of ``n_cases`` radiographs."""
+    repeats = int(round(repeat_share * n_cases))
+    return n_cases - repeats, repeats
+
+
+def _bone_health(z: np.ndarray, male: np.ndarray, spec: TwinSpec) -> np.ndarray:
+    """Standardised lumbar bone health: mean standardised BMD including the sex shift."""
+    corr = np.asarray(spec.bmd_corr)
+    delta = spec.bmd_mean_m_shift / np.mean(spec.bmd_sd)
+    p = 1.0 - spec.female_share
+    raw = z.mean(axis=1) + delta * (male - p)
+    return raw / np.sqrt(corr.mean() + p * (1 - p) * delta**2)
+
+
+def sample_population(sizes: dict[str, int], seed: int, spec: TwinSpec | None = None) -> pd.DataFrame:
+    """One row per radiograph: ids, split, sex, age, ``bmd_l1..l4`` (NaN = excluded) and latents.
+
+    ``sizes`` maps split → number of radiographs; a share ``spec.repeat_share`` of each split are
+    second radiographs of a patient of the same split. Latent columns: ``g``, ``d_<bone>``,
+    ``m_<bone>`` (attenuation channel), ``tau_<bone>`` (texture channel).
+    """
+    spec = spec or TwinSpec()
+    rng = np.random.default_rng([seed, 101])
+    rows_patient, rows_split, rows_repeat = [], [], []
+    pid = 0
+    for split in SPLITS:
+        n_pat, n_rep = _patients_per_split(sizes[split], spec.repeat_share)
+        ids = np.arange(pid, pid + n_pat)
+        pid += n_pat
+        twice = set(rng.choice(ids, size=n_rep, replace=False).tolist()) if n_rep else set()
+        for p in ids:
+            for scan in range(2 if p in twice else 1):
+                rows_patient.append(p)
+                rows_split.append(split)
+                rows_repeat.append(scan)
+    n_patients = pid
+    patient = np.asarray(rows_patient)
+    scan = np.asarray(rows_repeat)
+
+    # patient level
+    male = (rng.random(n_patients) >= spec.female_share).astype(float)
+    corr = np.asarray(spec.bmd_corr)
+    z = rng.standard_normal((n_patients, 4)) @ np.linalg.cholesky(corr).T
+    g = _bone_health(z, male, spec)
+    age = spec.age_mean + spec.age_per_sd_bmd * g + spec.age_noise_sd * rng.standard_normal(n_patients)
+    age = np.clip(age, *spec.age_range)
+    means = np.asarray(spec.bmd_mean_f)[None, :] + spec.bmd_mean_m_shift * male[:, None]
+    bmd = means + z * np.asarray(spec.bmd_sd)[None, :]
+    shared = spec.shared_sd * rng.standard_normal(n_patients)
+    density = {b: g + shared + spec.specific_sd[b] * rng.standard_normal(n_patients) for b in BONES}
+
+    # radiograph level
+    n = len(patient)
+    bmd_case = bmd[patient] + scan[:, None] * spec.repeat_bmd_change_sd * rng.standard_normal((n, 4))
+    excluded = rng.random(n) < spec.excluded_vertebra_share
+    which = rng.integers(0, 4, n)
+    bmd_case[excluded, which[excluded]] = np.nan
+    df = pd.DataFrame({
+        "case_id": [f"C{i + 1:05d}" for i in range(n)],
+        "patient_id": [f"P{p + 1:05d}" for p in patient],
+        "split": rows_split,
+        "sex": np.where(male[patient] == 1, "M", "F"),
+        "age": np.round(age[patient] + scan, 0),
+        **{f"bmd_{v.lower()}": np.round(bmd_case[:, i], 4) for i, v in enumerate(VERTEBRAE)},
+        "g": g[patient],
+    })
+    for b in BONES:
+        d = density[b][patient]
+        df[f"d_{b}"] = d
+        df[f"m_{b}"] = d + spec.attenuation_noise_sd * rng.standard_normal(n)
+        df[f"tau_{b}"] = d + spec.texture_noise_sd * rng.standard_normal(n)
+    return df

@@ -1,0 +1,1 @@
+"""The study: profiles, cohorts, experiments and stages, the summary, provenance, the book and its figures."""

@@ -1,0 +1,147 @@
+"""The paper's experiments as runnable specs: which model each table cell needs, trained once.
+
+* Table 1 — five backbones on the whole chest;
+* Table 2 — the five ROI models (one backbone on one ROI family) and the multi-ROI model;
+  Table 2's ``chest`` *is* Table 1's VGG-16, so it is trained once; beyond the paper, the ``attention``
+  row: the multi-ROI model with the follow-up's attention over the ROIs (arXiv:2201.01838), trained
+  with the multi-ROI model's recipe;
+* Table 3 — the ensembles "Ensm roi" (mean of the 5 ROI models) and "Ensm all" (+ the multi-ROI
+  model), computed from saved predictions without retraining.
+
+A :class:`ModelSpec` plus a profile gives a :class:`bmd.model.train.TrainConfig`; :func:`train_model`
+launches the DDP entry point, or reuses a finished run whose config is identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bmd.study.config import Profile
+
+BACKBONES_TABLE1: tuple[str, ...] = ("vgg11", "resnet18", "resnet34", "resnet50", "vgg16")
+ROI_FAMILIES_TABLE2: tuple[str, ...] = ("cervi", "clavi", "lumbar", "ribcage", "chest")
+ENSEMBLES: dict[str, tuple[str, ...]] = {
+    "ensm_roi": tuple(f"roi-{f}-vgg16" for f in ROI_FAMILIES_TABLE2),
+    "ensm_all": (*(f"roi-{f}-vgg16" for f in ROI_FAMILIES_TABLE2), "multi_roi-vgg16"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trained model: a ROI model (family + backbone) or a multi-ROI model (backbone)."""
+
+    model: str  # roi | multi_roi | attention
+    backbone: str = "vgg16"
+    family: str = "all"  # the ROI family of a roi model; "all" for the multi-ROI model
+
+    @property
+    def name(self) -> str:
+        """A stable id, also the run folder's name (``roi-chest-vgg16``, ``multi_roi-vgg16``, ``attention-vgg16``)."""
+        return f"roi-{self.family}-{self.backbone}" if self.model == "roi" else f"{self.model}-{self.backbone}"
+
+
+def table_models() -> dict[str, dict[str, ModelSpec]]:
+    """For each table, its row label → the model behind it (shared models appear once per row)."""
+    table1 = {b: ModelSpec("roi", b, "chest") for b in BACKBONES_TABLE1}
+    table2 = {f: ModelSpec("roi", "vgg16", f) for f in ROI_FAMILIES_TABLE2}
+    table2["multi_roi"] = ModelSpec("multi_roi", "vgg16")
+    table2["attention"] = ModelSpec("attention", "vgg16")  # beyond the paper (arXiv:2201.01838)
+    return {"table1": table1, "table2": table2}
+
+
+def all_models() -> list[ModelSpec]:
+    """Every model the tables need, each once (Table 1's VGG-16 is Table 2's chest model)."""
+    seen: dict[str, ModelSpec] = {}
+    for rows in table_models().values():
+        for spec in rows.values():
+            seen.setdefault(spec.name, spec)
+    return list(seen.values())
+
+
+def backbone_recipe(backbone: str) -> dict:
+    """What a backbone changes in the profile's recipe (the book states it beside Table 1).
+
+    ResNets start every residual branch at zero (torchvision's ``zero_init_residual``): the narrow,
+    deep ResNets of the CPU profiles otherwise barely learn in a few epochs (measured: ResNet-50 at
+    1/8 width, test R 0.08), and with pretrained weights the option is overwritten anyway.
+    """
+    return {"zero_init_residual": True} if backbone.startswith("resnet") else {}
+
+
+def recipe_text(backbone: str) -> str:
+    """One line naming a backbone's departures from the profile's recipe ('' when none)."""
+    return ", ".join("zero-initialised residual branches" if k == "zero_init_residual" else f"{k} {v}"
+                     for k, v in backbone_recipe(backbone).items())
+
+
+def recipe_summary(cfg: Profile) -> str:
+    """The profile's training recipe in one line, as the book states it under each table."""
+    from bmd.model.train import TrainConfig
+
+    geometry = TrainConfig.__dataclass_fields__["augment_geometry"].default
+    augment = ("per-crop flips and whole-pixel shifts (no resampling, so training crops are exactly as sharp "
+               "as test crops)" if geometry == "exact" else "per-crop flips, shifts, scaling and rotation")
+    return (f"{cfg.train_optimizer}, lr {cfg.train_lr:g}, {cfg.train_schedule} schedule, {cfg.train_epochs} epochs, "
+            f"batch {cfg.train_batch_size}, width {cfg.train_width:g}"
+            f"{', batch norm' if cfg.train_batch_norm else ''}, chest {cfg.chest_size}² and ROIs {cfg.roi_size}², "
+            f"augmentation: {augment}")
+
+
+def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str | Path, runs: str | Path):
+    """The training config of a spec under a profile's recipe (and its backbone's, :func:`backbone_recipe`)."""
+    from bmd.model.train import TrainConfig
+
+    return TrainConfig(
+        run_dir=str(Path(runs) / spec.name), cache=str(cache), manifest=str(manifest), model=spec.model,
+        family="chest" if spec.model != "roi" else spec.family, backbone=spec.backbone,
+        width=cfg.train_width, batch_norm=cfg.train_batch_norm, pretrained=cfg.train_pretrained,
+        epochs=cfg.train_epochs,
+        batch_size=cfg.train_batch_size, optimizer=cfg.train_optimizer, lr=cfg.train_lr,
+        weight_decay=cfg.train_weight_decay, schedule=cfg.train_schedule, seed=cfg.seed,
+        **backbone_recipe(spec.backbone),
+    )
+
+
+def is_finished(config) -> bool:
+    """True when the run folder holds metrics from exactly this config (nothing to retrain)."""
+    run = Path(config.run_dir)
+    try:
+        saved = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return saved == dataclasses.asdict(config) and (run / "metrics.json").is_file() and (
+        run / "predictions.csv").is_file()
+
+
+def train_model(config, nproc: int = 1) -> Path:
+    """Train through the DDP entry point unless an identical finished run exists; returns the run folder.
+
+    A killed run of the same config resumes from its checkpoint. Raises :class:`bmd.model.train.RunFolderBusy`
+    when another process is training in the folder, and :class:`bmd.model.pretrained.PretrainedWeightsError`
+    (one line, before anything starts) when the config's pretrained weights file is missing.
+    """
+    from bmd.model.train import launch, run_lock
+
+    run = Path(config.run_dir)
+    if is_finished(config):
+        return run
+    if config.pretrained is not None:
+        from bmd.model.pretrained import resolve_weights
+
+        resolve_weights(config.pretrained, config.backbone, config.batch_norm)
+    # the folder's lock before anything is deleted: a run training there refuses us (RunFolderBusy)
+    with run_lock(run):
+        if is_finished(config):  # finished between the check above and taking the lock
+            return run
+        # a checkpoint is resumed only when it belongs to this very config (a killed run); else start afresh
+        try:
+            same = json.loads((run / "config.json").read_text()) == dataclasses.asdict(config)
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            for name in ("checkpoint.pt", "best.pt", "metrics.json", "predictions.csv", "log.csv"):
+                (run / name).unlink(missing_ok=True)
+        return launch(config, nproc=nproc, resume=same and (run / "checkpoint.pt").is_file())

@@ -1,0 +1,527 @@
+"""The study's expensive stages, each built once and reused: the landmark detector and the ROI cache.
+
+Notebooks call one function per stage; each records its time and its numbers in ``summary.json``
+and returns what the next stage needs. A stage reuses its earlier output when that output was made
+from the same inputs (same manifest, recipe and sizes), so a rebuild with nothing changed retrains
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bmd.columns import COORD_COLUMNS
+from bmd.infra import paths, progress
+from bmd.study import summary
+from bmd.study.cohort import Cohort
+from bmd.study.config import Profile
+
+
+def landmark_detector(cfg: Profile, cohort: Cohort, out: str | Path | None = None) -> Path:
+    """Train the landmark detector on the cohort's train split (or reuse it); returns the bundle folder."""
+    from bmd.landmarks.train import recipe_for_profile, train_landmark_model
+
+    run = paths.run_dir(cfg.profile, out)
+    bundle = run / "landmark_model"
+    recipe = recipe_for_profile(cfg)
+    start = time.perf_counter()
+    if _bundle_matches(bundle, cohort.manifest_path, recipe):
+        progress.note("landmark detector: reused")
+    else:
+        progress.note(f"training the landmark detector ({recipe['epochs']} epochs)")
+        train_landmark_model(cohort.manifest_path, bundle, progress=False, log=progress.note, **recipe)
+    path = summary.summary_path(cfg.profile, out)
+    summary.record_timing(path, "landmarks", time.perf_counter() - start)
+    summary.update(path, artifacts={"landmark_model": str(bundle.relative_to(paths.out_root(out)))})
+    return bundle
+
+
+def _bundle_matches(bundle: Path, manifest: Path, recipe: dict) -> bool:
+    try:
+        info = json.loads((bundle / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    training = info.get("training", {})
+    return (training.get("manifest") == str(manifest) and training.get("epochs") == recipe["epochs"]
+            and training.get("seed") == recipe["seed"] and training.get("batch_size") == recipe["batch_size"]
+            and info.get("model", {}).get("input_size") == recipe["input_size"])
+
+
+@dataclass
+class LandmarkResults:
+    """Detector accuracy on the test split and the landmark tables the ROI stage uses."""
+
+    evaluation: object  # bmd.landmarks.train.LandmarkEvaluation
+    detected: pd.DataFrame  # case_id + 32 coordinates, status and image width: detector output for every case
+    ground_truth: pd.DataFrame | None  # case_id + 32 coordinates from the manifest's landmark files
+
+
+def ground_truth_landmarks(cohort: Cohort) -> pd.DataFrame | None:
+    """The manifest's ground-truth landmarks (case_id + 32 columns), or None when it has none."""
+    df = cohort.manifest
+    if "landmarks_path" not in df.columns or (df["landmarks_path"] == "").all():
+        return None
+    from bmd.landmarks.annotations import read_landmark_csv
+
+    frames = [read_landmark_csv(p) for p in sorted(set(df["landmarks_path"]) - {""})]
+    table = pd.concat(frames).drop_duplicates("case_id").set_index("case_id")
+    present = [c for c in df["case_id"] if c in table.index]
+    return table.loc[present, list(COORD_COLUMNS)].reset_index()
+
+
+def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None) -> pd.DataFrame:
+    """Detector landmarks for every case (case_id, 32 coordinates, status, width), computed once per bundle."""
+    from bmd.landmarks.train import predict_landmarks
+
+    saved = paths.run_dir(cfg.profile, out) / "landmarks_detected.csv"
+    weights = bundle / "weights.pt"
+    if saved.is_file() and saved.stat().st_mtime_ns >= weights.stat().st_mtime_ns:
+        detected = pd.read_csv(saved, dtype={"case_id": str})
+        if list(detected["case_id"]) == list(cohort.manifest["case_id"]):
+            return detected
+    pred = predict_landmarks(bundle, list(cohort.manifest["image_path"]))
+    detected = pd.DataFrame(pred.points.reshape(len(cohort.manifest), -1), columns=list(COORD_COLUMNS))
+    detected.insert(0, "case_id", cohort.manifest["case_id"].to_numpy())
+    detected["status"] = pred.status
+    detected["width"] = pred.widths
+    from bmd.infra.atomic import write_text
+
+    write_text(saved, detected.to_csv(index=False))
+    return detected
+
+
+def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None,
+                      evaluate: bool = True) -> LandmarkResults:
+    """Test-split errors (model, mean shape, global stage) and detector landmarks for every case."""
+    from bmd.landmarks.train import evaluate_landmarks
+
+    truth = ground_truth_landmarks(cohort)
+    evaluation = None
+    if truth is not None and evaluate:
+        saved = paths.run_dir(cfg.profile, out) / "landmark_eval_test.json"
+        evaluation = _saved_evaluation(saved, bundle, cohort)
+        if evaluation is None:
+            evaluation = evaluate_landmarks(bundle, cohort.manifest_path, split="test")
+            _save_evaluation(saved, evaluation, bundle, cohort)
+        summary.update(summary.summary_path(cfg.profile, out), landmarks=evaluation.summary())
+    return LandmarkResults(evaluation, detected_landmarks(cfg, cohort, bundle, out), truth)
+
+
+def _evaluation_key(bundle: Path, cohort: Cohort) -> dict:
+    """What a saved detector evaluation was computed from: the weights, the manifest and its landmark
+    files (path, mtime, size), and the landmark code that scores them."""
+    def stamp(path: str | Path) -> list:
+        st = Path(path).stat()
+        return [str(path), st.st_mtime_ns, st.st_size]
+
+    manifest = cohort.manifest
+    truth = sorted(set(manifest["landmarks_path"]) - {""}) if "landmarks_path" in manifest else []
+    code = _digest(sorted((paths.package_dir() / "landmarks").glob("*.py")))
+    return {"weights": stamp(bundle / "weights.pt"), "manifest": stamp(cohort.manifest_path),
+            "landmarks": [stamp(p) for p in truth], "code": code.hexdigest()}
+
+
+def _digest(files: list[Path]):
+    """A SHA-256 over the bytes of ``files`` (the code and data a saved result was computed with)."""
+    import hashlib
+
+    key = hashlib.sha256()
+    for f in files:
+        key.update(f.read_bytes())
+    return key
+
+
+def _save_evaluation(path: Path, evaluation, bundle: Path, cohort: Cohort) -> None:
+    from bmd.infra.atomic import write_text
+
+    write_text(path, json.dumps({"key": _evaluation_key(bundle, cohort), "evaluation": evaluation.to_dict()}))
+
+
+def _saved_evaluation(path: Path, bundle: Path, cohort: Cohort):
+    """The saved test-split evaluation when it was made from these weights and this manifest, else None."""
+    from bmd.landmarks.train import LandmarkEvaluation
+
+    try:
+        data = json.loads(path.read_text())
+        if data["key"] != _evaluation_key(bundle, cohort):
+            return None
+        return LandmarkEvaluation.from_dict(data["evaluation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, stale or unreadable: evaluate again
+
+
+def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, bundle: Path, out: str | Path | None = None):
+    """Crop every case once: detector landmarks for val/test, ground truth jittered like the detector for train.
+
+    Training crops come from ground truth plus Gaussian jitter with the detector's validation error, so
+    that train and test crops are alike (without ground truth every split uses the detector).
+    """
+    from bmd.rois.cache import build_roi_cache
+
+    start = time.perf_counter()
+    progress.note("ROI crops: building or checking the cache")
+    marks = results.detected[["case_id", *COORD_COLUMNS]].set_index("case_id")
+    source = "detector"
+    if results.ground_truth is not None:
+        truth = results.ground_truth.set_index("case_id")
+        train_ids = [c for c in cohort.manifest.loc[cohort.manifest["split"] == "train", "case_id"] if c in truth.index]
+        width = results.detected.set_index("case_id").loc[train_ids, "width"].to_numpy(dtype=float)
+        sd_pct = _jitter_pct(bundle)
+        rng = np.random.default_rng(cfg.seed)
+        noise = rng.normal(0, 1, (len(train_ids), 32)) * (sd_pct / 100 * width)[:, None]
+        marks.loc[train_ids] = truth.loc[train_ids].to_numpy() + noise
+        source = f"train:ground_truth+jitter({sd_pct:.3f}%),val/test:detector"
+    cache = build_roi_cache(cohort.manifest, marks.reset_index(), paths.run_dir(cfg.profile, out) / "roi_cache",
+                            cfg.roi_size, cfg.chest_size, source=source)
+    summary.record_timing(summary.summary_path(cfg.profile, out), "rois", time.perf_counter() - start)
+    return cache
+
+
+def _jitter_pct(bundle: Path) -> float:
+    """Per-coordinate SD (% of width) matching the detector's mean radial error on the validation split.
+
+    The validation error (recorded in the bundle) sets it, so no test-split information reaches training.
+    """
+    info = json.loads((bundle / "config.json").read_text())
+    mean_radial = float(info["val_errors"]["model"]["mean_error_pct"])
+    return mean_radial / np.sqrt(np.pi / 2)  # a 2-D Gaussian with this SD per axis has this mean radius
+
+
+def train_models(cfg: Profile, cohort: Cohort, cache, specs: list, out: str | Path | None = None) -> dict[str, Path]:
+    """Train (or reuse) each model spec on the ROI cache through the DDP entry point; name → run folder."""
+    from bmd.study.experiments import train_config, train_model
+
+    start = time.perf_counter()
+    runs = paths.run_dir(cfg.profile, out) / "models"
+    done = {}
+    for i, spec in enumerate(specs, 1):
+        config = train_config(spec, cfg, cache.path, cohort.manifest_path, runs)
+        progress.note(f"model {i}/{len(specs)}: {spec.name}")
+        done[spec.name] = train_model(config, nproc=cfg.train_nproc)
+    summary.record_timing(summary.summary_path(cfg.profile, out), "training", time.perf_counter() - start)
+    return done
+
+
+def predictions(run: Path) -> pd.DataFrame:
+    """The saved val/test predictions of a training run."""
+    return pd.read_csv(run / "predictions.csv", dtype={"case_id": str, "patient_id": str})
+
+
+def baseline_predictions(cohort: Cohort, cache) -> dict[str, pd.DataFrame]:
+    """The baselines' val/test predictions: ``age_sex``, ``roi_intensity`` and ``radiomics`` (on the ROI cache)."""
+    from bmd.evaluation.baselines import age_sex_baseline, roi_intensity_baseline, roi_intensity_features
+
+    manifest = _cache_manifest(cohort, cache)
+    features = roi_intensity_features(np.asarray(cache.chest), np.asarray(cache.local))
+    return {"age_sex": age_sex_baseline(manifest), "roi_intensity": roi_intensity_baseline(manifest, features),
+            "radiomics": radiomics_predictions(cohort, cache)}
+
+
+def _cache_manifest(cohort: Cohort, cache) -> pd.DataFrame:
+    """The manifest's rows in the ROI cache's case order."""
+    return cohort.manifest.set_index("case_id").loc[cache.case_ids].reset_index()
+
+
+def radiomics_predictions(cohort: Cohort, cache) -> pd.DataFrame:
+    """Val/test predictions of the hand-crafted ``radiomics`` ridge (:mod:`bmd.evaluation.radiomics`) on the ROI cache."""
+    from bmd.evaluation.radiomics import radiomics_baseline
+
+    return radiomics_baseline(_cache_manifest(cohort, cache), radiomics_features(cache))
+
+
+def radiomics_features(cache) -> np.ndarray:
+    """:func:`bmd.evaluation.radiomics.radiomics_features` of the ROI cache, computed once per cache content and code.
+
+    Every results table needs the radiomics predictions (its ΔR reference), so the features are saved
+    beside the cache (``radiomics_features-<key>.npy``), keyed by the checksums of the crop files and the
+    bytes of the feature code; anything else is recomputed (a few seconds on the quick cohort).
+    """
+    import io
+
+    from bmd.evaluation import radiomics
+    from bmd.infra.atomic import write_bytes
+
+    files = cache.meta.get("files", {})
+    sums = [files.get(name, {}).get("sha256") for name in ("chest.npy", "local.npy", "case_ids.txt")]
+    if None in sums:  # a cache without checksums: nothing to key a saved copy by
+        return radiomics.radiomics_features(cache.chest, cache.local)
+    key = _digest([Path(radiomics.__file__)])
+    key.update(json.dumps(sums).encode())
+    saved = Path(cache.path).parent / f"radiomics_features-{key.hexdigest()[:24]}.npy"
+    try:
+        features = np.load(saved, allow_pickle=False)
+        if features.shape[0] == len(cache.case_ids):
+            return features
+    except (OSError, ValueError):
+        pass
+    features = radiomics.radiomics_features(cache.chest, cache.local)
+    for stale in saved.parent.glob("radiomics_features-*.npy"):  # features of an older cache or code
+        stale.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, features, allow_pickle=False)
+    write_bytes(saved, buf.getvalue())
+    return features
+
+
+def run_verdict(run: Path) -> tuple[bool, str]:
+    """(converged, reason) of a training run, from its ``metrics.json`` (runs written before the flag
+    existed count as converged)."""
+    metrics = json.loads((Path(run) / "metrics.json").read_text())
+    converged = bool(metrics.get("converged", True))
+    return converged, "" if converged else (metrics.get("reason") or "did not converge")
+
+
+def run_converged(run: Path) -> bool:
+    """Whether a training run converged (:func:`run_verdict`)."""
+    return run_verdict(run)[0]
+
+
+def failed_runs(results: TableResults) -> dict[str, str]:
+    """Row label → why its training run did not learn, for the runs of a table that did not converge;
+    empty when every model learned."""
+    verdicts = {label: run_verdict(run) for label, run in results.runs.items()}
+    return {label: reason for label, (ok, reason) in verdicts.items() if not ok}
+
+
+@dataclass
+class TableResults:
+    """One results table: its rows (the ``summary.json`` layout), the predictions behind each row and the runs."""
+
+    table: str
+    rows: list[dict]
+    frames: dict[str, pd.DataFrame]  # row label → val/test predictions frame
+    runs: dict[str, Path]  # row label → training run folder (ensembles and baselines have none)
+    reference: pd.DataFrame | None = None  # the radiomics baseline's predictions, the ΔR reference
+
+    def avg(self) -> dict[str, dict]:
+        """Row label → its ``avg`` row (the mean over L1–L4)."""
+        return {r["model"]: r for r in self.rows if r["vertebra"] == "avg"}
+
+
+def prepare_rois(cfg: Profile, cohort: Cohort, out: str | Path | None = None):
+    """The landmark detector and the ROI cache every model trains on (both built once, then reused)."""
+    bundle = landmark_detector(cfg, cohort, out)
+    return roi_cache(cfg, cohort, evaluate_detector(cfg, cohort, bundle, out, evaluate=False), bundle, out)
+
+
+def table_results(cfg: Profile, cohort: Cohort, table: str, out: str | Path | None = None,
+                  baselines: bool = False) -> TableResults:
+    """Train (or reuse) the models of ``table1``/``table2``, or ensemble saved predictions for ``table3``.
+
+    Every model is trained once through the DDP entry point; the rows (test-split R and AUC with
+    patient-level bootstrap CIs, the paper's values and, on the twin, the ceilings) are recorded in
+    ``summary.json`` under ``tables.<table>``. ``baselines`` adds the ``age_sex``, ``roi_intensity``
+    and ``radiomics`` rows. Every table's deep models carry ΔR against the ``radiomics`` baseline
+    (computed here for Tables 1 and 3 too) and their runs' ``converged`` flags.
+    """
+    from bmd.evaluation.predictions import ensemble
+    from bmd.study.experiments import ENSEMBLES, table_models
+
+    cache = prepare_rois(cfg, cohort, out)
+    if table == "table3":
+        # only the ensembles' members (Table 2's attention model is no member: the ensembles are the paper's)
+        members = {name for names in ENSEMBLES.values() for name in names}
+        specs = {spec.name: spec for spec in table_models()["table2"].values() if spec.name in members}
+        trained = train_models(cfg, cohort, cache, list(specs.values()), out)
+        saved = {name: predictions(run) for name, run in trained.items()}
+        frames = {label: ensemble([saved[name] for name in members]) for label, members in ENSEMBLES.items()}
+        # an ensemble is as converged as its least converged member
+        converged = {label: all(run_converged(trained[name]) for name in members)
+                     for label, members in ENSEMBLES.items()}
+        runs: dict[str, Path] = {}
+    else:
+        specs = table_models()[table]
+        trained = train_models(cfg, cohort, cache, list(specs.values()), out)
+        runs = {label: trained[spec.name] for label, spec in specs.items()}
+        frames = {label: predictions(run) for label, run in runs.items()}
+        converged = {label: run_converged(run) for label, run in runs.items()}
+    if baselines:
+        frames.update(baseline_predictions(cohort, cache))
+    # every table's deep models are compared with the same hand-crafted reference (its row is Table 2's)
+    reference = frames["radiomics"] if "radiomics" in frames else radiomics_predictions(cohort, cache)
+    rows = _results_rows(cfg, table, frames, cohort.oracle, out, reference=reference, converged=converged)
+    summary.update(summary.summary_path(cfg.profile, out), tables={table: rows})
+    return TableResults(table, rows, frames, runs, reference)
+
+
+#: What a table's rows are computed from besides the predictions: the metric code and the paper's values.
+_ROW_INPUTS = ("evaluation/metrics.py", "evaluation/predictions.py", "evaluation/radiomics.py", "study/report.py",
+               "infra/formatting.py", "data/paper.py", "data/tscores.py", "study/summary.py")
+
+
+def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], oracle: dict | None,
+                  out: str | Path | None = None, reference: pd.DataFrame | None = None,
+                  converged: dict[str, bool] | None = None) -> list[dict]:
+    """:func:`bmd.study.report.results_rows`, reused when the same predictions, seed, ceilings and code made them.
+
+    The bootstrap CIs are the costly part of a rebuild and several chapters show the same table, so
+    rows are saved under ``rows/`` in the run folder, keyed by a hash of everything they depend on
+    (the ΔR reference's predictions and the runs' convergence flags included).
+    """
+    from bmd.infra.atomic import write_text
+    from bmd.study import report
+
+    key = _digest([*(paths.package_dir() / name for name in _ROW_INPUTS),
+                   paths.paper_results_file()])
+    key.update(json.dumps([table, cfg.seed, (oracle or {}).get("ceilings"), converged], sort_keys=True,
+                          default=str).encode())
+    for label, frame in frames.items():
+        key.update(label.encode() + b"\0" + frame.to_csv(index=False).encode())
+    key.update(b"reference\0" + (b"none" if reference is None else reference.to_csv(index=False).encode()))
+    folder = paths.run_dir(cfg.profile, out) / "rows"
+    saved = folder / f"{table}-{key.hexdigest()[:24]}.json"
+    try:
+        return json.loads(saved.read_text())
+    except (OSError, ValueError):
+        pass
+    rows = report.results_rows(table, frames, oracle, seed=cfg.seed, reference=reference, converged=converged)
+    for stale in folder.glob(f"{table}-*.json"):  # rows of older predictions or code
+        stale.unlink(missing_ok=True)
+    write_text(saved, json.dumps(rows, allow_nan=False))  # rows are JSON-clean: NaN is already None
+    return rows
+
+
+#: Table 2 rows that may become the exported model, in order of preference on a tie (the paper's first).
+EXPORT_CANDIDATES: tuple[str, ...] = ("multi_roi", "attention")
+
+
+def validation_r(frame: pd.DataFrame) -> float:
+    """Mean over L1–L4 of Pearson R on the **validation** split of a predictions frame (NaN when undefined)."""
+    from bmd.evaluation.metrics import pearson_r
+
+    part = frame[frame["split"] == "val"]
+    rs = [pearson_r(part[f"pred_{v}"].to_numpy(float), part[f"bmd_{v}"].to_numpy(float))
+          for v in ("l1", "l2", "l3", "l4")]
+    rs = [r for r in rs if np.isfinite(r)]
+    return float(np.mean(rs)) if rs else float("nan")
+
+
+def choose_exported_model(table2: TableResults) -> tuple[str, dict[str, float]]:
+    """The Table 2 model to export and every candidate's validation R (mean over L1–L4).
+
+    The attention model replaces the paper's multi-ROI model only when its validation R is higher;
+    the test split never takes part in the choice.
+    """
+    scores = {label: validation_r(table2.frames[label]) for label in EXPORT_CANDIDATES if label in table2.runs}
+    best = EXPORT_CANDIDATES[0]
+    for label, r in scores.items():
+        if np.isfinite(r) and (not np.isfinite(scores[best]) or r > scores[best]):
+            best = label
+    return best, scores
+
+
+def export_model(cfg: Profile, table2: TableResults, out: str | Path | None = None) -> Path:
+    """Export the book's model with its landmark detector as the bundle ``bmd predict`` takes.
+
+    The exported model is the multi-ROI model, or the attention model when its validation R is higher
+    (:func:`choose_exported_model`). Written to ``runs/<profile>/bundles/<model>`` (re-exported only when
+    the run is newer) and named in ``summary.json``'s ``artifacts.multi_roi_model`` (the key the results
+    contract keeps); ``exported_model`` records which model it is and the validation R behind the choice.
+    """
+    from bmd.deploy.bundle import export_bundle
+
+    label, scores = choose_exported_model(table2)
+    run = table2.runs[label]
+    run_root = paths.run_dir(cfg.profile, out)
+    dest = run_root / "bundles" / label
+    stale = not (dest / "bundle.json").is_file() or any(
+        (src.stat().st_mtime_ns > (dest / "bundle.json").stat().st_mtime_ns)
+        for src in (run / "best.pt", run_root / "landmark_model" / "weights.pt"))
+    if stale:
+        export_bundle(run, run_root / "landmark_model", dest)
+    path = summary.summary_path(cfg.profile, out)
+    summary.update(path, artifacts={"multi_roi_model": str(dest.relative_to(paths.out_root(out)))},
+                   exported_model={"model": label, "val_r": {k: (v if np.isfinite(v) else None)
+                                                             for k, v in scores.items()},
+                                   "rule": "the higher validation R (mean over L1–L4) of multi_roi and attention"})
+    return dest
+
+
+#: The earlier name of :func:`export_model` (it always exported the multi-ROI model then).
+export_multi_roi = export_model
+
+
+def attention_results(cfg: Profile, cohort: Cohort, table2: TableResults, out: str | Path | None = None):
+    """What the attention model attends to on the test split (:func:`bmd.study.ablation.attention_study`):
+    one pass of the test crops through it; the mean attention and the ablation go to ``summary.json``."""
+    from bmd.study.ablation import attention_study
+
+    cache = prepare_rois(cfg, cohort, out)
+    study = attention_study(table2.runs["attention"], cache, cohort.manifest)
+    summary.update(summary.summary_path(cfg.profile, out), attention={
+        "mean_weights": {v: {roi: float(w) for roi, w in row.items()} for v, row in study.mean().iterrows()},
+        "weights": "last layer, averaged over heads, mean over the test split",
+        "roi_ablation": _records(study.ablation)})
+    return study
+
+
+@dataclass
+class ScreeningResults:
+    """Everything the screening chapter shows, computed from saved predictions (nothing retrained)."""
+
+    frames: dict[str, pd.DataFrame]  # multi_roi, the best ensemble (chosen on validation), age_sex
+    recalibrated: dict[str, pd.DataFrame]  # the image models after the validation-split recalibration
+    recalibration_error: str | None  # why a model could not be recalibrated (its raw output is kept), or None
+    operating_points: pd.DataFrame  # bmd.evaluation.screening.operating_point_table, endpoints lowest and mean
+    who: dict[str, tuple[pd.DataFrame, float]]  # "raw"/"recalibrated" → (confusion matrix, weighted kappa)
+    subgroups: pd.DataFrame
+    agreement: pd.DataFrame
+    ablation: pd.DataFrame
+    weights: pd.DataFrame
+    rows: list[dict]  # table rows (R/AUC with CIs) of the models shown
+
+
+def screening_results(cfg: Profile, cohort: Cohort, out: str | Path | None = None) -> ScreeningResults:
+    """The screening chapter's numbers: operating points, WHO categories, subgroups, agreement, ROI roles."""
+    from bmd.evaluation import screening
+    from bmd.study import ablation
+
+    t2 = table_results(cfg, cohort, "table2", out, baselines=True)
+    t3 = table_results(cfg, cohort, "table3", out)
+    best_ensemble = screening.best_on_validation({k: t3.frames[k] for k in ("ensm_roi", "ensm_all")})
+    frames = {"multi_roi": t2.frames["multi_roi"], best_ensemble: t3.frames[best_ensemble],
+              "age_sex": t2.frames["age_sex"]}
+    # image models only: inverting the weak age+sex regression would only amplify noise
+    recal, recal_error = {}, None
+    for name, frame in frames.items():
+        if name == "age_sex":
+            continue
+        try:
+            recal[name] = screening.Recalibration.fit(frame).apply(frame)
+        except ValueError as exc:  # e.g. a model that did not learn (tiny cohorts): say so, keep the raw output
+            recal[name], recal_error = frame, f"{name}: {exc}"
+    ops = pd.concat([screening.operating_point_table(frames, endpoint) for endpoint in ("lowest", "mean")],
+                    ignore_index=True)
+    who = {"raw": screening.who_confusion(frames["multi_roi"]),
+           "recalibrated": screening.who_confusion(recal["multi_roi"])}
+    cache = prepare_rois(cfg, cohort, out)
+    run = t2.runs["multi_roi"]
+    result = ScreeningResults(
+        frames=frames, recalibrated=recal, recalibration_error=recal_error, operating_points=ops, who=who,
+        subgroups=screening.subgroup_table(frames, cohort.manifest),
+        agreement=screening.agreement_table(frames),
+        ablation=ablation.roi_ablation(run, cache, cohort.manifest),
+        weights=ablation.joint_weight_norms(run),
+        rows=[r for r in t2.rows + t3.rows if r["model"] in frames],
+    )
+    summary.update(summary.summary_path(cfg.profile, out), screening={
+        "best_ensemble": best_ensemble, "recalibration_error": recal_error,
+        "operating_points": _records(ops),
+        "who": {k: {"matrix": m.to_dict(), "weighted_kappa": kappa} for k, (m, kappa) in who.items()},
+        "subgroups": _records(result.subgroups),
+        "agreement": _records(result.agreement),
+        "roi_ablation": _records(result.ablation),
+        "joint_weight_share": _records(result.weights),
+    })
+    return result
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    """JSON-ready records (NaN → None)."""
+    return json.loads(df.to_json(orient="records"))
