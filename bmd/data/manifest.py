@@ -38,6 +38,9 @@ import pandas as pd
 from bmd.columns import VERTEBRAE
 from bmd.infra import paths
 from bmd.infra.atomic import file_mode
+from bmd.data.tscores import osteoporotic, t_scores_for_manifest
+from bmd.data.tscores import reference_ids
+from bmd.io import ImageReadError, read_image
 
 SCHEMA_FILE = "manifest_schema.json"
 
@@ -187,7 +190,6 @@ def load_manifest(path: str | os.PathLike, check_files: bool | str = True, *,
     Raises :class:`ManifestError` listing every problem found, one line each, naming the row (line
     number in the file, header = line 1) and the column. Nothing is written, whatever the outcome.
     """
-    from bmd.data.tscores import reference_ids
 
     try:
         path = Path(path).resolve()
@@ -383,7 +385,6 @@ def _check_files(df: pd.DataFrame, decode: bool) -> list[str]:
                 errors.append(f"{_where(line, case, col)}: {problems[target]}: {_show(rec[col])}")
             elif decode and col == "image":
                 if target not in decoded:
-                    from bmd.io import ImageReadError, read_image
 
                     try:
                         read_image(target)
@@ -426,7 +427,6 @@ def split_manifest(df: pd.DataFrame, sizes: tuple[int, int, int] | None = None,
 
     Returns a copy with the ``split`` column set (same index).
     """
-    from bmd.data.tscores import osteoporotic, t_scores_for_manifest
 
     if "split" in df.columns and df["split"].isin(SPLITS).all():
         return df
@@ -479,7 +479,6 @@ def summarize(df: pd.DataFrame) -> str:
     Cases, patients, split sizes, sex counts, age range, reference tables, and per vertebra the BMD
     mean ± SD (g/cm²), the number of excluded cells and the share with T < −2.5 (the paper's label).
     """
-    from bmd.data.tscores import osteoporotic, t_scores_for_manifest
 
     lines = [f"{len(df)} cases, {df['patient_id'].nunique()} patients"]
     if "split" in df.columns:

@@ -65,16 +65,22 @@ import torch
 from torch import nn
 
 from bmd import __version__
-from bmd.columns import ROI_NAMES, VERTEBRAE
+from bmd.columns import BMD_COLUMNS, PRED_COLUMNS, ROI_NAMES, VERTEBRAE
+from bmd.data.tscores import reference_ids
+from bmd.deploy.model_card import render_model_card
+from bmd.evaluation.metrics import patient_bootstrap_weights
+from bmd.evaluation.screening import Recalibration
 from bmd.infra.atomic import dir_mode
 from bmd.landmarks.train import LandmarkModel, load_landmark_model
 from bmd.model.dataset import FAMILIES, TargetScaler
+from bmd.model.networks import MULTI_ROI_KINDS, ROIModel, build_backbone, build_multi_roi
+from bmd.model.pretrained import IMAGENET
+from bmd.model.train import TrainConfig, load_arrays
 from bmd.rois.geometry import GEOMETRY_VERSION, RoiGeometry
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from bmd.evaluation.screening import Recalibration
 
 BUNDLE_FORMAT = "bmd-model/1"
 BUNDLE_FILE = "bundle.json"
@@ -195,8 +201,6 @@ def _scaler_for_run(run: Path, cfg) -> TargetScaler:
             return TargetScaler.from_dict(state["scaler"])
     import pandas as pd
 
-    from bmd.columns import BMD_COLUMNS
-    from bmd.model.train import load_arrays
 
     try:
         _, _, case_ids = load_arrays(cfg.cache)
@@ -210,14 +214,12 @@ def _scaler_for_run(run: Path, cfg) -> TargetScaler:
 
 
 def _build_network(kind: str, backbone: str, width: float, batch_norm: bool) -> nn.Module:
-    from bmd.model.networks import MULTI_ROI_KINDS, ROIModel, build_backbone, build_multi_roi
 
     net = build_backbone(backbone, width, batch_norm)  # weights come from the bundle, never a download
     return build_multi_roi(kind, net) if kind in MULTI_ROI_KINDS else ROIModel(net)
 
 
 def _check_settings(reference: str, sex: str, threshold: float) -> tuple[str, str, float]:
-    from bmd.data.tscores import reference_ids
 
     ref = str(reference).strip().lower()
     if ref not in reference_ids():
@@ -272,7 +274,6 @@ def strip_paths(obj: Any) -> Any:
 
 def _portable_config(cfg) -> dict:
     """The training config with its run folder, cache, manifest and weights file reduced to names."""
-    from bmd.model.pretrained import IMAGENET
 
     out = dataclasses.asdict(cfg)
     for key in ("run_dir", "cache", "manifest"):
@@ -330,7 +331,6 @@ def _split_sizes(cfg, predictions: pd.DataFrame | None) -> dict:
 
 def _fit_calibration(predictions: pd.DataFrame | None) -> tuple[Recalibration | None, dict]:
     """The validation recalibration of a run (:class:`bmd.evaluation.screening.Recalibration`) and its bundle.json block."""
-    from bmd.evaluation.screening import Recalibration
 
     if predictions is None:
         return None, {"method": UNCALIBRATED, "reason": "the run has no predictions.csv"}
@@ -345,7 +345,6 @@ def _fit_calibration(predictions: pd.DataFrame | None) -> tuple[Recalibration | 
 
 def _bias_mae(pred: np.ndarray, truth: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> list[dict]:
     """Bias (mean prediction − truth) and MAE per vertebra and averaged, with patient-bootstrap 95% CIs."""
-    from bmd.evaluation.metrics import patient_bootstrap_weights
 
     weights = patient_bootstrap_weights(patients, n_boot, seed) if len(patients) else np.zeros((n_boot, 0))
     rows, boots = [], []
@@ -381,7 +380,6 @@ def _test_performance(metrics: dict, predictions: pd.DataFrame | None, recal: Re
     """
     import warnings
 
-    from bmd.columns import BMD_COLUMNS, PRED_COLUMNS
 
     test_metrics = metrics.get("splits", {}).get("test") or []
     rows = {r.get("vertebra"): r for r in test_metrics if isinstance(r, dict)}
@@ -428,7 +426,6 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
     no absolute path is written (see the module docstring).
     Raises :class:`BundleError` with a one-line reason when something is missing or inconsistent.
     """
-    from bmd.model.train import TrainConfig
 
     run, dest = Path(run_dir), Path(dest)
     ref, sx, thr = _check_settings(reference, sex, threshold)
@@ -511,7 +508,6 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
                            "versions": {"bmd": __version__, "torch": torch.__version__, "numpy": np.__version__}},
         }
         info = json.loads(json.dumps(strip_paths(info), default=float))  # plain JSON (NaN kept as NaN)
-        from bmd.deploy.model_card import render_model_card
 
         (tmp / CARD_FILE).write_text(render_model_card(info), encoding="utf-8")
         info["files"] = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
@@ -603,7 +599,6 @@ def _read_calibration(root: Path, block: Any) -> Recalibration | None:
     if not isinstance(block, dict) or block.get("method") != CALIBRATED:
         method = block.get("method") if isinstance(block, dict) else block
         raise BundleError(f"{root}: unknown calibration method {method!r} in {BUNDLE_FILE}")
-    from bmd.evaluation.screening import Recalibration
 
     try:
         return Recalibration.from_dict(block)

@@ -42,8 +42,14 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import BMD_COLUMNS, PRED_COLUMNS, VERTEBRAE
+from bmd.data.manifest import load_manifest
+from bmd.data.tscores import t_scores_for_manifest, who_category
 from bmd.deploy.bundle import UNCALIBRATED, Bundle, load_bundle
-from bmd.evaluation.predictions import evaluate_predictions
+from bmd.deploy.predict import predict_images
+from bmd.evaluation.figures import plot_predicted_vs_dxa
+from bmd.evaluation.metrics import auc_low_is_positive
+from bmd.evaluation.predictions import evaluate_predictions, predicted_t_scores
+from bmd.infra.atomic import atomic_path, write_bytes, write_text
 
 SPLITS = ("auto", "test", "all")
 _EVALUATED = "evaluated"  # the split label the metric functions select
@@ -62,9 +68,6 @@ def _rows_to_evaluate(manifest: pd.DataFrame, split: str) -> tuple[pd.DataFrame,
 def _lowest_t_endpoint(frame: pd.DataFrame, threshold: float, n_boot: int, seed: int) -> dict:
     """AUC of the lowest predicted vertebra T-score for osteoporosis by the lowest true one (patient
     bootstrap CI), and sensitivity/specificity of the predicted category at the threshold."""
-    from bmd.data.tscores import t_scores_for_manifest
-    from bmd.evaluation.metrics import auc_low_is_positive
-    from bmd.evaluation.predictions import predicted_t_scores
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -118,9 +121,6 @@ def evaluate_bundle(bundle: Bundle | str | os.PathLike, manifest: str | os.PathL
     Raises :class:`bmd.data.manifest.ManifestError` for an invalid manifest and
     :class:`bmd.deploy.bundle.BundleError` for an unusable bundle.
     """
-    from bmd.data.manifest import load_manifest
-    from bmd.deploy.predict import predict_images
-    from bmd.infra.atomic import atomic_path, write_bytes, write_text
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -147,13 +147,11 @@ def evaluate_bundle(bundle: Bundle | str | os.PathLike, manifest: str | os.PathL
     frame[[f"pred_t_{v.lower()}" for v in VERTEBRAE]] = np.nan
     predicted = frame["status"] != "failed"
     if predicted.any():
-        from bmd.evaluation.predictions import predicted_t_scores
 
         frame.loc[predicted, [f"pred_t_{v.lower()}" for v in VERTEBRAE]] = predicted_t_scores(frame[predicted])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         lowest = np.nanmin(frame[[f"pred_t_{v.lower()}" for v in VERTEBRAE]].to_numpy(float), axis=1)
-    from bmd.data.tscores import who_category
 
     frame["pred_category"] = list(who_category(lowest, bundle.threshold))
     write_text(out / "predictions.csv", frame.to_csv(index=False, float_format="%.5f"))
@@ -188,7 +186,6 @@ def evaluate_bundle(bundle: Bundle | str | os.PathLike, manifest: str | os.PathL
     if int(predicted.sum()) >= 3:
         import matplotlib.pyplot as plt
 
-        from bmd.evaluation.figures import plot_predicted_vs_dxa
 
         fig = plot_predicted_vs_dxa(frame[predicted].assign(split=_EVALUATED), split=_EVALUATED)
         fig.suptitle(f"external validation: {int(predicted.sum())} cases ({used} rows of {manifest_path.name})",

@@ -46,8 +46,17 @@ import pandas as pd
 import torch
 
 from bmd.columns import VERTEBRAE
-from bmd.deploy.bundle import UNCALIBRATED, Bundle, load_bundle
+from bmd.data.tscores import t_score, who_category
+from bmd.deploy.bundle import UNCALIBRATED, Bundle, BundleError, load_bundle
+from bmd.infra.atomic import atomic_path
+from bmd.io import ImageReadError, read_image
+from bmd.landmarks.train import predict_landmarks
+from bmd.model.dataset import as_float as _as_float
+from bmd.model.dataset import select_family
 from bmd.model.networks import MULTI_ROI_KINDS
+from bmd.rois.cache import encode as _encode
+from bmd.rois.crop import crop_rois_batch
+from bmd.rois.draw import draw_rois
 
 BMD_OUT = tuple(f"bmd_{v.lower()}" for v in VERTEBRAE)
 T_OUT = tuple(f"t_{v.lower()}" for v in VERTEBRAE)
@@ -89,7 +98,6 @@ def _label(item: ImageInput, index: int, name: str) -> str:
 
 def _read(item: ImageInput) -> tuple[np.ndarray, str | None]:
     """A decoded image in [0, 1] and its DICOM view position (None when unknown or not DICOM)."""
-    from bmd.io import read_image
 
     if isinstance(item, np.ndarray):
         if item.ndim != 2:
@@ -101,8 +109,6 @@ def _read(item: ImageInput) -> tuple[np.ndarray, str | None]:
 
 def _as_trained(crops: np.ndarray, storage: str) -> torch.Tensor:
     """Crops as the training loader saw them: stored like the cache (uint8/float16), decoded like training."""
-    from bmd.model.dataset import as_float as _as_float
-    from bmd.rois.cache import encode as _encode
 
     return _as_float(_encode(crops, storage))
 
@@ -110,9 +116,6 @@ def _as_trained(crops: np.ndarray, storage: str) -> torch.Tensor:
 @torch.inference_mode()
 def _infer(bundle: Bundle, images: list[np.ndarray]) -> tuple[object, np.ndarray]:
     """Landmarks and standardised-then-inverted BMD (n, 4) of decoded images, batched."""
-    from bmd.landmarks.train import predict_landmarks
-    from bmd.model.dataset import select_family
-    from bmd.rois.crop import crop_rois_batch
 
     marks = predict_landmarks(bundle.landmarks, images, batch_size=max(1, len(images)))
     crops = crop_rois_batch(images, marks.points, bundle.roi_size, bundle.chest_size, bundle.geometry)
@@ -149,8 +152,6 @@ def _write_overlay(path: Path, image: np.ndarray, points: np.ndarray, bundle: Bu
     """Landmarks and ROI boxes over the image, as PNG, written atomically."""
     from matplotlib.figure import Figure
 
-    from bmd.infra.atomic import atomic_path
-    from bmd.rois.draw import draw_rois
 
     f = max(1, math.ceil(max(image.shape) / 800))  # the figure is ~600 px wide: more pixels only cost time
     if f > 1:  # a display copy: block means, and the points moved to its pixel grid
@@ -178,9 +179,6 @@ def predict_images(images: Sequence[ImageInput] | ImageInput, bundle: Bundle | s
     the bundle's. ``raw``: report the network's output even when the bundle carries a calibration.
     Returns a DataFrame with :data:`CONTRACT_COLUMNS` then :data:`EXTRA_COLUMNS`.
     """
-    from bmd.data.tscores import t_score, who_category
-    from bmd.deploy.bundle import BundleError
-    from bmd.io import ImageReadError
 
     if name not in NAMING:
         raise ValueError(f"name must be one of {', '.join(NAMING)}, got {name!r}")

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import BMD_COLUMNS, ID_COLUMNS, PRED_COLUMNS
-from bmd.evaluation.metrics import evaluate
+from bmd.data.tscores import t_scores_for_manifest
+from bmd.evaluation.metrics import evaluate, paired_delta_r
 
 
 def predicted_t_scores(frame: pd.DataFrame) -> np.ndarray:
     """T-scores (N, 4) of the predicted BMD, with each row's reference table and sex."""
-    from bmd.data.tscores import t_scores_for_manifest
 
     as_bmd = frame[["sex", "reference"]].copy()
     for b, p in zip(BMD_COLUMNS, PRED_COLUMNS, strict=True):
@@ -27,7 +27,6 @@ def predicted_t_scores(frame: pd.DataFrame) -> np.ndarray:
 def evaluate_predictions(frame: pd.DataFrame, split: str = "test", threshold: float = -2.5, n_boot: int = 2000,
                          seed: int = 0) -> pd.DataFrame:
     """The metrics table of :func:`bmd.evaluation.metrics.evaluate` for one split of a predictions frame."""
-    from bmd.data.tscores import t_scores_for_manifest
 
     part = frame[frame["split"] == split].reset_index(drop=True)
     return evaluate(part[PRED_COLUMNS].to_numpy(float), part[BMD_COLUMNS].to_numpy(float),
@@ -43,7 +42,6 @@ def delta_r_against(frame: pd.DataFrame, reference: pd.DataFrame, split: str = "
     The resamples are drawn as :func:`evaluate_predictions` draws them (same seed, same patients), so on
     the same cases they are the very resamples behind each model's own R interval.
     """
-    from bmd.evaluation.metrics import paired_delta_r
 
     part = frame[frame["split"] == split].reset_index(drop=True)
     ref = reference.drop_duplicates("case_id").set_index("case_id")

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from bmd.columns import BMD_COLUMNS, PRED_COLUMNS
+from bmd.columns import BMD_COLUMNS, PRED_COLUMNS, ROI_NAMES
 from bmd.evaluation.predictions import val_test_frame
 
 #: Octaves of the band-pass pyramid (for a 64² crop: bands at 64, 32, 16, 8 and 4 pixels).
@@ -55,7 +55,6 @@ _BLOCK = 256
 
 def feature_names() -> list[str]:
     """Column names of :func:`radiomics_features`: ``<roi>:<feature>``, ROIs in ``ROI_NAMES`` order."""
-    from bmd.columns import ROI_NAMES
 
     return [f"{roi}:{name}" for roi in ROI_NAMES for name in ROI_FEATURES]
 

@@ -24,7 +24,7 @@ from sklearn.metrics import cohen_kappa_score, roc_curve
 
 from bmd.columns import BMD_COLUMNS, PRED_COLUMNS, VERTEBRAE
 from bmd.data.tscores import DEFAULT_THRESHOLD, t_scores_for_manifest, who_category
-from bmd.evaluation.metrics import auc_low_is_positive
+from bmd.evaluation.metrics import agreement, auc_low_is_positive, patient_bootstrap_weights, pearson_r
 from bmd.evaluation.predictions import predicted_t_scores
 
 ENDPOINTS: tuple[str, ...] = (*VERTEBRAE, "lowest", "mean")
@@ -175,7 +175,6 @@ def format_operating_points(table: pd.DataFrame) -> pd.DataFrame:
 
 def best_on_validation(frames: dict[str, pd.DataFrame]) -> str:
     """The model whose validation-split R (mean over L1–L4) is highest: a choice that never sees test data."""
-    from bmd.evaluation.metrics import pearson_r
 
     def val_r(frame: pd.DataFrame) -> float:
         part = frame[frame["split"] == "val"]
@@ -313,7 +312,6 @@ def subgroup_table(frames: dict[str, pd.DataFrame], manifest: pd.DataFrame, endp
 
 def agreement_table(frames: dict[str, pd.DataFrame], split: str = "test") -> pd.DataFrame:
     """MAE, RMSE, Bland–Altman bias and 95% limits (g/cm²) per model and vertebra."""
-    from bmd.evaluation.metrics import agreement
 
     rows = []
     for model, frame in frames.items():
@@ -356,7 +354,6 @@ def roc_with_band(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
     Returns ``fpr, tpr, tpr_lo, tpr_hi``. The resamples are scored at once as case weights
     (:func:`bmd.evaluation.metrics.patient_bootstrap_weights`).
     """
-    from bmd.evaluation.metrics import patient_bootstrap_weights
 
     grid = np.linspace(0, 1, 101) if grid is None else grid
     positive, score = scores["positive"].to_numpy(bool), -scores["t_pred"].to_numpy(float)

@@ -32,6 +32,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
+from bmd.data.manifest import load_manifest
+from bmd.io import read_image
+from bmd.landmarks.annotations import read_landmark_csv
 
 
 def _mirror_name(name: str) -> str:
@@ -153,7 +156,6 @@ def landmarks_for_manifest(df: pd.DataFrame) -> np.ndarray:
     written in the manifest, or failing that the file name). Rows without a landmark file or without a
     matching row get NaN.
     """
-    from bmd.landmarks.annotations import read_landmark_csv
 
     out = np.full((len(df), N_LANDMARKS, 2), np.nan)
     if "landmarks_path" not in df.columns:
@@ -191,8 +193,6 @@ def load_cohort(
     require_points: bool = True,
 ) -> LandmarkCohort:
     """Read and letterbox the images of the given manifest splits (all rows when ``splits`` is None)."""
-    from bmd.data.manifest import load_manifest
-    from bmd.io import read_image
 
     df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
     if splits is not None:

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
 from bmd.infra.atomic import atomic_path, write_text
+from bmd.io import ImageReadError, read_image
 from bmd.landmarks.data import (
     AugmentConfig,
     LandmarkAugment,
@@ -470,7 +471,6 @@ def load_landmark_model(bundle: str | os.PathLike) -> LandmarkModel:
 
 def _prepare(items: Sequence, size: int) -> tuple[np.ndarray, list[Letterbox | None], list[str], list[str]]:
     """Read/letterbox inputs (paths or 2-D arrays); returns images, boxes (None = failed), names, errors."""
-    from bmd.io import ImageReadError, read_image
 
     images = np.zeros((len(items), size, size), dtype=np.uint8)
     boxes: list[Letterbox | None] = []

@@ -35,6 +35,8 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models import vgg as tv_vgg
 
+from bmd.model.pretrained import load_backbone_weights
+
 BACKBONES: tuple[str, ...] = ("vgg11", "vgg16", "resnet18", "resnet34", "resnet50")
 N_VERTEBRAE = 4
 
@@ -168,7 +170,6 @@ def build_backbone(name: str, width: float = 1.0, batch_norm: bool = False,
     """
     backbone = Backbone(name, width, batch_norm, zero_init_residual)
     if weights is not None:
-        from bmd.model.pretrained import load_backbone_weights
 
         load_backbone_weights(backbone, weights)
     return backbone

@@ -52,8 +52,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from bmd.columns import BMD_COLUMNS
+from bmd.columns import BMD_COLUMNS, ID_COLUMNS, PRED_COLUMNS
+from bmd.evaluation.metrics import pearson_r
+from bmd.evaluation.predictions import evaluate_predictions
+from bmd.infra import progress
 from bmd.infra.atomic import atomic_path, write_bytes
+from bmd.infra.errors import OneLineParser as _Parser
+from bmd.infra.errors import describe_error
 from bmd.infra.jsonvalues import finite_or_null
 from bmd.model.dataset import Augment, RoiDataset, TargetScaler, select_family
 from bmd.model.networks import (
@@ -64,6 +69,7 @@ from bmd.model.networks import (
     masked_mse,
     multi_roi_loss,
 )
+from bmd.rois.cache import load_cache
 
 
 @dataclass
@@ -293,7 +299,6 @@ def load_arrays(cache: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
     A folder written by :func:`bmd.rois.cache.build_roi_cache` is verified (checksums) first.
     """
-    from bmd.rois.cache import load_cache
 
     cache = Path(cache)
     if (cache / "meta.json").is_file():
@@ -451,7 +456,6 @@ def _val_scores(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     vertebrae of Pearson R. The MSE selects the epoch: R ignores an offset, and an epoch picked by R
     alone can carry one (measured: a whole-chest VGG-16 whose best-R epoch, one before the end of its
     one-cycle schedule, predicted 0.05 g/cm² low on every split, the last epoch 0.00)."""
-    from bmd.evaluation.metrics import pearson_r
 
     valid = np.isfinite(target)
     mse = float(np.mean((pred[valid] - target[valid]) ** 2)) if valid.any() else float("nan")
@@ -635,8 +639,6 @@ def convergence(val_r: float, stopped: str = "") -> dict:
 
 def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path, best_epoch: int,
                    verdict: dict) -> None:
-    from bmd.columns import ID_COLUMNS, PRED_COLUMNS
-    from bmd.evaluation.predictions import evaluate_predictions
 
     frames = []
     for split in ("val", "test"):
@@ -679,7 +681,6 @@ def launch(cfg: TrainConfig, nproc: int = 1, resume: bool = False) -> Path:
     import collections
     import subprocess
 
-    from bmd.infra import progress
 
     run_dir = Path(cfg.run_dir)
     name = run_dir.name
@@ -714,7 +715,6 @@ def main(argv: list[str] | None = None) -> int:
     Exit status 1 with one line on stderr (rank 0) when the config cannot be read or used or the run
     folder is in use; 2 for a usage error.
     """
-    from bmd.infra.errors import OneLineParser as _Parser
 
     parser = _Parser(prog="bmd train", description="Train a model from a config JSON (run it with torchrun).")
     parser.add_argument("--config", required=True, type=Path, help="config JSON (see bmd.model.train.TrainConfig)")
@@ -724,7 +724,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig.load(args.config)
     except (OSError, TrainConfigError) as exc:
         if int(os.environ.get("RANK", "0")) == 0:
-            from bmd.infra.errors import describe_error
 
             print(f"bmd train: {describe_error(exc)}", file=sys.stderr, flush=True)
         return 1

@@ -56,6 +56,8 @@ import pandas as pd
 from bmd.columns import COORD_COLUMNS, LOCAL_NAMES, N_LANDMARKS, ROI_NAMES
 from bmd.infra.atomic import dir_mode
 from bmd.infra.processes import exit_with
+from bmd.io import read_image
+from bmd.landmarks.data import landmarks_for_manifest
 from bmd.rois.crop import crop_rois_batch
 from bmd.rois.geometry import DEFAULT_GEOMETRY, GEOMETRY_VERSION, RoiGeometry
 
@@ -234,7 +236,6 @@ def landmark_array(manifest: pd.DataFrame, landmarks: pd.DataFrame | np.ndarray 
     """
     ids = _case_ids(manifest)
     if landmarks is None:
-        from bmd.landmarks.data import landmarks_for_manifest
 
         pts = landmarks_for_manifest(manifest)
     elif isinstance(landmarks, pd.DataFrame):
@@ -331,7 +332,6 @@ def _init_worker(threads: int, state: dict | None = None, parent: int | None = N
 
 def _process_chunk(rows: list[int]) -> tuple[list[int], np.ndarray]:
     """Decode, (detect,) crop and store the cases ``rows``; returns them with the landmarks used."""
-    from bmd.io import read_image
 
     s = _STATE
     images, ids = [], []

@@ -20,11 +20,11 @@ from bmd.columns import BMD_COLUMNS, ROI_NAMES, VERTEBRAE
 from bmd.evaluation.metrics import pearson_r
 from bmd.model.dataset import TargetScaler
 from bmd.model.networks import MULTI_ROI_KINDS
+from bmd.model.train import TrainConfig, build_model
 
 
 def load_run_model(run: str | Path) -> tuple[torch.nn.Module, dict]:
     """A training run's best model (eval mode, CPU) and its config dict."""
-    from bmd.model.train import TrainConfig, build_model
 
     run = Path(run)
     config = TrainConfig.load(run / "config.json")

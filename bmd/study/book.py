@@ -17,8 +17,10 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from bmd.data.manifest import load_manifest
 from bmd.infra import paths, progress
-from bmd.study.config import load_profile
+from bmd.study import summary
+from bmd.study.config import Profile, load_profile
 
 
 class BookError(RuntimeError):
@@ -81,7 +83,6 @@ class _ProfileFieldsAreKnown:
     def filter(self, record) -> bool:
         import dataclasses
 
-        from bmd.study.config import Profile
 
         message = record.getMessage()
         prefix = "Passed unknown parameter: "
@@ -187,12 +188,10 @@ def build_book(profile: str | Path = "quick", manifest: str | Path | None = None
     HTML go (default: the repository root). Progress goes to stdout, one line per step and per stage
     (a bar as well on a terminal), and to ``<out>/_build/book.log``; ``quiet`` keeps only the log.
     """
-    from bmd.study import summary
 
     start = time.perf_counter()
     cfg = load_profile(profile, seed=seed)
     if manifest is not None:
-        from bmd.data.manifest import load_manifest
 
         load_manifest(manifest)  # a bad manifest is refused (ManifestError) before anything is written
     root = paths.out_root(out)

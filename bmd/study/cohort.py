@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from bmd.data.manifest import load_manifest, split_manifest
+from bmd.data.twin import generate_twin
 from bmd.infra import paths
+from bmd.study import report, summary
 from bmd.study.config import Profile
 
 
@@ -39,7 +42,6 @@ def load_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Pat
     A manifest without a ``split`` column is split by patient (deterministic in ``cfg.seed``) with the
     profile's proportions.
     """
-    from bmd.data.manifest import load_manifest, split_manifest
 
     if manifest is not None:
         path = Path(manifest).resolve()
@@ -50,8 +52,6 @@ def load_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Pat
             df = split_manifest(df, fractions=fractions, seed=cfg.seed)
         return Cohort(manifest=df, manifest_path=path, is_twin=False, oracle=None)
 
-    from bmd.data.twin import generate_twin
-    from bmd.infra import progress
 
     progress.note(f"twin cohort: generating or reusing {cfg.twin_n_cases} cases")
     folder = generate_twin(paths.twin_dir(cfg.profile, cfg.seed, out), cfg, seed=cfg.seed, progress=progress)
@@ -62,7 +62,6 @@ def load_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Pat
 
 def cohort_summary(cohort: Cohort) -> dict:
     """The cohort block of ``summary.json``: sizes, BMD statistics, correlations and prevalence."""
-    from bmd.study import report
 
     df = cohort.manifest
     bmd = report.bmd_table(df)
@@ -79,7 +78,6 @@ def cohort_summary(cohort: Cohort) -> dict:
 
 def study_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Path | None = None) -> Cohort:
     """:func:`load_cohort`, timed and recorded in ``summary.json`` (oracle ceilings and cohort block)."""
-    from bmd.study import summary
 
     start = time.perf_counter()
     cohort = load_cohort(cfg, manifest=manifest, out=out)

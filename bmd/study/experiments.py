@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bmd.model.pretrained import resolve_weights
+from bmd.model.train import TrainConfig, launch, run_lock
 from bmd.study.config import Profile
 
 BACKBONES_TABLE1: tuple[str, ...] = ("vgg11", "resnet18", "resnet34", "resnet50", "vgg16")
@@ -79,7 +81,6 @@ def recipe_text(backbone: str) -> str:
 
 def recipe_summary(cfg: Profile) -> str:
     """The profile's training recipe in one line, as the book states it under each table."""
-    from bmd.model.train import TrainConfig
 
     geometry = TrainConfig.__dataclass_fields__["augment_geometry"].default
     augment = ("per-crop flips and whole-pixel shifts (no resampling, so training crops are exactly as sharp "
@@ -92,7 +93,6 @@ def recipe_summary(cfg: Profile) -> str:
 
 def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str | Path, runs: str | Path):
     """The training config of a spec under a profile's recipe (and its backbone's, :func:`backbone_recipe`)."""
-    from bmd.model.train import TrainConfig
 
     return TrainConfig(
         run_dir=str(Path(runs) / spec.name), cache=str(cache), manifest=str(manifest), model=spec.model,
@@ -123,13 +123,11 @@ def train_model(config, nproc: int = 1) -> Path:
     when another process is training in the folder, and :class:`bmd.model.pretrained.PretrainedWeightsError`
     (one line, before anything starts) when the config's pretrained weights file is missing.
     """
-    from bmd.model.train import launch, run_lock
 
     run = Path(config.run_dir)
     if is_finished(config):
         return run
     if config.pretrained is not None:
-        from bmd.model.pretrained import resolve_weights
 
         resolve_weights(config.pretrained, config.backbone, config.batch_norm)
     # the folder's lock before anything is deleted: a run training there refuses us (RunFolderBusy)

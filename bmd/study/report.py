@@ -12,11 +12,14 @@ import pandas as pd
 
 from bmd.columns import BMD_COLUMNS, SPLITS, VERTEBRAE
 from bmd.data import paper
+from bmd.data.tscores import osteoporotic, patient_level, t_scores_for_manifest, who_category
 
 # The book's chapters reach Figure 2, number formatting and the figure style through this module.
 from bmd.evaluation.figures import plot_predicted_vs_dxa as plot_predicted_vs_dxa
+from bmd.evaluation.predictions import delta_r_against, evaluate_predictions
 from bmd.infra.formatting import fmt as _fmt
 from bmd.infra.formatting import num as num
+from bmd.infra.jsonvalues import finite_or_null
 from bmd.infra.plotting import pyplot as pyplot
 
 #: What readers see for each model id in tables and figures (``summary.json`` keeps the ids).
@@ -74,7 +77,6 @@ def category_table(df: pd.DataFrame, threshold: float = -2.5) -> pd.DataFrame:
     Columns: counts of normal / osteopenia / osteoporosis (WHO: T ≤ threshold) and the share with
     T < threshold (the paper's positive label).
     """
-    from bmd.data.tscores import osteoporotic, patient_level, t_scores_for_manifest, who_category
 
     t = t_scores_for_manifest(df)
     columns = {v: t[f"t_{v.lower()}"] for v in VERTEBRAE}
@@ -168,8 +170,6 @@ def results_rows(table: str, frames: dict, oracle: dict | None, n_boot: int = 20
     adds ``delta_r_<other>`` and ``delta_r_<other>_ci``, the same paired difference against that
     other model of the same table (``multi_roi``); ``None`` when that model is not in ``frames``.
     """
-    from bmd.evaluation.predictions import delta_r_against, evaluate_predictions
-    from bmd.infra.jsonvalues import finite_or_null
 
     ceilings = {}
     if oracle:

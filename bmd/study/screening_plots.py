@@ -11,6 +11,7 @@ import pandas as pd
 
 from bmd.columns import BMD_COLUMNS, PRED_COLUMNS, VERTEBRAE
 from bmd.data import paper
+from bmd.evaluation.metrics import agreement, auc_low_is_positive
 from bmd.evaluation.screening import endpoint_scores, roc_with_band
 from bmd.infra.plotting import pyplot
 from bmd.study.report import model_name
@@ -21,7 +22,6 @@ def plot_roc(frames: dict[str, pd.DataFrame], endpoints: tuple[str, ...] = (*VER
     """ROC curves per endpoint on ``split``; models in ``banded`` (default: all) get a 95% bootstrap band."""
     plt = pyplot()
 
-    from bmd.evaluation.metrics import auc_low_is_positive
 
     banded = tuple(frames) if banded is None else banded
     cols = min(3, len(endpoints))
@@ -53,7 +53,6 @@ def plot_bland_altman(frame: pd.DataFrame, split: str = "test"):
     """Bland–Altman per vertebra: difference (predicted − DXA) against the mean, bias and 95% limits."""
     plt = pyplot()
 
-    from bmd.evaluation.metrics import agreement
 
     part = frame[frame["split"] == split]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), sharey=True)

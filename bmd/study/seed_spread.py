@@ -22,6 +22,10 @@ import numpy as np
 import pandas as pd
 
 from bmd.infra import paths
+from bmd.infra.atomic import write_text
+from bmd.study import stages
+from bmd.study.cohort import study_cohort
+from bmd.study.config import load_profile
 
 #: The rows whose spread matters: the paper's model, the ensembles, the whole-chest VGG-16 and the
 #: strongest hand-crafted baseline.
@@ -41,9 +45,6 @@ def study_on_seed(profile: str | Path, seed: int, root: str | Path | None = None
 
     Each value holds ``r``, ``auc``, ``bias``, ``mae`` (test split, mean over L1–L4) and ``converged``.
     """
-    from bmd.study import stages
-    from bmd.study.cohort import study_cohort
-    from bmd.study.config import load_profile
 
     base = load_profile(profile)
     cfg = load_profile(profile, seed=seed)
@@ -96,7 +97,6 @@ def result_of(profile: str | Path, per_seed: dict[int, dict[str, dict]]) -> dict
 
 def save(result: dict, profile_name: str, root: str | Path | None = None) -> Path:
     """Write the result to ``runs/<profile>/seed_spread.json`` under ``root`` (atomically)."""
-    from bmd.infra.atomic import write_text
 
     path = paths.run_dir(profile_name, root) / FILE_NAME
     write_text(path, json.dumps(result, indent=1))

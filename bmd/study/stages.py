@@ -17,15 +17,32 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import COORD_COLUMNS
+from bmd.deploy.bundle import export_bundle
+from bmd.evaluation import radiomics, screening
+from bmd.evaluation.baselines import age_sex_baseline, roi_intensity_baseline, roi_intensity_features
+from bmd.evaluation.metrics import pearson_r
+from bmd.evaluation.predictions import ensemble
+from bmd.evaluation.radiomics import radiomics_baseline
 from bmd.infra import paths, progress
-from bmd.study import summary
+from bmd.infra.atomic import write_bytes, write_text
+from bmd.landmarks.annotations import read_landmark_csv
+from bmd.landmarks.train import (
+    LandmarkEvaluation,
+    evaluate_landmarks,
+    predict_landmarks,
+    recipe_for_profile,
+    train_landmark_model,
+)
+from bmd.rois.cache import build_roi_cache
+from bmd.study import ablation, report, summary
+from bmd.study.ablation import attention_study
 from bmd.study.cohort import Cohort
 from bmd.study.config import Profile
+from bmd.study.experiments import ENSEMBLES, table_models, train_config, train_model
 
 
 def landmark_detector(cfg: Profile, cohort: Cohort, out: str | Path | None = None) -> Path:
     """Train the landmark detector on the cohort's train split (or reuse it); returns the bundle folder."""
-    from bmd.landmarks.train import recipe_for_profile, train_landmark_model
 
     run = paths.run_dir(cfg.profile, out)
     bundle = run / "landmark_model"
@@ -67,7 +84,6 @@ def ground_truth_landmarks(cohort: Cohort) -> pd.DataFrame | None:
     df = cohort.manifest
     if "landmarks_path" not in df.columns or (df["landmarks_path"] == "").all():
         return None
-    from bmd.landmarks.annotations import read_landmark_csv
 
     frames = [read_landmark_csv(p) for p in sorted(set(df["landmarks_path"]) - {""})]
     table = pd.concat(frames).drop_duplicates("case_id").set_index("case_id")
@@ -77,7 +93,6 @@ def ground_truth_landmarks(cohort: Cohort) -> pd.DataFrame | None:
 
 def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None) -> pd.DataFrame:
     """Detector landmarks for every case (case_id, 32 coordinates, status, width), computed once per bundle."""
-    from bmd.landmarks.train import predict_landmarks
 
     saved = paths.run_dir(cfg.profile, out) / "landmarks_detected.csv"
     weights = bundle / "weights.pt"
@@ -90,7 +105,6 @@ def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pa
     detected.insert(0, "case_id", cohort.manifest["case_id"].to_numpy())
     detected["status"] = pred.status
     detected["width"] = pred.widths
-    from bmd.infra.atomic import write_text
 
     write_text(saved, detected.to_csv(index=False))
     return detected
@@ -99,7 +113,6 @@ def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pa
 def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None,
                       evaluate: bool = True) -> LandmarkResults:
     """Test-split errors (model, mean shape, global stage) and detector landmarks for every case."""
-    from bmd.landmarks.train import evaluate_landmarks
 
     truth = ground_truth_landmarks(cohort)
     evaluation = None
@@ -138,14 +151,12 @@ def _digest(files: list[Path]):
 
 
 def _save_evaluation(path: Path, evaluation, bundle: Path, cohort: Cohort) -> None:
-    from bmd.infra.atomic import write_text
 
     write_text(path, json.dumps({"key": _evaluation_key(bundle, cohort), "evaluation": evaluation.to_dict()}))
 
 
 def _saved_evaluation(path: Path, bundle: Path, cohort: Cohort):
     """The saved test-split evaluation when it was made from these weights and this manifest, else None."""
-    from bmd.landmarks.train import LandmarkEvaluation
 
     try:
         data = json.loads(path.read_text())
@@ -162,7 +173,6 @@ def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, bundle: Pa
     Training crops come from ground truth plus Gaussian jitter with the detector's validation error, so
     that train and test crops are alike (without ground truth every split uses the detector).
     """
-    from bmd.rois.cache import build_roi_cache
 
     start = time.perf_counter()
     progress.note("ROI crops: building or checking the cache")
@@ -195,7 +205,6 @@ def _jitter_pct(bundle: Path) -> float:
 
 def train_models(cfg: Profile, cohort: Cohort, cache, specs: list, out: str | Path | None = None) -> dict[str, Path]:
     """Train (or reuse) each model spec on the ROI cache through the DDP entry point; name → run folder."""
-    from bmd.study.experiments import train_config, train_model
 
     start = time.perf_counter()
     runs = paths.run_dir(cfg.profile, out) / "models"
@@ -215,7 +224,6 @@ def predictions(run: Path) -> pd.DataFrame:
 
 def baseline_predictions(cohort: Cohort, cache) -> dict[str, pd.DataFrame]:
     """The baselines' val/test predictions: ``age_sex``, ``roi_intensity`` and ``radiomics`` (on the ROI cache)."""
-    from bmd.evaluation.baselines import age_sex_baseline, roi_intensity_baseline, roi_intensity_features
 
     manifest = _cache_manifest(cohort, cache)
     features = roi_intensity_features(np.asarray(cache.chest), np.asarray(cache.local))
@@ -230,7 +238,6 @@ def _cache_manifest(cohort: Cohort, cache) -> pd.DataFrame:
 
 def radiomics_predictions(cohort: Cohort, cache) -> pd.DataFrame:
     """Val/test predictions of the hand-crafted ``radiomics`` ridge (:mod:`bmd.evaluation.radiomics`) on the ROI cache."""
-    from bmd.evaluation.radiomics import radiomics_baseline
 
     return radiomics_baseline(_cache_manifest(cohort, cache), radiomics_features(cache))
 
@@ -244,8 +251,6 @@ def radiomics_features(cache) -> np.ndarray:
     """
     import io
 
-    from bmd.evaluation import radiomics
-    from bmd.infra.atomic import write_bytes
 
     files = cache.meta.get("files", {})
     sums = [files.get(name, {}).get("sha256") for name in ("chest.npy", "local.npy", "case_ids.txt")]
@@ -320,8 +325,6 @@ def table_results(cfg: Profile, cohort: Cohort, table: str, out: str | Path | No
     and ``radiomics`` rows. Every table's deep models carry ΔR against the ``radiomics`` baseline
     (computed here for Tables 1 and 3 too) and their runs' ``converged`` flags.
     """
-    from bmd.evaluation.predictions import ensemble
-    from bmd.study.experiments import ENSEMBLES, table_models
 
     cache = prepare_rois(cfg, cohort, out)
     if table == "table3":
@@ -364,8 +367,6 @@ def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], ora
     rows are saved under ``rows/`` in the run folder, keyed by a hash of everything they depend on
     (the ΔR reference's predictions and the runs' convergence flags included).
     """
-    from bmd.infra.atomic import write_text
-    from bmd.study import report
 
     key = _digest([*(paths.package_dir() / name for name in _ROW_INPUTS),
                    paths.paper_results_file()])
@@ -393,7 +394,6 @@ EXPORT_CANDIDATES: tuple[str, ...] = ("multi_roi", "attention")
 
 def validation_r(frame: pd.DataFrame) -> float:
     """Mean over L1–L4 of Pearson R on the **validation** split of a predictions frame (NaN when undefined)."""
-    from bmd.evaluation.metrics import pearson_r
 
     part = frame[frame["split"] == "val"]
     rs = [pearson_r(part[f"pred_{v}"].to_numpy(float), part[f"bmd_{v}"].to_numpy(float))
@@ -424,7 +424,6 @@ def export_model(cfg: Profile, table2: TableResults, out: str | Path | None = No
     the run is newer) and named in ``summary.json``'s ``artifacts.multi_roi_model`` (the key the results
     contract keeps); ``exported_model`` records which model it is and the validation R behind the choice.
     """
-    from bmd.deploy.bundle import export_bundle
 
     label, scores = choose_exported_model(table2)
     run = table2.runs[label]
@@ -450,7 +449,6 @@ export_multi_roi = export_model
 def attention_results(cfg: Profile, cohort: Cohort, table2: TableResults, out: str | Path | None = None):
     """What the attention model attends to on the test split (:func:`bmd.study.ablation.attention_study`):
     one pass of the test crops through it; the mean attention and the ablation go to ``summary.json``."""
-    from bmd.study.ablation import attention_study
 
     cache = prepare_rois(cfg, cohort, out)
     study = attention_study(table2.runs["attention"], cache, cohort.manifest)
@@ -479,8 +477,6 @@ class ScreeningResults:
 
 def screening_results(cfg: Profile, cohort: Cohort, out: str | Path | None = None) -> ScreeningResults:
     """The screening chapter's numbers: operating points, WHO categories, subgroups, agreement, ROI roles."""
-    from bmd.evaluation import screening
-    from bmd.study import ablation
 
     t2 = table_results(cfg, cohort, "table2", out, baselines=True)
     t3 = table_results(cfg, cohort, "table3", out)

@@ -36,6 +36,8 @@ from bmd.data.twin.oracle import ceilings
 from bmd.data.twin.population import sample_population
 from bmd.data.twin.render import render_case
 from bmd.data.twin.spec import BONES, TwinSpec, spec_hash
+from bmd.data.manifest import write_manifest
+from bmd.data.tscores import osteoporotic, t_scores_for_manifest
 
 LATENT_COLUMNS = ("g", *(f"{kind}_{b}" for b in BONES for kind in ("d", "m", "tau")))
 
@@ -161,7 +163,6 @@ def _render_one(task: tuple) -> tuple[int, np.ndarray, int, bool]:
 
 
 def _realised(df: pd.DataFrame) -> dict:
-    from bmd.data.tscores import osteoporotic, t_scores_for_manifest
 
     bmd = df[[f"bmd_{v.lower()}" for v in VERTEBRAE]]
     corr = bmd.corr()
@@ -246,7 +247,6 @@ def generate_twin(out: str | os.PathLike, profile: TwinSettings, seed: int | Non
         manifest["landmarks"] = "landmarks.csv"
         manifest["dxa_interval_days"] = rng.integers(-90, 91, len(df))
         manifest["device"] = "twin"
-        from bmd.data.manifest import write_manifest
 
         write_manifest(manifest, out / "manifest.csv")
         oracle = {

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import LANDMARK_NAMES
+from bmd.infra.plotting import pyplot
+from bmd.io import read_image
 
 #: landmark families and their colours in drawings
 FAMILY_COLOURS = {"clavicle": "tab:orange", "rib cage": "tab:cyan", "cervical": "tab:green", "T12": "tab:red"}
@@ -32,11 +34,9 @@ def draw_landmarks(ax, points: np.ndarray, size: float = 14) -> None:
 
 def draw_gallery(cohort_dir: str | os.PathLike, n: int = 8, seed: int = 0, columns: int = 4):
     """A figure of ``n`` random cases of a cohort folder (manifest.csv + landmarks.csv) with landmarks."""
-    from bmd.infra.plotting import pyplot
 
     plt = pyplot()
 
-    from bmd.io import read_image
 
     folder = Path(cohort_dir)
     manifest = pd.read_csv(folder / "manifest.csv")

@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 from bmd.columns import VERTEBRAE
 from bmd.data.twin.population import sample_population
 from bmd.data.twin.spec import FAMILY_BONES, TwinSpec
+from bmd.data.tscores import osteoporotic, t_score
 
 FAMILIES = ("cervi", "clavi", "lumbar", "ribcage", "chest", "all")
 _ORACLE_SEED = 20210405  # fixed: the ceilings belong to the spec, not to a cohort seed
@@ -32,7 +33,6 @@ def family_predictors(family: str) -> list[str]:
 
 
 def _positives(df: pd.DataFrame, vertebra: str) -> np.ndarray:
-    from bmd.data.tscores import osteoporotic, t_score
 
     bmd = df[f"bmd_{vertebra.lower()}"].to_numpy()
     t = np.where(df["sex"] == "M", t_score(bmd, vertebra, "M"), t_score(bmd, vertebra, "F"))

@@ -80,7 +80,7 @@ def test_chapters_report_progress_and_their_kernels_stop_without_a_keyboardinter
         "console = progress.Console(1, None, stream=sys.stdout)\n"
         "book.execute_chapters({'profile': 'quick'}, out / 'build' / 'src', source=out / 'src', console=console)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "[1/1] probe: stage one of quick" in proc.stdout

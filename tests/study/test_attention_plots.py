@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from test_rois import chest_points, texture  # noqa: E402  (tests/ is on sys.path under pytest)
+from images import chest_points, texture  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from bmd.columns import ROI_NAMES, VERTEBRAE
 from bmd.study import attention_plots
