@@ -16,6 +16,7 @@ import pandas as pd
 from bmd.data.manifest import load_manifest, split_manifest
 from bmd.data.twin import generate_twin
 from bmd.infra import paths
+from bmd.infra.progress import note
 from bmd.study import report, summary
 from bmd.study.config import Profile
 
@@ -53,7 +54,7 @@ def load_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Pat
         return Cohort(manifest=df, manifest_path=path, is_twin=False, oracle=None)
 
 
-    progress.note(f"twin cohort: generating or reusing {cfg.twin_n_cases} cases")
+    note(f"twin cohort: generating or reusing {cfg.twin_n_cases} cases")
     folder = generate_twin(paths.twin_dir(cfg.profile, cfg.seed, out), cfg, seed=cfg.seed, progress=progress)
     oracle = json.loads((folder / "oracle.json").read_text())
     df = load_manifest(folder / "manifest.csv")

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import bmd.io
+import bmd.rois.cache
 from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, LOCAL_NAMES
 from bmd.rois.cache import RoiCache, RoiCacheError, build_roi_cache, cache_key, load_cache
 from bmd.rois.crop import crop_rois
@@ -90,7 +91,7 @@ def test_built_once_then_reused_without_decoding(cohort, monkeypatch):
     def no_decoding(path):
         raise AssertionError("a reused cache must not decode images")
 
-    monkeypatch.setattr(bmd.io, "read_image", no_decoding)
+    monkeypatch.setattr(bmd.rois.cache, "read_image", no_decoding)
     before = stamps(first)
     again = build(cohort)
     assert not again.built and again.path == first.path and stamps(again) == before
@@ -194,11 +195,11 @@ def test_an_interrupted_build_leaves_nothing_behind(cohort, monkeypatch):
             raise KeyboardInterrupt
         return real(path)
 
-    monkeypatch.setattr(bmd.io, "read_image", dies_on_the_third)
+    monkeypatch.setattr(bmd.rois.cache, "read_image", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         build(cohort, chunk_size=2)
     assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []
-    monkeypatch.setattr(bmd.io, "read_image", real)
+    monkeypatch.setattr(bmd.rois.cache, "read_image", real)
     assert build(cohort).built
 
 
