@@ -16,6 +16,7 @@ import pandas as pd
 from bmd.data.manifest import load_manifest, split_manifest
 from bmd.data.twin import generate_twin
 from bmd.infra import paths
+from bmd.infra.progress import note
 from bmd.study import report, summary
 from bmd.study.config import Profile
 
@@ -40,7 +41,8 @@ def load_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Pat
     """Load a site's ``manifest``, or generate/reuse the twin cohort of ``cfg`` under ``out``.
 
     A manifest without a ``split`` column is split by patient (deterministic in ``cfg.seed``) with the
-    profile's proportions.
+    profile's proportions. Another process generating the same twin cohort is waited for, and its cohort
+    reused. ``progress``: a bar over the images while the twin is generated.
     """
 
     if manifest is not None:
@@ -53,7 +55,7 @@ def load_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Pat
         return Cohort(manifest=df, manifest_path=path, is_twin=False, oracle=None)
 
 
-    progress.note(f"twin cohort: generating or reusing {cfg.twin_n_cases} cases")
+    note(f"twin cohort: generating or reusing {cfg.twin_n_cases} cases")
     folder = generate_twin(paths.twin_dir(cfg.profile, cfg.seed, out), cfg, seed=cfg.seed, progress=progress)
     oracle = json.loads((folder / "oracle.json").read_text())
     df = load_manifest(folder / "manifest.csv")

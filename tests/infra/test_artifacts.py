@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from bmd.infra.artifacts import Artifact, file_stamp, inputs_key
 from bmd.infra.digests import sha256_bytes, sha256_file, sha256_files, sha256_json
 
@@ -55,10 +57,8 @@ def test_a_failed_build_leaves_no_stamp(tmp_path):
     def dies():
         raise KeyboardInterrupt
 
-    try:
+    with pytest.raises(KeyboardInterrupt):
         art.build("k2", dies)
-    except KeyboardInterrupt:
-        pass
     assert art.read_stamp() is None and not art.is_current("k1") and not art.is_current("k2")
 
 

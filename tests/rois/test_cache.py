@@ -12,6 +12,7 @@ from PIL import Image
 
 import bmd.io
 from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, LOCAL_NAMES
+from bmd.rois import cache as roi_cache
 from bmd.rois.cache import RoiCache, RoiCacheError, build_roi_cache, cache_key, load_cache
 from bmd.rois.crop import crop_rois
 from bmd.rois.geometry import RoiGeometry
@@ -90,7 +91,7 @@ def test_built_once_then_reused_without_decoding(cohort, monkeypatch):
     def no_decoding(path):
         raise AssertionError("a reused cache must not decode images")
 
-    monkeypatch.setattr(bmd.io, "read_image", no_decoding)
+    monkeypatch.setattr(roi_cache, "read_image", no_decoding)  # the name the cache decodes with
     before = stamps(first)
     again = build(cohort)
     assert not again.built and again.path == first.path and stamps(again) == before
@@ -194,11 +195,11 @@ def test_an_interrupted_build_leaves_nothing_behind(cohort, monkeypatch):
             raise KeyboardInterrupt
         return real(path)
 
-    monkeypatch.setattr(bmd.io, "read_image", dies_on_the_third)
+    monkeypatch.setattr(roi_cache, "read_image", dies_on_the_third)  # the name the cache decodes with
     with pytest.raises(KeyboardInterrupt):
         build(cohort, chunk_size=2)
     assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []
-    monkeypatch.setattr(bmd.io, "read_image", real)
+    monkeypatch.setattr(roi_cache, "read_image", real)
     assert build(cohort).built
 
 
