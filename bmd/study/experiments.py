@@ -153,9 +153,7 @@ def train_model(config, nproc: int = 1, wait: bool = True, timeout: float | None
     """
 
     run = Path(config.run_dir)
-    if is_finished(config):
-        return run
-    if config.pretrained is not None:
+    if config.pretrained is not None and not is_finished(config):
         resolve_weights(config.pretrained, config.backbone, config.batch_norm)
 
     def make() -> None:
