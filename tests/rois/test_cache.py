@@ -248,3 +248,38 @@ def test_workers_give_the_same_arrays_and_float16_storage(cohort):
     assert np.array_equal(np.asarray(two.chest), np.asarray(one.chest))
     crops = two.crops(0)
     assert crops["chest"].dtype == np.float32 and crops["chest"].min() >= 0 and crops["chest"].max() <= 1
+
+
+def test_a_live_build_of_the_same_key_is_waited_for_or_refused_in_one_line(cohort):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    from bmd.infra.locks import LockBusy
+
+    manifest, landmarks, root = cohort
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / f".rois-{cache_key(manifest, landmarks, ROI, CHEST)[:16]}.lock"
+    holder = textwrap.dedent("""
+        import sys
+        from bmd.infra.locks import hold_lock
+        with hold_lock(sys.argv[1], "a ROI cache"):
+            print("held", flush=True)
+            sys.stdin.readline()
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "held"  # another process is building this very cache
+        with pytest.raises(LockBusy, match=rf"^{lock}: the ROI cache rois-\w+ is in use by pid {proc.pid}$"):
+            build(cohort, wait=False)
+        with pytest.raises(LockBusy, match=rf"pid {proc.pid} \(gave up after waiting"):
+            build(cohort, timeout=0.2)
+        assert not [p for p in root.iterdir() if p.name.startswith("rois-")]  # nothing built meanwhile
+    finally:
+        proc.communicate("\n", timeout=60)
+    assert build(cohort).built  # the holder is gone: built here
