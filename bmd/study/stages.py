@@ -28,7 +28,7 @@ from bmd.evaluation.radiomics import radiomics_baseline
 from bmd.infra import paths, progress
 from bmd.infra.artifacts import Artifact, file_stamp, inputs_key
 from bmd.infra.atomic import write_bytes, write_text
-from bmd.infra.digests import sha256_bytes, sha256_file, sha256_files
+from bmd.infra.digests import sha256_bytes, sha256_file, sha256_files, sha256_json
 from bmd.landmarks.annotations import manifest_landmarks
 from bmd.landmarks.train import (
     LandmarkEvaluation,
@@ -120,8 +120,11 @@ def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pa
 
     saved = paths.run_dir(cfg.profile, out) / "landmarks_detected.csv"
     weights = bundle / "weights.pt"
-    inputs = {"weights": sha256_file(weights), "cases": list(map(str, cohort.manifest["case_id"])),
-              "images": list(map(str, cohort.manifest["image_path"]))}
+    cases = [str(c) for c in cohort.manifest["case_id"]]
+    inputs = {"weights": sha256_file(weights), "cases": sha256_json(cases),
+              "images": sha256_json([str(p) for p in cohort.manifest["image_path"]])}
+
+    made: list[pd.DataFrame] = []
 
     def make() -> None:
         pred = predict_landmarks(bundle, list(cohort.manifest["image_path"]))
@@ -130,14 +133,16 @@ def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pa
         detected["status"] = pred.status
         detected["width"] = pred.widths
         write_text(saved, detected.to_csv(index=False))
+        made.append(detected)
 
     def legacy() -> bool:  # the rule before stamps: newer than the weights, the same cases
         ids = pd.read_csv(saved, dtype={"case_id": str}, usecols=["case_id"])["case_id"]
-        return saved.stat().st_mtime_ns >= weights.stat().st_mtime_ns and list(ids) == inputs["cases"]
+        return saved.stat().st_mtime_ns >= weights.stat().st_mtime_ns and list(ids) == cases
 
     Artifact(saved, "the detector's landmarks", folder=False).build(inputs_key(inputs), make, inputs=inputs,
                                                                     legacy=legacy)
-    return pd.read_csv(saved, dtype={"case_id": str})
+    # the frame just computed when built here (as before stamps), else the saved one
+    return made[0] if made else pd.read_csv(saved, dtype={"case_id": str})
 
 
 def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None,
@@ -389,14 +394,17 @@ def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], ora
     folder = paths.run_dir(cfg.profile, out) / "rows"
     saved = folder / f"{table}.json"
 
+    made: list[list[dict]] = []
+
     def make() -> None:
         rows = report.results_rows(table, frames, oracle, seed=cfg.seed, reference=reference, converged=converged)
         for stale in folder.glob(f"{table}-*.json"):  # keyed copies of an earlier version
             stale.unlink(missing_ok=True)
         write_text(saved, json.dumps(rows, allow_nan=False))  # rows are JSON-clean: NaN is already None
+        made.append(rows)
 
     Artifact(saved, f"the {table} rows", folder=False).build(inputs_key(inputs), make, inputs=inputs)
-    return json.loads(saved.read_text())
+    return made[0] if made else json.loads(saved.read_text())
 
 
 #: Table 2 rows that may become the exported model, in order of preference on a tie (the paper's first).
