@@ -153,10 +153,11 @@ def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pat
     evaluation = None
     if truth is not None and evaluate:
         saved = paths.run_dir(cfg.profile, out) / "landmark_eval_test.json"
-        evaluation = _saved_evaluation(saved, bundle, cohort)
-        if evaluation is None:
-            evaluation = evaluate_landmarks(bundle, cohort.manifest_path, split="test")
-            _save_evaluation(saved, evaluation, bundle, cohort)
+        with _evaluation_artifact(saved).holding():  # one process evaluates, the others wait and read it
+            evaluation = _saved_evaluation(saved, bundle, cohort)
+            if evaluation is None:
+                evaluation = evaluate_landmarks(bundle, cohort.manifest_path, split="test")
+                _save_evaluation(saved, evaluation, bundle, cohort)
         summary.update(summary.summary_path(cfg.profile, out), landmarks=evaluation.summary())
     return LandmarkResults(evaluation, detected_landmarks(cfg, cohort, bundle, out), truth)
 
@@ -170,15 +171,20 @@ def _evaluation_key(bundle: Path, cohort: Cohort) -> str:
     return inputs_key(inputs)
 
 
+def _evaluation_artifact(path: Path) -> Artifact:
+    return Artifact(path, "the detector evaluation", folder=False)
+
+
 def _save_evaluation(path: Path, evaluation, bundle: Path, cohort: Cohort) -> None:
+    _evaluation_artifact(path).clear()
     write_text(path, json.dumps(evaluation.to_dict()))
-    Artifact(path, "the detector evaluation", folder=False).mark(_evaluation_key(bundle, cohort))
+    _evaluation_artifact(path).mark(_evaluation_key(bundle, cohort))
 
 
 def _saved_evaluation(path: Path, bundle: Path, cohort: Cohort):
     """The saved test-split evaluation when it was made from these weights and this manifest, else None."""
 
-    if not Artifact(path, "the detector evaluation", folder=False).is_current(_evaluation_key(bundle, cohort)):
+    if not _evaluation_artifact(path).is_current(_evaluation_key(bundle, cohort)):
         return None
     try:
         return LandmarkEvaluation.from_dict(json.loads(path.read_text()))

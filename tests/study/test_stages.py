@@ -240,3 +240,66 @@ def test_ground_truth_landmarks_from_a_file_keyed_by_image(tmp_path):
     np.testing.assert_array_equal(truth[list(COORD_COLUMNS)].to_numpy(), [coords[1], coords[2], coords[0],
                                                                            coords[0] + 1])
     assert stages.ground_truth_landmarks(SimpleNamespace(manifest=manifest.assign(landmarks_path=""))) is None
+
+
+def test_the_detector_is_trained_once_per_manifest_and_recipe_and_an_older_one_is_adopted(tmp_path, monkeypatch):
+    cfg = SimpleNamespace(profile="smoke", seed=0, twin_image_size=256)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("case_id\n001\n")
+    cohort = SimpleNamespace(manifest_path=manifest, manifest=pd.DataFrame({"case_id": ["001"]}))
+    trained = []
+
+    def fake_training(manifest_path, bundle, progress, log, **recipe):
+        trained.append(recipe)
+        bundle.mkdir(parents=True, exist_ok=True)
+        (bundle / "weights.pt").write_bytes(b"weights")
+        info = {"training": {"manifest": str(manifest_path), **{k: recipe[k] for k in ("epochs", "seed", "batch_size")}},
+                "model": {"input_size": recipe["input_size"]}}
+        (bundle / "config.json").write_text(json.dumps(info))
+
+    monkeypatch.setattr(stages, "train_landmark_model", fake_training)
+    bundle = stages.landmark_detector(cfg, cohort, tmp_path)
+    assert stages.landmark_detector(cfg, cohort, tmp_path) == bundle and len(trained) == 1  # reused
+    manifest.write_text("case_id\n001\n002\n")  # other training data: trained again
+    stages.landmark_detector(cfg, cohort, tmp_path)
+    assert len(trained) == 2
+    stages.landmark_detector(SimpleNamespace(profile="smoke", seed=1, twin_image_size=256), cohort, tmp_path)
+    assert len(trained) == 3 and trained[-1]["seed"] == 1  # another recipe: trained again
+    bundle.with_name(f".{bundle.name}.artifact.json").unlink()  # a detector made before stamps ...
+    stages.landmark_detector(SimpleNamespace(profile="smoke", seed=1, twin_image_size=256), cohort, tmp_path)
+    assert len(trained) == 3  # ... whose config matches: adopted
+    summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
+    assert summary["artifacts"]["landmark_model"] == "runs/smoke/landmark_model"
+
+
+def test_the_bundle_is_exported_again_only_when_the_run_or_the_detector_changed(tmp_path, monkeypatch):
+    cfg = SimpleNamespace(profile="smoke", seed=0)
+    root = tmp_path / "runs" / "smoke"
+    run = root / "models" / "multi_roi-vgg16"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"model")
+    (root / "landmark_model").mkdir()
+    (root / "landmark_model" / "weights.pt").write_bytes(b"detector")
+    frame = _predictions().assign(split="val")
+    table2 = SimpleNamespace(runs={"multi_roi": run}, frames={"multi_roi": frame})
+    exported = []
+
+    def fake_export(run_dir, detector, dest):
+        exported.append(run_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "bundle.json").write_text("{}")
+
+    monkeypatch.setattr(stages, "export_bundle", fake_export)
+    dest = stages.export_model(cfg, table2, tmp_path)
+    assert dest == root / "bundles" / "multi_roi"
+    stages.export_model(cfg, table2, tmp_path)
+    assert len(exported) == 1  # nothing changed
+    (run / "best.pt").write_bytes(b"retrained model")
+    stages.export_model(cfg, table2, tmp_path)
+    assert len(exported) == 2
+    (root / "landmark_model" / "weights.pt").write_bytes(b"retrained detector")
+    stages.export_model(cfg, table2, tmp_path)
+    assert len(exported) == 3
+    dest.with_name(f".{dest.name}.artifact.json").unlink()  # exported before stamps, after both weights
+    stages.export_model(cfg, table2, tmp_path)
+    assert len(exported) == 3
