@@ -82,7 +82,7 @@ def hold_lock(path: str | os.PathLike, what: str, *, wait: bool = True, timeout:
     waited for (``wait``), for at most ``timeout`` seconds (default :data:`DEFAULT_TIMEOUT`), with a
     progress line at most every ``report_every`` seconds; then, or at once when ``wait`` is False,
     ``error`` is raised with one line: ``busy(pid)`` if given, else "<lock file>: <what> is in use by
-    pid N" (plus how long it waited). ``handover``/``handover_key``: an environment variable whose value
+    pid N" (after a timeout, with how long it waited for which lock file). ``handover``/``handover_key``: an environment variable whose value
     ``"<pid>:<handover_key>"`` says that pid holds the lock for this process (see the module docstring).
     """
     path = Path(path)
@@ -112,7 +112,7 @@ def hold_lock(path: str | os.PathLike, what: str, *, wait: bool = True, timeout:
             if not wait:
                 raise error(message(owner))
             if waited >= limit:
-                raise error(f"{message(owner)} (gave up after waiting {progress.elapsed(waited)})")
+                raise error(f"{message(owner)} (gave up after waiting {progress.elapsed(waited)} for {path})")
             # a short wait (another writer finishing a small file) is not worth a line
             due = waited >= min(1.0, report_every) if last_report is None else \
                 time.monotonic() - last_report >= report_every

@@ -163,7 +163,7 @@ def run_lock(run_dir: str | Path, wait: bool = False, timeout: float | None = No
     """
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    with hold_lock(folder / LOCK_FILE, f"run folder {folder}", wait=wait, timeout=timeout, error=RunFolderBusy,
+    with hold_lock(folder / LOCK_FILE, f"the training run in {folder}", wait=wait, timeout=timeout, error=RunFolderBusy,
                    busy=lambda pid: f"run folder {folder} is in use by pid {pid or '?'}",
                    handover=_LOCK_ENV, handover_key=str(folder.resolve())) as fd:
         yield fd

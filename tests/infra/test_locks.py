@@ -75,6 +75,7 @@ def test_waiting_gives_up_after_the_timeout_naming_the_lock_what_and_the_pid(tmp
             pass
         message = str(info.value)
         assert message.startswith(f"busy: pid {proc.pid} (gave up after waiting") and "\n" not in message
+        assert message.endswith(f" for {tmp_path / 'x.lock'})")  # the lock file it waited for
     finally:
         proc.kill()
         proc.wait(timeout=30)
