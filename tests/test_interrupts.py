@@ -185,7 +185,9 @@ def test_ddp_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(cache, t
         with pytest.raises(RunFolderBusy, match=f"run folder .* is in use by pid {holder}$"):
             launch(cfg)
         with pytest.raises(RunFolderBusy, match=f"in use by pid {holder}"):
-            train_model(cfg)
+            train_model(cfg, wait=False)
+        with pytest.raises(RunFolderBusy, match=f"in use by pid {holder} \\(gave up after waiting"):
+            train_model(cfg, timeout=0.5)  # the study's owners wait for a live run, up to a timeout
 
         def mid_epoch():  # one epoch checkpointed, and some (not all) batches of a later one done
             done, bar = _epochs_done(run), _last_bar(stderr)
@@ -432,7 +434,7 @@ def test_killed_twin_generation_is_not_complete_and_is_regenerated(twin, tmp_pat
     assert not _complete(out)
 
     generate_twin(out, _profile(), workers=1, progress=False)  # the dead holder's lock is taken over
-    assert _complete(out) and not (out / ".twin.lock").exists()
+    assert _complete(out) and (out / ".twin.lock").read_text() == ""  # released: no pid left in it
     assert not list(out.glob("**/.*.tmp"))
     for name in ("manifest.csv", "landmarks.csv", "latents.csv"):
         assert (out / name).read_bytes() == (twin / name).read_bytes(), name
@@ -441,7 +443,7 @@ def test_killed_twin_generation_is_not_complete_and_is_regenerated(twin, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_second_twin_generation_on_a_busy_folder_refuses(tmp_path):
+def test_a_second_twin_generation_on_a_busy_folder_refuses_or_waits(tmp_path):
     from bmd.data.twin.cohort import TwinError, generate_twin
 
     out = tmp_path / "twin"
@@ -449,7 +451,9 @@ def test_a_second_twin_generation_on_a_busy_folder_refuses(tmp_path):
     try:
         _until(lambda: _images(out) >= 1, proc, "the first generation was writing")
         with pytest.raises(TwinError, match=rf"another twin generation \(pid {proc.pid}\) is writing here"):
-            generate_twin(out, _profile(), workers=1, progress=False)
+            generate_twin(out, _profile(), workers=1, progress=False, wait=False)
+        generate_twin(out, _profile(), workers=1, progress=False)  # waits for the first, then reuses its cohort
+        assert _complete(out)
         stdout, stderr = proc.communicate(timeout=300)
     finally:
         _kill_group(proc)  # and anything of its group left behind

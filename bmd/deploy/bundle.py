@@ -48,7 +48,6 @@ place, so ``dest`` is either the old bundle, absent, or the complete new one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -71,6 +70,7 @@ from bmd.deploy.model_card import render_model_card
 from bmd.evaluation.metrics import patient_bootstrap_weights
 from bmd.evaluation.screening import Recalibration
 from bmd.infra.atomic import dir_mode
+from bmd.infra.digests import sha256_file
 from bmd.landmarks.train import LandmarkModel, load_landmark_model
 from bmd.model.dataset import FAMILIES, TargetScaler
 from bmd.model.networks import MULTI_ROI_KINDS, ROIModel, build_backbone, build_multi_roi
@@ -133,11 +133,6 @@ class Bundle:
 
 
 # ----------------------------------------------------------------------------------------------- export
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -291,7 +286,7 @@ def _training_data(manifest: str | os.PathLike) -> dict:
     """
     path = Path(manifest)
     out: dict = {"source": "site", "manifest": path.name,
-                 "manifest_sha256": _sha256(path) if path.is_file() else None}
+                 "manifest_sha256": sha256_file(path) if path.is_file() else None}
     try:
         oracle = json.loads((path.parent / "oracle.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -510,7 +505,7 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
         info = json.loads(json.dumps(strip_paths(info), default=float))  # plain JSON (NaN kept as NaN)
 
         (tmp / CARD_FILE).write_text(render_model_card(info), encoding="utf-8")
-        info["files"] = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        info["files"] = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                          for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=1, default=float), encoding="utf-8")
         _replace_dir(tmp, dest)
@@ -567,7 +562,7 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
             p = root / name
             if not p.is_file():
                 raise BundleError(f"{root}: {name} is missing")
-            if p.stat().st_size != rec.get("size") or _sha256(p) != rec.get("sha256"):
+            if p.stat().st_size != rec.get("size") or sha256_file(p) != rec.get("sha256"):
                 raise BundleError(f"{root}: {name} does not match its recorded checksum (corrupt or edited)")
     try:
         net = _build_network(kind, model_info["backbone"], float(model_info["width"]), bool(model_info["batch_norm"]))

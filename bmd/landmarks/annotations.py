@@ -95,6 +95,45 @@ def read_landmark_csv(path: str | os.PathLike) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def manifest_landmarks(manifest: pd.DataFrame) -> pd.DataFrame | None:
+    """The ground-truth landmarks of a manifest's cases: ``case_id`` + the 32 columns, in manifest order.
+
+    The one reader of a manifest's landmark files (column ``landmarks_path``, as
+    :func:`bmd.data.manifest.load_manifest` resolves it). A file is matched by ``case_id`` when it has
+    that column, else by ``image`` (the path as written in the manifest, or failing that the file name).
+    Cases without a landmark file or a matching row are left out; None when no case has a file.
+    """
+    if "landmarks_path" not in manifest.columns:
+        return None
+    files = [p for p in dict.fromkeys(manifest["landmarks_path"]) if isinstance(p, str) and p]
+    if not files:
+        return None
+    rows: dict[str, np.ndarray] = {}
+    for path in files:
+        table = read_landmark_csv(path)
+        coords = table[list(COORD_COLUMNS)].to_numpy(dtype=np.float64)
+        cases = manifest[manifest["landmarks_path"] == path]
+        if "case_id" in table.columns:
+            index: dict[str, int] = {}
+            for i, c in enumerate(table["case_id"]):
+                index.setdefault(str(c), i)  # a repeated case: its first row
+            keys = [str(c) for c in cases["case_id"]]
+        else:
+            index = {}
+            for i, name in enumerate(table["image"].astype(str)):
+                index.setdefault(name, i)
+                index.setdefault(Path(name).name, i)
+            images = [str(p) for p in cases["image"]] if "image" in cases.columns else []
+            keys = [p if p in index else Path(p).name for p in images]
+        for case_id, key in zip(cases["case_id"], keys, strict=False):
+            if key in index:
+                rows.setdefault(str(case_id), coords[index[key]])
+    present = [str(c) for c in manifest["case_id"] if str(c) in rows]
+    out = pd.DataFrame([rows[c] for c in present], columns=list(COORD_COLUMNS), dtype=np.float64)
+    out.insert(0, "case_id", present)
+    return out
+
+
 def read_labelme(path: str | os.PathLike, corner_origin: bool = True) -> pd.DataFrame:
     """Read one Labelme JSON file or a folder of them (one image per file, ``case_id`` = file stem)."""
     path = Path(path)

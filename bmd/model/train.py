@@ -60,6 +60,7 @@ from bmd.infra.atomic import atomic_path, write_bytes
 from bmd.infra.errors import OneLineParser as _Parser
 from bmd.infra.errors import describe_error
 from bmd.infra.jsonvalues import finite_or_null
+from bmd.infra.locks import LockBusy, hold_lock
 from bmd.model.dataset import Augment, RoiDataset, TargetScaler, select_family
 from bmd.model.networks import (
     MULTI_ROI_KINDS,
@@ -141,79 +142,31 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
 
 LOCK_FILE = ".run.lock"
 _LOCK_ENV = "BMD_RUN_LOCK"  # "<pid>:<run folder>": a launcher holding the folder's lock for its workers
-_HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]; the lock is re-entrant within a process
 
 
 class TrainConfigError(ValueError):
     """A training config JSON that cannot be used; the message is one line naming the file."""
 
 
-class RunFolderBusy(RuntimeError):
+class RunFolderBusy(LockBusy):
     """Another live process is training in the same run folder."""
 
 
-def _try_flock(fd: int) -> bool | None:
-    """True: locked; False: held by another open file; None: the file system has no locks."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return None
-    return True
-
-
-def _lock_owner(fd: int) -> int | None:
-    """The pid written in a held lock file (waits briefly: the holder writes it just after locking)."""
-    for _ in range(20):
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if text.isdigit():
-            return int(text)
-        time.sleep(0.05)
-    return None
-
-
 @contextlib.contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[int]:
+def run_lock(run_dir: str | Path, wait: bool = False, timeout: float | None = None) -> Iterator[int]:
     """Hold the exclusive lock of a run folder (created if needed); yields the lock file's descriptor.
 
     Raises :class:`RunFolderBusy` ("run folder X is in use by pid N") when another live process holds
-    it. Re-entrant within a process; a worker whose launcher holds the lock for it (``BMD_RUN_LOCK``)
+    it: at once, or with ``wait`` after waiting up to ``timeout`` seconds for it (:func:`bmd.infra.locks.hold_lock`).
+    Re-entrant within a process; a worker whose launcher holds the lock for it (``BMD_RUN_LOCK``)
     goes ahead. The lock is released on exit, and by the kernel when the holder dies.
     """
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    key = str(folder.resolve())
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield _HELD[key][0]
-        finally:
-            _HELD[key][1] -= 1
-        return
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        owned = _try_flock(fd)
-        if owned is False:
-            owner = _lock_owner(fd)
-            if os.environ.get(_LOCK_ENV) != f"{owner}:{key}":
-                raise RunFolderBusy(f"run folder {folder} is in use by pid {owner or '?'}")
-        elif owned:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _HELD[key] = [fd, 1]
-        try:
-            yield fd
-        finally:
-            del _HELD[key]
-            if owned:
-                os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)
+    with hold_lock(folder / LOCK_FILE, f"the training run in {folder}", wait=wait, timeout=timeout, error=RunFolderBusy,
+                   busy=lambda pid: f"run folder {folder} is in use by pid {pid or '?'}",
+                   handover=_LOCK_ENV, handover_key=str(folder.resolve())) as fd:
+        yield fd
 
 
 def _hold_run_folder(stack: contextlib.ExitStack, run_dir: Path, rank: int, device: torch.device) -> None:

@@ -25,7 +25,8 @@ from the manifest's, or (``verify="full"``, the default) whose file checksums do
 **Atomic builds.** A build writes into a hidden temporary folder beside the final one, fsyncs it and
 renames it into place with ``os.replace``; a killed build leaves only the hidden folder, which is
 never opened as a cache and is removed by the next build of the same key. Builds of one key are
-serialised with a file lock, so concurrent callers build once.
+serialised with :func:`bmd.infra.locks.hold_lock`, so concurrent callers build once: a second caller
+waits for the first (with progress lines) and reuses its cache.
 
 **Work.** Each image is decoded once (:func:`bmd.io.read_image`); cases are processed in chunks
 (one batched resampling per chunk, see :mod:`bmd.rois.geometry`) by worker processes (started from a
@@ -35,14 +36,13 @@ memory-mapped output arrays. Workers end with the build that started them, even 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,7 +54,10 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import COORD_COLUMNS, LOCAL_NAMES, N_LANDMARKS, ROI_NAMES
+from bmd.infra.artifacts import inputs_key
 from bmd.infra.atomic import dir_mode
+from bmd.infra.digests import sha256_bytes, sha256_file
+from bmd.infra.locks import hold_lock
 from bmd.infra.processes import exit_with
 from bmd.io import read_image
 from bmd.landmarks.data import landmarks_for_manifest
@@ -189,7 +192,7 @@ class RoiCache:
                 raise bad("its case ids differ from the manifest's")
             if verify == "full":
                 for name in _FILES:
-                    if _sha256(folder / name) != files[name]["sha256"]:
+                    if sha256_file(folder / name) != files[name]["sha256"]:
                         raise bad(f"{name} does not match its checksum (corrupt)")
         except (KeyError, TypeError) as exc:
             raise bad(f"incomplete meta.json ({exc.__class__.__name__}: {exc})") from None
@@ -202,11 +205,6 @@ def load_cache(folder: str | os.PathLike, key: str | None = None, verify: str = 
         return RoiCache.open(folder, key=key, verify=verify)
     except RoiCacheError:
         return None
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- key
@@ -301,7 +299,7 @@ def _key_parts(manifest: pd.DataFrame, landmarks: LandmarkSource, roi_size: int,
         points, landmark_digest = None, None
     else:
         points = landmark_array(manifest, landmarks)
-        landmark_digest = hashlib.sha256(np.ascontiguousarray(np.round(points, 4), dtype="<f8").tobytes()).hexdigest()
+        landmark_digest = sha256_bytes(np.ascontiguousarray(np.round(points, 4), dtype="<f8").tobytes())
     parts = {
         "format": CACHE_FORMAT, "geometry_version": GEOMETRY_VERSION,
         "geometry": (geometry or DEFAULT_GEOMETRY).as_dict(), "roi_size": int(roi_size),
@@ -309,8 +307,7 @@ def _key_parts(manifest: pd.DataFrame, landmarks: LandmarkSource, roi_size: int,
         "landmark_source": source or ("manifest" if landmarks is None else "given"),
         "landmark_digest": landmark_digest,
     }
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-    return key, parts, points
+    return inputs_key(parts), parts, points
 
 
 # -------------------------------------------------------------------------------------------- build
@@ -378,26 +375,11 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock, released when the holder exits or dies (no stale locks)."""
-    try:
-        import fcntl
-    except ImportError:  # not on POSIX: no locking
-        yield
-        return
-    with open(path, "a") as fh:
-        # a file system without locks: build anyway (the rename is still atomic)
-        with contextlib.suppress(OSError):
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
 def build_roi_cache(manifest: pd.DataFrame, landmarks: LandmarkSource, cache_dir: str | os.PathLike,
                     roi_size: int, chest_size: int, *, source: str | None = None,
                     geometry: RoiGeometry | None = None, dtype: str = "uint8", workers: int | None = None,
-                    chunk_size: int = 16, progress: bool = False, force: bool = False, verify: str = "full"
-                    ) -> RoiCache:
+                    chunk_size: int = 16, progress: bool = False, force: bool = False, verify: str = "full",
+                    wait: bool = True, timeout: float | None = None) -> RoiCache:
     """Crop every case of ``manifest`` once into ``<cache_dir>/rois-<key16>/``, or reuse a verified cache.
 
     ``manifest``: rows with ``case_id`` and ``image_path`` (absolute, as :func:`bmd.data.manifest.load_manifest`
@@ -408,7 +390,8 @@ def build_roi_cache(manifest: pd.DataFrame, landmarks: LandmarkSource, cache_dir
     ``"ground_truth"``, a detector's id). ``workers``: processes (default: the CPU count; 1 runs
     in-process). A landmark function always runs in this process (batched, with its own threads,
     e.g. a detector on a GPU), so it need not be picklable. ``force``: rebuild even when a valid cache exists. ``verify``: how an existing cache is
-    checked (``"full"``: checksums too; ``"quick"``: sizes, shapes and ids).
+    checked (``"full"``: checksums too; ``"quick"``: sizes, shapes and ids). ``wait``/``timeout``: how a
+    live build of the same key in another process is waited for (:func:`bmd.infra.locks.hold_lock`).
 
     Returns the :class:`RoiCache` (``built`` tells whether crops were computed). Raises
     :class:`RoiCacheError` naming the case when an image cannot be read or its landmarks are degenerate.
@@ -425,7 +408,8 @@ def build_roi_cache(manifest: pd.DataFrame, landmarks: LandmarkSource, cache_dir
         if cached is not None:
             return cached
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root / f".{_PREFIX}{tag}.lock"):
+    # a live build of the same key is waited for (then its cache is reused); a dead one's lock is taken over
+    with hold_lock(root / f".{_PREFIX}{tag}.lock", f"the ROI cache {final.name}", wait=wait, timeout=timeout):
         if not force:  # another process may have finished the same build while we waited
             cached = _reuse(final, key, ids, verify)
             if cached is not None:
@@ -526,7 +510,7 @@ def _finish(tmp: Path, key: str, parts: dict, ids: list[str], used: np.ndarray, 
         "landmark_source": source, "inputs": parts,
         "shapes": {k: list(a.shape) for k, a in arrays.items()},
         "dtypes": {k: str(a.dtype) for k, a in arrays.items()},
-        "files": {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in _FILES},
+        "files": {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)} for name in _FILES},
         "versions": {"numpy": np.__version__, "torch": torch.__version__},
     }
     del arrays

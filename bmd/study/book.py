@@ -19,6 +19,7 @@ import yaml
 
 from bmd.data.manifest import load_manifest
 from bmd.infra import paths, progress
+from bmd.infra.locks import hold_lock
 from bmd.study import summary
 from bmd.study.config import Profile, load_profile
 
@@ -178,6 +179,21 @@ def build_html(build_src: Path, out_root: Path) -> Path:
     return out_root / "_build" / "html"
 
 
+BOOK_LOCK = ".book.lock"
+"""The lock file (in ``<out>/_build``) a book build holds while it runs."""
+
+
+def book_lock(root: Path, wait: bool = False, timeout: float | None = None):
+    """The lock of the book build in ``root`` (:func:`bmd.infra.locks.hold_lock`).
+
+    A second build on the same folder would delete the first one's working folder, so by default it is
+    refused at once with :class:`BookError` ("another book build (pid N) is running in ROOT"), before
+    anything is touched; with ``wait`` it waits for the first to finish.
+    """
+    return hold_lock(root / "_build" / BOOK_LOCK, f"the book in {root}", wait=wait, timeout=timeout,
+                     error=BookError, busy=lambda pid: f"another book build (pid {pid or '?'}) is running in {root}")
+
+
 def build_book(profile: str | Path = "quick", manifest: str | Path | None = None, seed: int | None = None,
                out: str | Path | None = None, quiet: bool = False) -> Path:
     """Execute the chapters for a profile and build the book; returns the HTML folder.
@@ -187,6 +203,7 @@ def build_book(profile: str | Path = "quick", manifest: str | Path | None = None
     site's own data instead of the twin cohort; ``out`` is where the run folder, executed notebooks and
     HTML go (default: the repository root). Progress goes to stdout, one line per step and per stage
     (a bar as well on a terminal), and to ``<out>/_build/book.log``; ``quiet`` keeps only the log.
+    A second build on the same ``out`` while one runs is refused at once (:func:`book_lock`, one line).
     """
 
     start = time.perf_counter()
@@ -195,6 +212,12 @@ def build_book(profile: str | Path = "quick", manifest: str | Path | None = None
 
         load_manifest(manifest)  # a bad manifest is refused (ManifestError) before anything is written
     root = paths.out_root(out)
+    with book_lock(root):  # before anything in root is deleted or rewritten
+        return _build_book(cfg, manifest, root, quiet, start)
+
+
+def _build_book(cfg: Profile, manifest: str | Path | None, root: Path, quiet: bool, start: float) -> Path:
+    """:func:`build_book` once the folder's lock is held."""
     summary_file = summary.summary_path(cfg.profile, root)
     summary_file.unlink(missing_ok=True)  # every build writes its own summary from scratch
     build_src = root / "_build" / "src"

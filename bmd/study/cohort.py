@@ -41,7 +41,8 @@ def load_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Pat
     """Load a site's ``manifest``, or generate/reuse the twin cohort of ``cfg`` under ``out``.
 
     A manifest without a ``split`` column is split by patient (deterministic in ``cfg.seed``) with the
-    profile's proportions.
+    profile's proportions. Another process generating the same twin cohort is waited for, and its cohort
+    reused. ``progress``: a bar over the images while the twin is generated.
     """
 
     if manifest is not None:

@@ -9,7 +9,8 @@
   model), computed from saved predictions without retraining.
 
 A :class:`ModelSpec` plus a profile gives a :class:`bmd.model.train.TrainConfig`; :func:`train_model`
-launches the DDP entry point, or reuses a finished run whose config is identical.
+launches the DDP entry point, or reuses a finished run whose config is identical (its key is stamped in the
+run folder, :mod:`bmd.infra.artifacts`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bmd.infra.artifacts import Artifact, inputs_key
 from bmd.model.pretrained import resolve_weights
-from bmd.model.train import TrainConfig, launch, run_lock
+from bmd.model.train import LOCK_FILE, TrainConfig, launch, run_lock
 from bmd.study.config import Profile
 
 BACKBONES_TABLE1: tuple[str, ...] = ("vgg11", "resnet18", "resnet34", "resnet50", "vgg16")
@@ -105,41 +107,65 @@ def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str
     )
 
 
-def is_finished(config) -> bool:
-    """True when the run folder holds metrics from exactly this config (nothing to retrain)."""
+def run_artifact(config) -> Artifact:
+    """The training run of ``config`` as an artifact (:mod:`bmd.infra.artifacts`), locked by its run folder's lock."""
     run = Path(config.run_dir)
+    return Artifact(run, f"training run {run.name}", lock=run / LOCK_FILE)
+
+
+def run_key(config) -> str:
+    """The key of a training run: its whole config (the ROI cache folder is itself named by its content key)."""
+    return inputs_key(dataclasses.asdict(config))
+
+
+def _has_results(run: Path) -> bool:
+    return (run / "metrics.json").is_file() and (run / "predictions.csv").is_file()
+
+
+def _same_config(config) -> bool:
+    """Whether the run folder's ``config.json`` is exactly ``config`` (a run of it, finished or killed)."""
     try:
-        saved = json.loads((run / "config.json").read_text())
+        return json.loads((Path(config.run_dir) / "config.json").read_text()) == dataclasses.asdict(config)
     except (OSError, ValueError):
         return False
-    return saved == dataclasses.asdict(config) and (run / "metrics.json").is_file() and (
-        run / "predictions.csv").is_file()
 
 
-def train_model(config, nproc: int = 1) -> Path:
+def is_finished(config) -> bool:
+    """True when the run folder holds the results of exactly this config (nothing to retrain).
+
+    A run stamped by an earlier version (no stamp, the same ``config.json`` and its results) counts too.
+    """
+    run = Path(config.run_dir)
+    artifact = run_artifact(config)
+    if artifact.is_current(run_key(config)):
+        return _has_results(run)
+    return artifact.read_stamp() is None and _same_config(config) and _has_results(run)
+
+
+def train_model(config, nproc: int = 1, wait: bool = True, timeout: float | None = None) -> Path:
     """Train through the DDP entry point unless an identical finished run exists; returns the run folder.
 
-    A killed run of the same config resumes from its checkpoint. Raises :class:`bmd.model.train.RunFolderBusy`
-    when another process is training in the folder, and :class:`bmd.model.pretrained.PretrainedWeightsError`
-    (one line, before anything starts) when the config's pretrained weights file is missing.
+    A killed run of the same config resumes from its checkpoint. A live process training in the folder
+    is waited for (up to ``timeout`` seconds; its run is then reused when it is this config's); with
+    ``wait=False``, or after the timeout, :class:`bmd.model.train.RunFolderBusy` is raised. Raises
+    :class:`bmd.model.pretrained.PretrainedWeightsError` (one line, before anything starts) when the
+    config's pretrained weights file is missing.
     """
 
     run = Path(config.run_dir)
-    if is_finished(config):
-        return run
-    if config.pretrained is not None:
-
+    if config.pretrained is not None and not is_finished(config):
         resolve_weights(config.pretrained, config.backbone, config.batch_norm)
-    # the folder's lock before anything is deleted: a run training there refuses us (RunFolderBusy)
-    with run_lock(run):
-        if is_finished(config):  # finished between the check above and taking the lock
-            return run
+
+    def make() -> None:
         # a checkpoint is resumed only when it belongs to this very config (a killed run); else start afresh
-        try:
-            same = json.loads((run / "config.json").read_text()) == dataclasses.asdict(config)
-        except (OSError, ValueError):
-            same = False
+        same = _same_config(config)
         if not same:
             for name in ("checkpoint.pt", "best.pt", "metrics.json", "predictions.csv", "log.csv"):
                 (run / name).unlink(missing_ok=True)
-        return launch(config, nproc=nproc, resume=same and (run / "checkpoint.pt").is_file())
+        launch(config, nproc=nproc, resume=same and (run / "checkpoint.pt").is_file())
+
+    # the folder's lock before anything is deleted: a run training there is waited for (or refuses us)
+    run_artifact(config).build(
+        run_key(config), make, inputs=dataclasses.asdict(config), valid=lambda: _has_results(run),
+        legacy=lambda: _same_config(config), lock=lambda: run_lock(run, wait=wait, timeout=timeout))
+    return run

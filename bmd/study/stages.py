@@ -1,13 +1,15 @@
 """The study's expensive stages, each built once and reused: the landmark detector and the ROI cache.
 
 Notebooks call one function per stage; each records its time and its numbers in ``summary.json``
-and returns what the next stage needs. A stage reuses its earlier output when that output was made
-from the same inputs (same manifest, recipe and sizes), so a rebuild with nothing changed retrains
-nothing.
+and returns what the next stage needs. Each artifact (the detector, its landmarks and evaluation, the ROI
+cache, a training run, the exported bundle, a table's rows) is reused while the key of its inputs is
+unchanged (:mod:`bmd.infra.artifacts`), so a rebuild with nothing changed retrains nothing; a process
+building the same artifact is waited for, and its result reused.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -24,8 +26,10 @@ from bmd.evaluation.metrics import pearson_r
 from bmd.evaluation.predictions import ensemble
 from bmd.evaluation.radiomics import radiomics_baseline
 from bmd.infra import paths, progress
+from bmd.infra.artifacts import Artifact, file_stamp, inputs_key
 from bmd.infra.atomic import write_bytes, write_text
-from bmd.landmarks.annotations import read_landmark_csv
+from bmd.infra.digests import sha256_bytes, sha256_file, sha256_files, sha256_json
+from bmd.landmarks.annotations import manifest_landmarks
 from bmd.landmarks.train import (
     LandmarkEvaluation,
     evaluate_landmarks,
@@ -42,24 +46,47 @@ from bmd.study.experiments import ENSEMBLES, table_models, train_config, train_m
 
 
 def landmark_detector(cfg: Profile, cohort: Cohort, out: str | Path | None = None) -> Path:
-    """Train the landmark detector on the cohort's train split (or reuse it); returns the bundle folder."""
+    """Train the landmark detector on the cohort's train split (or reuse it); returns the bundle folder.
+
+    Reused while its key (:func:`detector_inputs`) is unchanged; a process training the same detector is
+    waited for and its detector reused.
+    """
 
     run = paths.run_dir(cfg.profile, out)
     bundle = run / "landmark_model"
     recipe = recipe_for_profile(cfg)
     start = time.perf_counter()
-    if _bundle_matches(bundle, cohort.manifest_path, recipe):
-        progress.note("landmark detector: reused")
-    else:
+    inputs = detector_inputs(cohort, recipe)
+
+    def make() -> None:
         progress.note(f"training the landmark detector ({recipe['epochs']} epochs)")
         train_landmark_model(cohort.manifest_path, bundle, progress=False, log=progress.note, **recipe)
+
+    built = Artifact(bundle, "the landmark detector").build(
+        inputs_key(inputs), make, inputs=inputs, valid=lambda: (bundle / "weights.pt").is_file(),
+        legacy=lambda: _bundle_matches(bundle, cohort.manifest_path, recipe))
+    if not built:
+        progress.note("landmark detector: reused")
     path = summary.summary_path(cfg.profile, out)
     summary.record_timing(path, "landmarks", time.perf_counter() - start)
     summary.update(path, artifacts={"landmark_model": str(bundle.relative_to(paths.out_root(out)))})
     return bundle
 
 
+def _truth_files(cohort: Cohort) -> list[str]:
+    """The manifest's ground-truth landmark files."""
+    manifest = cohort.manifest
+    return sorted(set(manifest["landmarks_path"]) - {""}) if "landmarks_path" in manifest else []
+
+
+def detector_inputs(cohort: Cohort, recipe: dict) -> dict:
+    """What the detector is trained from: the manifest and its landmark files (content digests) and the recipe."""
+    return {"manifest": [str(cohort.manifest_path), sha256_file(cohort.manifest_path)],
+            "landmarks": [[p, sha256_file(p)] for p in _truth_files(cohort)], "recipe": recipe}
+
+
 def _bundle_matches(bundle: Path, manifest: Path, recipe: dict) -> bool:
+    """The rule before stamps: a detector trained on this manifest path with this recipe."""
     try:
         info = json.loads((bundle / "config.json").read_text())
     except (OSError, ValueError):
@@ -80,34 +107,42 @@ class LandmarkResults:
 
 
 def ground_truth_landmarks(cohort: Cohort) -> pd.DataFrame | None:
-    """The manifest's ground-truth landmarks (case_id + 32 columns), or None when it has none."""
-    df = cohort.manifest
-    if "landmarks_path" not in df.columns or (df["landmarks_path"] == "").all():
-        return None
+    """The manifest's ground-truth landmarks (case_id + 32 columns), or None when it has none.
 
-    frames = [read_landmark_csv(p) for p in sorted(set(df["landmarks_path"]) - {""})]
-    table = pd.concat(frames).drop_duplicates("case_id").set_index("case_id")
-    present = [c for c in df["case_id"] if c in table.index]
-    return table.loc[present, list(COORD_COLUMNS)].reset_index()
+    Landmark files keyed by ``case_id`` or by ``image`` alike (:func:`bmd.landmarks.annotations.manifest_landmarks`).
+    """
+    return manifest_landmarks(cohort.manifest)
 
 
 def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None) -> pd.DataFrame:
-    """Detector landmarks for every case (case_id, 32 coordinates, status, width), computed once per bundle."""
+    """Detector landmarks for every case (case_id, 32 coordinates, status, width), computed once per detector
+    and list of images."""
 
     saved = paths.run_dir(cfg.profile, out) / "landmarks_detected.csv"
     weights = bundle / "weights.pt"
-    if saved.is_file() and saved.stat().st_mtime_ns >= weights.stat().st_mtime_ns:
-        detected = pd.read_csv(saved, dtype={"case_id": str})
-        if list(detected["case_id"]) == list(cohort.manifest["case_id"]):
-            return detected
-    pred = predict_landmarks(bundle, list(cohort.manifest["image_path"]))
-    detected = pd.DataFrame(pred.points.reshape(len(cohort.manifest), -1), columns=list(COORD_COLUMNS))
-    detected.insert(0, "case_id", cohort.manifest["case_id"].to_numpy())
-    detected["status"] = pred.status
-    detected["width"] = pred.widths
+    cases = [str(c) for c in cohort.manifest["case_id"]]
+    inputs = {"weights": sha256_file(weights), "cases": sha256_json(cases),
+              "images": sha256_json([str(p) for p in cohort.manifest["image_path"]])}
 
-    write_text(saved, detected.to_csv(index=False))
-    return detected
+    made: list[pd.DataFrame] = []
+
+    def make() -> None:
+        pred = predict_landmarks(bundle, list(cohort.manifest["image_path"]))
+        detected = pd.DataFrame(pred.points.reshape(len(cohort.manifest), -1), columns=list(COORD_COLUMNS))
+        detected.insert(0, "case_id", cohort.manifest["case_id"].to_numpy())
+        detected["status"] = pred.status
+        detected["width"] = pred.widths
+        write_text(saved, detected.to_csv(index=False))
+        made.append(detected)
+
+    def legacy() -> bool:  # the rule before stamps: newer than the weights, the same cases
+        ids = pd.read_csv(saved, dtype={"case_id": str}, usecols=["case_id"])["case_id"]
+        return saved.stat().st_mtime_ns >= weights.stat().st_mtime_ns and list(ids) == cases
+
+    Artifact(saved, "the detector's landmarks", folder=False).build(inputs_key(inputs), make, inputs=inputs,
+                                                                    legacy=legacy)
+    # the frame just computed when built here (as before stamps), else the saved one
+    return made[0] if made else pd.read_csv(saved, dtype={"case_id": str})
 
 
 def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None,
@@ -118,53 +153,43 @@ def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pat
     evaluation = None
     if truth is not None and evaluate:
         saved = paths.run_dir(cfg.profile, out) / "landmark_eval_test.json"
-        evaluation = _saved_evaluation(saved, bundle, cohort)
-        if evaluation is None:
-            evaluation = evaluate_landmarks(bundle, cohort.manifest_path, split="test")
-            _save_evaluation(saved, evaluation, bundle, cohort)
+        with _evaluation_artifact(saved).holding():  # one process evaluates, the others wait and read it
+            evaluation = _saved_evaluation(saved, bundle, cohort)
+            if evaluation is None:
+                evaluation = evaluate_landmarks(bundle, cohort.manifest_path, split="test")
+                _save_evaluation(saved, evaluation, bundle, cohort)
         summary.update(summary.summary_path(cfg.profile, out), landmarks=evaluation.summary())
     return LandmarkResults(evaluation, detected_landmarks(cfg, cohort, bundle, out), truth)
 
 
-def _evaluation_key(bundle: Path, cohort: Cohort) -> dict:
-    """What a saved detector evaluation was computed from: the weights, the manifest and its landmark
-    files (path, mtime, size), and the landmark code that scores them."""
-    def stamp(path: str | Path) -> list:
-        st = Path(path).stat()
-        return [str(path), st.st_mtime_ns, st.st_size]
-
-    manifest = cohort.manifest
-    truth = sorted(set(manifest["landmarks_path"]) - {""}) if "landmarks_path" in manifest else []
-    code = _digest(sorted((paths.package_dir() / "landmarks").glob("*.py")))
-    return {"weights": stamp(bundle / "weights.pt"), "manifest": stamp(cohort.manifest_path),
-            "landmarks": [stamp(p) for p in truth], "code": code.hexdigest()}
+def _evaluation_key(bundle: Path, cohort: Cohort) -> str:
+    """The key of a saved detector evaluation: the weights, the manifest and its landmark files
+    (path, size, mtime), and the landmark code that scores them."""
+    inputs = {"weights": file_stamp(bundle / "weights.pt"), "manifest": file_stamp(cohort.manifest_path),
+              "landmarks": [file_stamp(p) for p in _truth_files(cohort)],
+              "code": sha256_files(sorted((paths.package_dir() / "landmarks").glob("*.py")))}
+    return inputs_key(inputs)
 
 
-def _digest(files: list[Path]):
-    """A SHA-256 over the bytes of ``files`` (the code and data a saved result was computed with)."""
-    import hashlib
-
-    key = hashlib.sha256()
-    for f in files:
-        key.update(f.read_bytes())
-    return key
+def _evaluation_artifact(path: Path) -> Artifact:
+    return Artifact(path, "the detector evaluation", folder=False)
 
 
 def _save_evaluation(path: Path, evaluation, bundle: Path, cohort: Cohort) -> None:
-
-    write_text(path, json.dumps({"key": _evaluation_key(bundle, cohort), "evaluation": evaluation.to_dict()}))
+    _evaluation_artifact(path).clear()
+    write_text(path, json.dumps(evaluation.to_dict()))
+    _evaluation_artifact(path).mark(_evaluation_key(bundle, cohort))
 
 
 def _saved_evaluation(path: Path, bundle: Path, cohort: Cohort):
     """The saved test-split evaluation when it was made from these weights and this manifest, else None."""
 
+    if not _evaluation_artifact(path).is_current(_evaluation_key(bundle, cohort)):
+        return None
     try:
-        data = json.loads(path.read_text())
-        if data["key"] != _evaluation_key(bundle, cohort):
-            return None
-        return LandmarkEvaluation.from_dict(data["evaluation"])
+        return LandmarkEvaluation.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing, stale or unreadable: evaluate again
+        return None  # unreadable: evaluate again
 
 
 def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, bundle: Path, out: str | Path | None = None):
@@ -246,32 +271,30 @@ def radiomics_features(cache) -> np.ndarray:
     """:func:`bmd.evaluation.radiomics.radiomics_features` of the ROI cache, computed once per cache content and code.
 
     Every results table needs the radiomics predictions (its ΔR reference), so the features are saved
-    beside the cache (``radiomics_features-<key>.npy``), keyed by the checksums of the crop files and the
+    beside the cache (``radiomics_features.npy``), keyed by the checksums of the crop files and the
     bytes of the feature code; anything else is recomputed (a few seconds on the quick cohort).
     """
-    import io
-
-
     files = cache.meta.get("files", {})
     sums = [files.get(name, {}).get("sha256") for name in ("chest.npy", "local.npy", "case_ids.txt")]
     if None in sums:  # a cache without checksums: nothing to key a saved copy by
         return radiomics.radiomics_features(cache.chest, cache.local)
-    key = _digest([Path(radiomics.__file__)])
-    key.update(json.dumps(sums).encode())
-    saved = Path(cache.path).parent / f"radiomics_features-{key.hexdigest()[:24]}.npy"
-    try:
-        features = np.load(saved, allow_pickle=False)
-        if features.shape[0] == len(cache.case_ids):
-            return features
-    except (OSError, ValueError):
-        pass
-    features = radiomics.radiomics_features(cache.chest, cache.local)
-    for stale in saved.parent.glob("radiomics_features-*.npy"):  # features of an older cache or code
-        stale.unlink(missing_ok=True)
-    buf = io.BytesIO()
-    np.save(buf, features, allow_pickle=False)
-    write_bytes(saved, buf.getvalue())
-    return features
+    inputs = {"crops": sums, "code": sha256_files([radiomics.__file__])}
+    saved = Path(cache.path).parent / "radiomics_features.npy"
+
+    def make() -> None:
+        features = radiomics.radiomics_features(cache.chest, cache.local)
+        for stale in saved.parent.glob("radiomics_features-*.npy"):  # keyed copies of an earlier version
+            stale.unlink(missing_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, features, allow_pickle=False)
+        write_bytes(saved, buf.getvalue())
+
+    def valid() -> bool:
+        return np.load(saved, mmap_mode="r", allow_pickle=False).shape[0] == len(cache.case_ids)
+
+    Artifact(saved, "the radiomics features", folder=False).build(inputs_key(inputs), make, inputs=inputs,
+                                                                 valid=valid)
+    return np.load(saved, allow_pickle=False)
 
 
 def run_verdict(run: Path) -> tuple[bool, str]:
@@ -364,28 +387,30 @@ def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], ora
     """:func:`bmd.study.report.results_rows`, reused when the same predictions, seed, ceilings and code made them.
 
     The bootstrap CIs are the costly part of a rebuild and several chapters show the same table, so
-    rows are saved under ``rows/`` in the run folder, keyed by a hash of everything they depend on
-    (the ΔR reference's predictions and the runs' convergence flags included).
+    rows are saved under ``rows/`` in the run folder with the key of everything they depend on (the ΔR
+    reference's predictions and the runs' convergence flags included; :mod:`bmd.infra.artifacts`).
     """
 
-    key = _digest([*(paths.package_dir() / name for name in _ROW_INPUTS),
-                   paths.paper_results_file()])
-    key.update(json.dumps([table, cfg.seed, (oracle or {}).get("ceilings"), converged], sort_keys=True,
-                          default=str).encode())
-    for label, frame in frames.items():
-        key.update(label.encode() + b"\0" + frame.to_csv(index=False).encode())
-    key.update(b"reference\0" + (b"none" if reference is None else reference.to_csv(index=False).encode()))
+    inputs = {
+        "code": sha256_files([*(paths.package_dir() / name for name in _ROW_INPUTS), paths.paper_results_file()]),
+        "table": table, "seed": cfg.seed, "ceilings": (oracle or {}).get("ceilings"), "converged": converged,
+        "frames": {label: sha256_bytes(frame.to_csv(index=False).encode()) for label, frame in frames.items()},
+        "reference": None if reference is None else sha256_bytes(reference.to_csv(index=False).encode()),
+    }
     folder = paths.run_dir(cfg.profile, out) / "rows"
-    saved = folder / f"{table}-{key.hexdigest()[:24]}.json"
-    try:
-        return json.loads(saved.read_text())
-    except (OSError, ValueError):
-        pass
-    rows = report.results_rows(table, frames, oracle, seed=cfg.seed, reference=reference, converged=converged)
-    for stale in folder.glob(f"{table}-*.json"):  # rows of older predictions or code
-        stale.unlink(missing_ok=True)
-    write_text(saved, json.dumps(rows, allow_nan=False))  # rows are JSON-clean: NaN is already None
-    return rows
+    saved = folder / f"{table}.json"
+
+    made: list[list[dict]] = []
+
+    def make() -> None:
+        rows = report.results_rows(table, frames, oracle, seed=cfg.seed, reference=reference, converged=converged)
+        for stale in folder.glob(f"{table}-*.json"):  # keyed copies of an earlier version
+            stale.unlink(missing_ok=True)
+        write_text(saved, json.dumps(rows, allow_nan=False))  # rows are JSON-clean: NaN is already None
+        made.append(rows)
+
+    Artifact(saved, f"the {table} rows", folder=False).build(inputs_key(inputs), make, inputs=inputs)
+    return made[0] if made else json.loads(saved.read_text())
 
 
 #: Table 2 rows that may become the exported model, in order of preference on a tie (the paper's first).
@@ -421,7 +446,7 @@ def export_model(cfg: Profile, table2: TableResults, out: str | Path | None = No
 
     The exported model is the multi-ROI model, or the attention model when its validation R is higher
     (:func:`choose_exported_model`). Written to ``runs/<profile>/bundles/<model>`` (re-exported only when
-    the run is newer) and named in ``summary.json``'s ``artifacts.multi_roi_model`` (the key the results
+    the run's or the detector's weights changed) and named in ``summary.json``'s ``artifacts.multi_roi_model`` (the key the results
     contract keeps); ``exported_model`` records which model it is and the validation R behind the choice.
     """
 
@@ -429,11 +454,16 @@ def export_model(cfg: Profile, table2: TableResults, out: str | Path | None = No
     run = table2.runs[label]
     run_root = paths.run_dir(cfg.profile, out)
     dest = run_root / "bundles" / label
-    stale = not (dest / "bundle.json").is_file() or any(
-        (src.stat().st_mtime_ns > (dest / "bundle.json").stat().st_mtime_ns)
-        for src in (run / "best.pt", run_root / "landmark_model" / "weights.pt"))
-    if stale:
-        export_bundle(run, run_root / "landmark_model", dest)
+    detector = run_root / "landmark_model"
+    inputs = {"model": label, "run": file_stamp(run / "best.pt"), "detector": file_stamp(detector / "weights.pt")}
+
+    def legacy() -> bool:  # the rule before stamps: exported after the run and the detector were last written
+        made = (dest / "bundle.json").stat().st_mtime_ns
+        return all(src.stat().st_mtime_ns <= made for src in (run / "best.pt", detector / "weights.pt"))
+
+    Artifact(dest, f"the model bundle {label}").build(
+        inputs_key(inputs), lambda: export_bundle(run, detector, dest), inputs=inputs,
+        valid=lambda: (dest / "bundle.json").is_file(), legacy=legacy)
     path = summary.summary_path(cfg.profile, out)
     summary.update(path, artifacts={"multi_roi_model": str(dest.relative_to(paths.out_root(out)))},
                    exported_model={"model": label, "val_r": {k: (v if np.isfinite(v) else None)

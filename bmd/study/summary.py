@@ -20,6 +20,7 @@ from pathlib import Path
 from bmd.infra import paths
 from bmd.infra.atomic import write_text
 from bmd.infra.jsonvalues import finite_or_null
+from bmd.infra.locks import hold_lock
 
 TIMING_STAGES = ("twin", "landmarks", "rois", "training", "book", "total")
 
@@ -44,18 +45,26 @@ def _merge(base: dict, new: dict) -> dict:
     return base
 
 
+def _locked(path: str | os.PathLike):
+    """The summary's lock: chapters run side by side (papermill batches) must not lose each other's blocks."""
+    path = Path(path)
+    return hold_lock(path.with_name(f".{path.name}.lock"), str(path), timeout=600)
+
+
 def update(path: str | os.PathLike, **blocks) -> dict:
     """Merge ``blocks`` into the summary (nested dicts merge, other values replace); written atomically."""
-    data = _merge(read(path), finite_or_null(json.loads(json.dumps(blocks, default=_jsonable))))
-    data.setdefault("timings_s", {})
-    write_text(path, json.dumps(data, indent=1, sort_keys=True, allow_nan=False))
+    with _locked(path):
+        data = _merge(read(path), finite_or_null(json.loads(json.dumps(blocks, default=_jsonable))))
+        data.setdefault("timings_s", {})
+        write_text(path, json.dumps(data, indent=1, sort_keys=True, allow_nan=False))
     return data
 
 
 def record_timing(path: str | os.PathLike, stage: str, seconds: float) -> dict:
     """Add ``seconds`` to a stage's timing (a stage may run in several chapters)."""
-    timings = read(path).get("timings_s", {})
-    return update(path, timings_s={stage: round(timings.get(stage, 0.0) + float(seconds), 2)})
+    with _locked(path):
+        timings = read(path).get("timings_s", {})
+        return update(path, timings_s={stage: round(timings.get(stage, 0.0) + float(seconds), 2)})
 
 
 def git_commit() -> str:

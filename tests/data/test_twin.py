@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +19,8 @@ from bmd.data import paper
 from bmd.data.manifest import load_manifest
 from bmd.data.tscores import osteoporotic, t_scores_for_manifest
 from bmd.data.twin import TwinError, TwinSpec, generate_twin, is_complete
-from bmd.data.twin.cohort import _Lock
+from bmd.data.twin import cohort as twin_cohort
+from bmd.data.twin.cohort import LOCK_NAME, twin_lock
 from bmd.data.twin.oracle import ceilings
 from bmd.data.twin.population import sample_population
 from bmd.data.twin.spec import spec_hash
@@ -108,13 +113,93 @@ def test_interrupted_or_changed_cohort_is_rebuilt_and_locked(tmp_path):
     next(iter((out / "images").iterdir())).unlink()  # a missing image
     assert not is_complete(out, digest, 0)
     assert not is_complete(out, digest, seed=3)
-    (out / ".twin.lock").write_text(str(os.getpid()))  # a live writer
-    with pytest.raises(TwinError, match="another twin generation"):
-        generate_twin(out, TINY, workers=1, progress=False)
-    (out / ".twin.lock").write_text("999999999")  # a dead writer's lock is taken over
-    with _Lock(out):
-        pass
-    assert not (out / ".twin.lock").exists()
+    (out / LOCK_NAME).write_text("999999999")  # a dead writer's pid, without its lock: taken over
+    with twin_lock(out, wait=False):
+        assert (out / LOCK_NAME).read_text().strip() == str(os.getpid())
+    assert (out / LOCK_NAME).read_text() == ""
+
+
+_HOLD_TWIN_LOCK = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from bmd.data.twin.cohort import twin_lock
+    with twin_lock(Path(sys.argv[1])):
+        print("held", flush=True)
+        sys.stdin.readline()  # until the test says so
+""")
+
+_GENERATE_UNDER_LOCK = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from bmd.data.twin import generate_twin
+    from bmd.data.twin.cohort import twin_lock
+    from bmd.study.config import Profile
+    tiny = Profile(profile="tiny", seed=0, twin_n_train=4, twin_n_val=1, twin_n_test=1, twin_image_size=128,
+                   chest_size=32, roi_size=16)
+    out = Path(sys.argv[1])
+    with twin_lock(out):  # held from before the generation starts (re-entrant inside it)
+        print("held", flush=True)
+        time.sleep(0.5)  # the test's generation is waiting by now
+        generate_twin(out, tiny, workers=1, progress=False)
+""")
+
+
+def _python(script: str, *args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_live_generation_is_refused_in_one_line_when_not_waiting(tmp_path):
+    out = tmp_path / "t"
+    out.mkdir()
+    proc = _python(_HOLD_TWIN_LOCK, out)
+    try:
+        with pytest.raises(TwinError, match=rf"^{out}: another twin generation \(pid {proc.pid}\) is writing here$"):
+            generate_twin(out, TINY, workers=1, progress=False, wait=False)
+        with pytest.raises(TwinError, match=rf"pid {proc.pid}\) is writing here \(gave up after waiting"):
+            generate_twin(out, TINY, workers=1, progress=False, timeout=0.3)
+        assert not (out / "manifest.csv").exists()  # nothing was written by the refused generations
+    finally:
+        proc.communicate("\n", timeout=60)
+
+
+def test_a_second_generation_waits_for_the_live_one_and_reuses_its_cohort(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "t"
+    out.mkdir()
+    proc = _python(_GENERATE_UNDER_LOCK, out)
+
+    def no_second_generation(*args, **kwargs):
+        raise AssertionError("generated twice")
+
+    monkeypatch.setattr(twin_cohort, "_generate", no_second_generation)
+    try:
+        generate_twin(out, TINY, workers=1, progress=False)  # waits, then finds the finished cohort
+    finally:
+        proc.wait(timeout=300)
+    assert proc.returncode == 0
+    assert is_complete(out, spec_hash(TwinSpec(), {"train": 4, "val": 1, "test": 1, "image_size": 128}), 0)
+    assert f"waiting for pid {proc.pid} building the twin cohort" in capsys.readouterr().err
+
+
+def test_a_cohort_made_before_stamps_is_reused_and_a_stamped_one_judged_by_its_stamp(tmp_path, monkeypatch):
+    out = generate_twin(tmp_path / "t", TINY, workers=1, progress=False)
+    stamp = out.with_name(f".{out.name}.artifact.json")
+    assert stamp.is_file()
+    stamp.unlink()  # as an earlier version left it
+    made = (out / "oracle.json").stat().st_mtime_ns
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("regenerated")
+
+    monkeypatch.setattr(twin_cohort, "_generate", no_generation)
+    generate_twin(out, TINY, workers=1, progress=False)  # adopted: complete for this spec hash and seed
+    assert stamp.is_file() and (out / "oracle.json").stat().st_mtime_ns == made
+    with pytest.raises(AssertionError, match="regenerated"):
+        generate_twin(out, TINY, seed=3, workers=1, progress=False)  # another seed: another key
 
 
 QUICK = {"train": 1087, "val": 265, "test": 329}

@@ -89,8 +89,8 @@ def test_ddp_roi_model_trains_on_a_paired_family(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_finished_run_is_reused_and_a_changed_config_retrains(tiny, tmp_path, monkeypatch):
-    import bmd.study.experiments as experiments
-    from bmd.study.experiments import is_finished, train_model
+    from bmd.study import experiments
+    from bmd.study.experiments import is_finished, run_artifact, train_model
 
     cfg = _cfg(tiny, tmp_path / "run", epochs=1)
     train_model(cfg)
@@ -101,6 +101,9 @@ def test_ddp_finished_run_is_reused_and_a_changed_config_retrains(tiny, tmp_path
 
     monkeypatch.setattr(experiments, "launch", no_launch)
     train_model(cfg)  # identical config: nothing to do
+    run_artifact(cfg).stamp.unlink()  # a run finished before stamps existed: adopted, not retrained
+    train_model(cfg)
+    assert run_artifact(cfg).stamp.is_file()
     with pytest.raises(AssertionError, match="retrained"):
         train_model(dataclasses.replace(cfg, lr=0.02))
 

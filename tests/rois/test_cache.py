@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import bmd.io
-import bmd.rois.cache
 from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, LOCAL_NAMES
+from bmd.rois import cache as roi_cache
 from bmd.rois.cache import RoiCache, RoiCacheError, build_roi_cache, cache_key, load_cache
 from bmd.rois.crop import crop_rois
 from bmd.rois.geometry import RoiGeometry
@@ -91,7 +91,7 @@ def test_built_once_then_reused_without_decoding(cohort, monkeypatch):
     def no_decoding(path):
         raise AssertionError("a reused cache must not decode images")
 
-    monkeypatch.setattr(bmd.rois.cache, "read_image", no_decoding)
+    monkeypatch.setattr(roi_cache, "read_image", no_decoding)  # the name the cache decodes with
     before = stamps(first)
     again = build(cohort)
     assert not again.built and again.path == first.path and stamps(again) == before
@@ -195,11 +195,11 @@ def test_an_interrupted_build_leaves_nothing_behind(cohort, monkeypatch):
             raise KeyboardInterrupt
         return real(path)
 
-    monkeypatch.setattr(bmd.rois.cache, "read_image", dies_on_the_third)
+    monkeypatch.setattr(roi_cache, "read_image", dies_on_the_third)  # the name the cache decodes with
     with pytest.raises(KeyboardInterrupt):
         build(cohort, chunk_size=2)
     assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []
-    monkeypatch.setattr(bmd.rois.cache, "read_image", real)
+    monkeypatch.setattr(roi_cache, "read_image", real)
     assert build(cohort).built
 
 
@@ -248,3 +248,38 @@ def test_workers_give_the_same_arrays_and_float16_storage(cohort):
     assert np.array_equal(np.asarray(two.chest), np.asarray(one.chest))
     crops = two.crops(0)
     assert crops["chest"].dtype == np.float32 and crops["chest"].min() >= 0 and crops["chest"].max() <= 1
+
+
+def test_a_live_build_of_the_same_key_is_waited_for_or_refused_in_one_line(cohort):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    from bmd.infra.locks import LockBusy
+
+    manifest, landmarks, root = cohort
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / f".rois-{cache_key(manifest, landmarks, ROI, CHEST)[:16]}.lock"
+    holder = textwrap.dedent("""
+        import sys
+        from bmd.infra.locks import hold_lock
+        with hold_lock(sys.argv[1], "a ROI cache"):
+            print("held", flush=True)
+            sys.stdin.readline()
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "held"  # another process is building this very cache
+        with pytest.raises(LockBusy, match=rf"^{lock}: the ROI cache rois-\w+ is in use by pid {proc.pid}$"):
+            build(cohort, wait=False)
+        with pytest.raises(LockBusy, match=rf"pid {proc.pid} \(gave up after waiting"):
+            build(cohort, timeout=0.2)
+        assert not [p for p in root.iterdir() if p.name.startswith("rois-")]  # nothing built meanwhile
+    finally:
+        proc.communicate("\n", timeout=60)
+    assert build(cohort).built  # the holder is gone: built here

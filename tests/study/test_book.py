@@ -77,6 +77,45 @@ def test_book_refuses_a_bad_manifest_before_writing_anything(tmp_path, capsys):
     assert not out.exists()
 
 
+_HOLD_BOOK = """
+import sys
+from pathlib import Path
+from bmd.study.book import book_lock
+with book_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.readline()  # until the test says so
+"""
+
+
+def test_a_second_book_build_on_the_same_folder_refuses_in_one_line_before_touching_it(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bmd.cli import main
+
+    out = tmp_path / "out"
+    work = out / "_build" / "src"
+    work.mkdir(parents=True)
+    (work / "chapter.ipynb").write_text("{}")  # the running build's working folder
+    summary = out / "runs" / "smoke" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text("{}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_BOOK, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # a build is running in `out`
+        assert main(["book", "--profile", "smoke", "--out", str(out)]) == 1
+    finally:
+        holder.communicate("\n", timeout=60)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bmd book: another book build (pid {holder.pid}) is running in {out}"]
+    assert (work / "chapter.ipynb").is_file() and summary.is_file()  # nothing of the running build touched
+
+
 def test_binder_and_repository_buttons_only_where_the_repository_is_known(monkeypatch):
     from bmd.study.book import book_config
 

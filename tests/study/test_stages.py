@@ -81,7 +81,11 @@ def test_table_rows_are_reused_only_for_the_same_predictions(tmp_path, monkeypat
     assert rows[0]["r"] != first[0]["r"]  # new predictions, new rows
     other_seed = stages._results_rows(SimpleNamespace(profile="smoke", seed=1), "table2", changed, None, tmp_path)
     assert other_seed[-1]["r_ci"] != rows[-1]["r_ci"]  # the bootstrap seed is part of the key
-    assert len(list((tmp_path / "runs" / "smoke" / "rows").glob("table2-*.json"))) == 1  # older rows removed
+    # one file per table, stamped with the key of what made it
+    assert [p.name for p in (tmp_path / "runs" / "smoke" / "rows").glob("table2*")] == ["table2.json"]
+    (tmp_path / "runs" / "smoke" / "rows" / "table2.json").write_text("[]")  # edited by hand: not trusted
+    assert stages._results_rows(SimpleNamespace(profile="smoke", seed=1), "table2", changed, None, tmp_path) == \
+        other_seed
 
 
 def test_table_rows_are_recomputed_for_another_reference_or_convergence(tmp_path, monkeypatch):
@@ -139,7 +143,18 @@ def test_radiomics_features_are_saved_per_cache_content(tmp_path, monkeypatch):
     cache.chest = cache.chest[::-1].copy()  # a rebuilt cache: other crops, other checksums
     cache.meta = {"files": {**meta["files"], "chest.npy": {"sha256": "new"}}}
     np.testing.assert_array_equal(stages.radiomics_features(cache), real(cache.chest, cache.local))
-    assert len(list(tmp_path.glob("radiomics_features-*.npy"))) == 1  # the stale copy removed
+    assert [p.name for p in tmp_path.glob("radiomics_features*")] == ["radiomics_features.npy"]
+
+
+def test_radiomics_features_of_an_earlier_version_are_replaced(tmp_path):
+    rng = np.random.default_rng(0)
+    meta = {"files": {name: {"sha256": name} for name in ("chest.npy", "local.npy", "case_ids.txt")}}
+    cache = SimpleNamespace(path=tmp_path / "roi_cache", case_ids=["a", "b"], meta=meta,
+                            chest=rng.integers(0, 256, (2, 16, 16), dtype=np.uint8),
+                            local=rng.integers(0, 256, (2, 6, 8, 8), dtype=np.uint8))
+    np.save(tmp_path / "radiomics_features-0123456789abcdef01234567.npy", np.zeros((2, 3)))  # a keyed copy
+    stages.radiomics_features(cache)
+    assert [p.name for p in tmp_path.glob("radiomics_features*")] == ["radiomics_features.npy"]
 
 
 def test_every_table_compares_with_radiomics_and_flags_unconverged_runs(tmp_path, monkeypatch):
@@ -202,3 +217,89 @@ def test_every_table_compares_with_radiomics_and_flags_unconverged_runs(tmp_path
     assert "attention-vgg16" in calls[1] and "attention-vgg16" not in calls[2]  # Table 3 needs only its members
     saved = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
     assert saved["tables"]["table1"][0]["delta_r_radiomics"] is not None
+
+
+def test_ground_truth_landmarks_from_a_file_keyed_by_image(tmp_path):
+    """A landmark CSV keyed by ``image`` (which the annotation importers accept) reaches the study keyed by case."""
+    from bmd.columns import COORD_COLUMNS
+
+    rng = np.random.default_rng(0)
+    coords = rng.random((3, 32)) * 100
+    by_image = pd.DataFrame(coords, columns=list(COORD_COLUMNS))
+    by_image.insert(0, "image", ["images/c.png", "images/a.png", "elsewhere/b.png"])  # b: matched by file name
+    by_image.to_csv(tmp_path / "marks.csv", index=False)
+    by_case = pd.DataFrame(coords[:1] + 1, columns=list(COORD_COLUMNS))
+    by_case.insert(0, "case_id", ["d"])
+    by_case.to_csv(tmp_path / "marks_d.csv", index=False)
+    manifest = pd.DataFrame({"case_id": ["a", "b", "c", "d", "e"],
+                             "image": ["images/a.png", "images/b.png", "images/c.png", "images/d.png", "images/e.png"],
+                             "landmarks_path": [str(tmp_path / "marks.csv")] * 3 + [str(tmp_path / "marks_d.csv"), ""]})
+    truth = stages.ground_truth_landmarks(SimpleNamespace(manifest=manifest))
+    assert list(truth.columns) == ["case_id", *COORD_COLUMNS]
+    assert list(truth["case_id"]) == ["a", "b", "c", "d"]  # manifest order; e has no landmark file
+    np.testing.assert_array_equal(truth[list(COORD_COLUMNS)].to_numpy(), [coords[1], coords[2], coords[0],
+                                                                           coords[0] + 1])
+    assert stages.ground_truth_landmarks(SimpleNamespace(manifest=manifest.assign(landmarks_path=""))) is None
+
+
+def test_the_detector_is_trained_once_per_manifest_and_recipe_and_an_older_one_is_adopted(tmp_path, monkeypatch):
+    cfg = SimpleNamespace(profile="smoke", seed=0, twin_image_size=256)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("case_id\n001\n")
+    cohort = SimpleNamespace(manifest_path=manifest, manifest=pd.DataFrame({"case_id": ["001"]}))
+    trained = []
+
+    def fake_training(manifest_path, bundle, progress, log, **recipe):
+        trained.append(recipe)
+        bundle.mkdir(parents=True, exist_ok=True)
+        (bundle / "weights.pt").write_bytes(b"weights")
+        info = {"training": {"manifest": str(manifest_path), **{k: recipe[k] for k in ("epochs", "seed", "batch_size")}},
+                "model": {"input_size": recipe["input_size"]}}
+        (bundle / "config.json").write_text(json.dumps(info))
+
+    monkeypatch.setattr(stages, "train_landmark_model", fake_training)
+    bundle = stages.landmark_detector(cfg, cohort, tmp_path)
+    assert stages.landmark_detector(cfg, cohort, tmp_path) == bundle and len(trained) == 1  # reused
+    manifest.write_text("case_id\n001\n002\n")  # other training data: trained again
+    stages.landmark_detector(cfg, cohort, tmp_path)
+    assert len(trained) == 2
+    stages.landmark_detector(SimpleNamespace(profile="smoke", seed=1, twin_image_size=256), cohort, tmp_path)
+    assert len(trained) == 3 and trained[-1]["seed"] == 1  # another recipe: trained again
+    bundle.with_name(f".{bundle.name}.artifact.json").unlink()  # a detector made before stamps ...
+    stages.landmark_detector(SimpleNamespace(profile="smoke", seed=1, twin_image_size=256), cohort, tmp_path)
+    assert len(trained) == 3  # ... whose config matches: adopted
+    summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
+    assert summary["artifacts"]["landmark_model"] == "runs/smoke/landmark_model"
+
+
+def test_the_bundle_is_exported_again_only_when_the_run_or_the_detector_changed(tmp_path, monkeypatch):
+    cfg = SimpleNamespace(profile="smoke", seed=0)
+    root = tmp_path / "runs" / "smoke"
+    run = root / "models" / "multi_roi-vgg16"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"model")
+    (root / "landmark_model").mkdir()
+    (root / "landmark_model" / "weights.pt").write_bytes(b"detector")
+    frame = _predictions().assign(split="val")
+    table2 = SimpleNamespace(runs={"multi_roi": run}, frames={"multi_roi": frame})
+    exported = []
+
+    def fake_export(run_dir, detector, dest):
+        exported.append(run_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "bundle.json").write_text("{}")
+
+    monkeypatch.setattr(stages, "export_bundle", fake_export)
+    dest = stages.export_model(cfg, table2, tmp_path)
+    assert dest == root / "bundles" / "multi_roi"
+    stages.export_model(cfg, table2, tmp_path)
+    assert len(exported) == 1  # nothing changed
+    (run / "best.pt").write_bytes(b"retrained model")
+    stages.export_model(cfg, table2, tmp_path)
+    assert len(exported) == 2
+    (root / "landmark_model" / "weights.pt").write_bytes(b"retrained detector")
+    stages.export_model(cfg, table2, tmp_path)
+    assert len(exported) == 3
+    dest.with_name(f".{dest.name}.artifact.json").unlink()  # exported before stamps, after both weights
+    stages.export_model(cfg, table2, tmp_path)
+    assert len(exported) == 3
