@@ -75,7 +75,7 @@ from bmd.landmarks.train import LandmarkModel, load_landmark_model
 from bmd.model.dataset import FAMILIES, TargetScaler
 from bmd.model.networks import MULTI_ROI_KINDS, ROIModel, build_backbone, build_multi_roi
 from bmd.model.pretrained import IMAGENET
-from bmd.model.train import TrainConfig, load_arrays
+from bmd.model.train import ALL_ROIS, RunScalerError, TrainConfig, run_scaler
 from bmd.rois.geometry import GEOMETRY_VERSION, RoiGeometry
 
 if TYPE_CHECKING:
@@ -187,30 +187,6 @@ def _cache_inputs(cache: Path) -> dict:
     return {"chest_size": int(chest[1]), "roi_size": int(local[2]), "storage": storage,
             "geometry": RoiGeometry(**geometry).as_dict(), "geometry_version": version,
             "cache_key": key, "landmark_source": source}
-
-
-def _scaler_for_run(run: Path, cfg) -> TargetScaler:
-    """The run's target scaler: stored in its checkpoint, else refitted exactly as training fitted it."""
-    ckpt = run / "checkpoint.pt"
-    if ckpt.is_file():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)  # the run's own file
-        except Exception:  # an unreadable checkpoint: refit below instead
-            state = None
-        if isinstance(state, dict) and "scaler" in state:
-            return TargetScaler.from_dict(state["scaler"])
-    import pandas as pd
-
-
-    try:
-        _, _, case_ids = load_arrays(cfg.cache)
-        manifest = pd.read_csv(cfg.manifest, dtype={"case_id": str, "patient_id": str})
-        manifest = manifest.set_index("case_id").loc[case_ids].reset_index()
-    except (OSError, ValueError, KeyError) as exc:
-        raise BundleError(f"{run}: no target scaler in checkpoint.pt and it cannot be refitted from the "
-                          f"run's cache and manifest ({exc.__class__.__name__})") from None
-    bmd = manifest[list(BMD_COLUMNS)].to_numpy(dtype=float)
-    return TargetScaler.fit(bmd[manifest["split"].to_numpy() == "train"])
 
 
 def _build_network(kind: str, backbone: str, width: float, batch_norm: bool) -> nn.Module:
@@ -450,8 +426,11 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
     if inputs["geometry_version"] != GEOMETRY_VERSION:
         raise BundleError(f"{cfg.cache}: ROI geometry {inputs['geometry_version']!r}, this version cuts "
                           f"{GEOMETRY_VERSION!r}: retrain on a rebuilt cache")
-    scaler = _scaler_for_run(run, cfg)
-    family = cfg.family if cfg.model == "roi" else "all"
+    try:
+        scaler = run_scaler(run)  # fitted once, by the training run
+    except RunScalerError as exc:
+        raise BundleError(str(exc)) from None
+    family = cfg.family
     net = _build_network(cfg.model, cfg.backbone, cfg.width, cfg.batch_norm)
     try:
         net.load_state_dict(state)
@@ -544,6 +523,8 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
         model_info, inputs, ts = info["model"], info["inputs"], info["t_scores"]
         files = info["files"]
         kind, family = model_info["kind"], model_info["family"]
+        if kind in MULTI_ROI_KINDS:
+            family = ALL_ROIS  # one name for the multi-ROI family, whatever an older bundle wrote
         geometry = RoiGeometry(**inputs["geometry"])
         chest_size, roi_size = int(inputs["chest_size"]), int(inputs["roi_size"])
         storage, version = inputs["storage"], inputs["geometry_version"]

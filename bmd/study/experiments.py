@@ -14,13 +14,11 @@ launches the DDP entry point, or reuses a finished run whose config is identical
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from bmd.model.pretrained import resolve_weights
-from bmd.model.train import TrainConfig, launch, run_lock
+from bmd.model.train import ALL_ROIS, TrainConfig, launch, run_lock
 from bmd.study.config import Profile
 
 BACKBONES_TABLE1: tuple[str, ...] = ("vgg11", "resnet18", "resnet34", "resnet50", "vgg16")
@@ -96,7 +94,7 @@ def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str
 
     return TrainConfig(
         run_dir=str(Path(runs) / spec.name), cache=str(cache), manifest=str(manifest), model=spec.model,
-        family="chest" if spec.model != "roi" else spec.family, backbone=spec.backbone,
+        family=spec.family if spec.model == "roi" else ALL_ROIS, backbone=spec.backbone,
         width=cfg.train_width, batch_norm=cfg.train_batch_norm, pretrained=cfg.train_pretrained,
         epochs=cfg.train_epochs,
         batch_size=cfg.train_batch_size, optimizer=cfg.train_optimizer, lr=cfg.train_lr,
@@ -108,11 +106,7 @@ def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str
 def is_finished(config) -> bool:
     """True when the run folder holds metrics from exactly this config (nothing to retrain)."""
     run = Path(config.run_dir)
-    try:
-        saved = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return saved == dataclasses.asdict(config) and (run / "metrics.json").is_file() and (
+    return config.matches_saved(run / "config.json") and (run / "metrics.json").is_file() and (
         run / "predictions.csv").is_file()
 
 
@@ -135,10 +129,7 @@ def train_model(config, nproc: int = 1) -> Path:
         if is_finished(config):  # finished between the check above and taking the lock
             return run
         # a checkpoint is resumed only when it belongs to this very config (a killed run); else start afresh
-        try:
-            same = json.loads((run / "config.json").read_text()) == dataclasses.asdict(config)
-        except (OSError, ValueError):
-            same = False
+        same = config.matches_saved(run / "config.json")
         if not same:
             for name in ("checkpoint.pt", "best.pt", "metrics.json", "predictions.csv", "log.csv"):
                 (run / name).unlink(missing_ok=True)

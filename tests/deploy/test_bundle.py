@@ -135,14 +135,20 @@ def test_export_replaces_a_bundle_atomically_and_refuses_other_folders(study, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "notes"]
 
 
-def test_scaler_is_refitted_exactly_when_the_checkpoint_is_gone(study, tmp_path):
+def test_scaler_is_the_runs_own_when_the_checkpoint_is_gone(study, tmp_path):
+    """best.pt holds the scaler training fitted; without it and the checkpoint the export stops in one line."""
     run = tmp_path / "run"
     shutil.copytree(study["run"], run)
     (run / "checkpoint.pt").unlink()
-    refit = json.loads((export_bundle(run, study["detector"], tmp_path / "b") / BUNDLE_FILE).read_text())
+    again = json.loads((export_bundle(run, study["detector"], tmp_path / "b") / BUNDLE_FILE).read_text())
     saved = json.loads((study["bundle"] / BUNDLE_FILE).read_text())
-    np.testing.assert_allclose(refit["target_scaler"]["mean"], saved["target_scaler"]["mean"], rtol=1e-12)
-    np.testing.assert_allclose(refit["target_scaler"]["std"], saved["target_scaler"]["std"], rtol=1e-12)
+    assert again["target_scaler"] == saved["target_scaler"]
+    best = torch.load(run / "best.pt", weights_only=False)
+    del best["scaler"]
+    torch.save(best, run / "best.pt")
+    with pytest.raises(BundleError, match="no target scaler") as e:
+        export_bundle(run, study["detector"], tmp_path / "c")
+    assert _one_line(e)
 
 
 def _one_line(exc_info) -> str:
