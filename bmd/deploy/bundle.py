@@ -11,7 +11,7 @@ in eval mode. Layout::
                     sex and threshold, provenance (the training config, best epoch, val/test metrics,
                     the detector's validation errors, versions) and the size and SHA-256 of every file
     weights.pt      the network's state dict (best validation epoch)
-    landmarks/      a copy of the landmark detector bundle (:mod:`bmd.landmarks.train`)
+    landmarks/      a copy of the landmark detector folder (:mod:`bmd.landmarks.detector`)
     MODEL_CARD.md   what the model is for, what it was trained on, how well it did on its test split,
                     its calibration, its input requirements and known limits (:mod:`bmd.deploy.model_card`)
 
@@ -71,7 +71,7 @@ from bmd.deploy.model_card import render_model_card
 from bmd.evaluation.metrics import patient_bootstrap_weights
 from bmd.evaluation.screening import Recalibration
 from bmd.infra.atomic import dir_mode
-from bmd.landmarks.train import LandmarkModel, load_landmark_model
+from bmd.landmarks.detector import LandmarkModel, load_landmark_model
 from bmd.model.dataset import FAMILIES, TargetScaler
 from bmd.model.networks import MULTI_ROI_KINDS, ROIModel, build_backbone, build_multi_roi
 from bmd.model.pretrained import IMAGENET

@@ -39,7 +39,7 @@ def smoke_study(root: Path) -> dict:
     """Build (or reuse) a smoke twin, detector, ROI cache, training run and its bundle under ``root``."""
     from bmd.data.twin import generate_twin
     from bmd.infra import paths
-    from bmd.landmarks.train import train_landmark_model
+    from bmd.landmarks.fit import train_landmark_model
     from bmd.study import stages
     from bmd.study.cohort import load_cohort
     from bmd.study.config import load_profile
