@@ -43,7 +43,7 @@ LOCAL_SCALE = 0.05
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture parameters; stored in a model bundle's config so a bundle describes itself."""
+    """Architecture parameters; stored in the detector folder's config so a detector describes itself."""
 
     input_size: int = 256
     width: int = 16
@@ -72,7 +72,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        """Inverse of :meth:`as_dict` (unknown keys are an error: a bundle from another version)."""
+        """Inverse of :meth:`as_dict` (unknown keys are an error: a detector from another version)."""
         d = dict(d)
         if "radii" in d:
             d["radii"] = tuple(float(r) for r in d["radii"])

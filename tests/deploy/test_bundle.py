@@ -453,3 +453,15 @@ def test_an_attention_run_exports_loads_and_predicts_unchanged(study, tmp_path):
     assert main(["predict", image, "--model", str(tmp_path / "bundle"), "--out", str(tmp_path / "p.csv")]) == 0
     out = pd.read_csv(tmp_path / "p.csv")
     assert out.loc[0, "status"] in ("ok", "flagged") and np.isfinite(out.loc[0, "bmd_l1"])
+
+
+def test_the_multi_roi_family_is_all_in_old_runs_and_bundles_too(study, bundle_copy, tmp_path):
+    """Runs and bundles written when a multi-ROI config said family "chest" export and load as "all"."""
+    assert load_bundle(study["bundle"]).family == "all"
+    _edit_json(bundle_copy / BUNDLE_FILE, model__family="chest")
+    assert load_bundle(bundle_copy).family == "all"
+    run = tmp_path / "run"
+    shutil.copytree(study["run"], run)
+    _edit_json(run / "config.json", family="chest")
+    exported = json.loads((export_bundle(run, study["detector"], tmp_path / "b") / BUNDLE_FILE).read_text())
+    assert exported["model"]["family"] == "all"
