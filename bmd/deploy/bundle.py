@@ -388,12 +388,12 @@ def _test_performance(metrics: dict, predictions: pd.DataFrame | None, recal: Re
     return out
 
 
-def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike, dest: str | os.PathLike, *,
+def export_bundle(run_dir: str | os.PathLike, detector: str | os.PathLike, dest: str | os.PathLike, *,
                   reference: str = "hologic", threshold: float = -2.5, sex: str = "F") -> Path:
     """Write the model bundle of a finished training run to ``dest`` (atomically); returns ``dest``.
 
-    ``run_dir``: a :mod:`bmd.model.train` run folder (``config.json``, ``best.pt``; the target scaler from
-    ``checkpoint.pt``, or refitted from the run's cache and manifest). ``landmark_bundle``: the detector
+    ``run_dir``: a :mod:`bmd.model.train` run folder (``config.json``, ``best.pt``; the target scaler training
+    stored there, :func:`bmd.model.train.run_scaler`). ``detector``: the landmark detector folder
     whose landmarks cut the run's validation/test crops (copied into ``dest/landmarks``).
     ``reference``/``sex``/``threshold``: the T-score table, its sex and the osteoporosis threshold that
     ``bmd predict`` reports with. Crop sides, storage and geometry are read from the run's ROI cache.
@@ -438,9 +438,9 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
         first = str(exc).strip().splitlines()[0]
         raise BundleError(f"{best_path}: weights do not match the run's config ({first})") from None
     try:
-        landmarks = load_landmark_model(landmark_bundle)
+        landmarks = load_landmark_model(detector)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise BundleError(f"{landmark_bundle}: unusable landmark model bundle "
+        raise BundleError(f"{detector}: unusable landmark detector "
                           f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})") from None
     metrics = {}
     if (run / "metrics.json").is_file():
@@ -453,7 +453,7 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
     try:
         torch.save(net.state_dict(), tmp / WEIGHTS_FILE)
         (tmp / LANDMARK_DIR).mkdir()
-        src = Path(landmark_bundle)
+        src = Path(detector)
         for name in _LANDMARK_FILES:
             if name == "config.json":  # the detector's description, without the paths it was trained from
                 lm_config = strip_paths(_read_json(src / name, "landmark detector config"))

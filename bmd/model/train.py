@@ -9,9 +9,11 @@ evenly over the ranks; augmentation draws are seeded by (seed, epoch, case), so 
 see the same global batches and the same crops. BatchNorm statistics are per rank on CPU (SyncBatchNorm
 needs CUDA), so exact 1-vs-N equivalence holds for backbones without batch norm.
 
-A run folder holds ``config.json``, ``checkpoint.pt`` (every epoch, atomic; ``--resume`` continues
-from it), ``best.pt`` (best validation epoch), ``log.csv`` (one line per epoch), ``predictions.csv``
-(val and test: case and patient id, truth and prediction per vertebra, g/cm²) and ``metrics.json``.
+A run folder (written through :class:`bmd.runs.folder.RunFolder`, which the landmark detector's training
+shares) holds ``config.json``, ``checkpoint.pt`` (every epoch, atomic; ``--resume`` continues from it),
+``best.pt`` (best validation epoch, with the target scaler fitted on the training split: :func:`run_scaler`
+reads it back), ``log.csv`` (one line per epoch), ``predictions.csv`` (val and test: case and patient id,
+truth and prediction per vertebra, g/cm²) and ``metrics.json`` (written last: the run finished).
 
 **Interruptions.** A killed run (SIGKILL, a lost node) resumes with ``--resume`` from the last finished
 epoch and ends with the weights and predictions an uninterrupted run gives: everything random in an

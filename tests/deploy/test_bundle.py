@@ -163,7 +163,7 @@ def test_export_refuses_unusable_runs_with_one_line(study, tmp_path):
     with pytest.raises(BundleError, match="unknown T-score reference table 'norland-x'") as e:
         export_bundle(run, study["detector"], tmp_path / "b", reference="norland-x")
     _one_line(e)
-    with pytest.raises(BundleError, match="unusable landmark model bundle") as e:
+    with pytest.raises(BundleError, match="unusable landmark detector") as e:
         export_bundle(run, tmp_path, tmp_path / "b")
     _one_line(e)
     cfg = json.loads((run / "config.json").read_text())
@@ -233,7 +233,7 @@ def test_unverified_load_still_refuses_weights_of_another_model(bundle_copy, stu
     _one_line(e)
 
 
-def test_a_landmark_bundle_given_as_model_gets_a_hint(study):
+def test_a_landmark_detector_given_as_model_gets_a_hint(study):
     with pytest.raises(BundleError, match="a landmark detector .*not a model bundle"):
         load_bundle(study["detector"])
 
