@@ -27,9 +27,9 @@ import torch
 def build_quick_bundle(folder: Path) -> Path:
     """An untrained quick-size bundle (through :func:`bmd.deploy.bundle.export_bundle`, from a stand-in run)."""
     from bmd.deploy.bundle import export_bundle
+    from bmd.landmarks.detector import LandmarkModel, default_input_size, network_outputs, save_landmark_model
     from bmd.landmarks.model import LandmarkNet, ModelConfig
     from bmd.landmarks.plausibility import PlausibilityModel
-    from bmd.landmarks.train import LandmarkModel, _forward, default_input_size, save_landmark_model
     from bmd.model.dataset import TargetScaler
     from bmd.model.train import TrainConfig, build_model
     from bmd.study.config import load_profile
@@ -44,7 +44,7 @@ def build_quick_bundle(folder: Path) -> Path:
     cfg = ModelConfig(input_size=default_input_size(quick.twin_image_size))
     net = LandmarkNet(cfg, torch.from_numpy(mean_shape).float()).eval()
     imgs = rng.integers(0, 256, (48, cfg.input_size, cfg.input_size), dtype=np.uint8)
-    f = _forward(net, imgs, 16)
+    f = network_outputs(net, imgs, 16)
     plaus = PlausibilityModel(mean_shape)
     feats = [plaus.features(f["pooled"][s], f["local"][s], f["stages"][s, -1]) for s in (slice(0, 32), slice(32, 48))]
     plaus.fit(*feats)
@@ -106,7 +106,7 @@ def stage_times(bundle, path: Path, repeats: int) -> dict[str, float]:
     """Median seconds of each stage for one image, run alone (batch of one)."""
     from bmd.deploy.predict import _as_trained
     from bmd.io import read_image
-    from bmd.landmarks.train import predict_landmarks
+    from bmd.landmarks.detector import predict_landmarks
     from bmd.rois.crop import crop_rois_batch
 
     times: dict[str, list[float]] = {k: [] for k in ("decode", "landmarks", "crops", "network")}

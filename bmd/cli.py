@@ -113,21 +113,22 @@ def _cmd_twin(args: argparse.Namespace) -> int:
 
 
 def _cmd_landmarks_train(args: argparse.Namespace) -> int:
-    from bmd.landmarks.train import recipe_for_profile, train_landmark_model
+    from bmd.landmarks.detector import recipe_for_profile
+    from bmd.landmarks.fit import train_landmark_model
     from bmd.study.config import load_profile
 
     _require_file(args.manifest, "manifest")
     recipe = recipe_for_profile(load_profile(args.profile, seed=args.seed))
     if args.epochs is not None:
         recipe["epochs"] = args.epochs
-    bundle = train_landmark_model(args.manifest, args.out, progress=not args.quiet, **recipe)
-    print(f"landmark model: {bundle}")
+    detector = train_landmark_model(args.manifest, args.out, progress=not args.quiet, **recipe)
+    print(f"landmark model: {detector}")
     return 0
 
 
 def _cmd_landmarks_predict(args: argparse.Namespace) -> int:
     from bmd.infra.atomic import write_text
-    from bmd.landmarks.train import predict_landmarks
+    from bmd.landmarks.detector import predict_landmarks
 
     images = _expand_images(args.images)
     frame = predict_landmarks(args.model, [str(p) for p in images]).to_frame()
@@ -264,14 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = p.add_subparsers(dest="landmarks_command", required=True, metavar="ACTION", parser_class=OneLineParser)
     q = _verb(lsub, "train", help="train the landmark detector on a manifest's train split (val selects and calibrates)")
     q.add_argument("--manifest", required=True, type=Path, help="manifest CSV with train and val rows")
-    q.add_argument("--out", required=True, type=Path, help="model bundle folder")
+    q.add_argument("--out", required=True, type=Path, help="detector folder")
     q.add_argument("--profile", default="quick", type=_profile_arg, help="recipe: input size and epochs (default quick)")
     q.add_argument("--epochs", type=int, default=None, help="epochs (default: the profile's)")
     q.add_argument("--seed", type=int, default=None, help="seed (default: the profile's)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_landmarks_train)
     q = _verb(lsub, "predict", help="detect the 16 landmarks, with a plausibility score, per image (CSV)")
-    q.add_argument("--model", required=True, type=Path, help="landmark model bundle folder")
+    q.add_argument("--model", required=True, type=Path, help="landmark detector folder")
     q.add_argument("images", nargs="+", metavar="IMAGE", help="files or folders")
     q.add_argument("--out", type=Path, default=None, help="CSV file (default: standard output)")
     q.set_defaults(func=_cmd_landmarks_predict)

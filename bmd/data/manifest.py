@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,10 +35,9 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import VERTEBRAE
+from bmd.data.tscores import osteoporotic, reference_ids, t_scores_for_manifest
 from bmd.infra import paths
-from bmd.infra.atomic import file_mode
-from bmd.data.tscores import osteoporotic, t_scores_for_manifest
-from bmd.data.tscores import reference_ids
+from bmd.infra.atomic import atomic_path
 from bmd.io import ImageReadError, read_image
 
 SCHEMA_FILE = "manifest_schema.json"
@@ -520,16 +518,8 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
             finite = values.dropna()
             if np.isfinite(finite).all() and (finite == np.round(finite)).all():
                 out[col] = values.astype("Int64")
-    mode = file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            out.to_csv(fh, index=False, float_format="%.4f")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        out.to_csv(fh, index=False, float_format="%.4f")
+        fh.flush()
+        os.fsync(fh.fileno())
     return path

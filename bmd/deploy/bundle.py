@@ -11,7 +11,7 @@ in eval mode. Layout::
                     sex and threshold, provenance (the training config, best epoch, val/test metrics,
                     the detector's validation errors, versions) and the size and SHA-256 of every file
     weights.pt      the network's state dict (best validation epoch)
-    landmarks/      a copy of the landmark detector bundle (:mod:`bmd.landmarks.train`)
+    landmarks/      a copy of the landmark detector folder (:mod:`bmd.landmarks.detector`)
     MODEL_CARD.md   what the model is for, what it was trained on, how well it did on its test split,
                     its calibration, its input requirements and known limits (:mod:`bmd.deploy.model_card`)
 
@@ -71,11 +71,11 @@ from bmd.evaluation.metrics import patient_bootstrap_weights
 from bmd.evaluation.screening import Recalibration
 from bmd.infra.atomic import dir_mode
 from bmd.infra.digests import sha256_file
-from bmd.landmarks.train import LandmarkModel, load_landmark_model
+from bmd.landmarks.detector import LandmarkModel, load_landmark_model
 from bmd.model.dataset import FAMILIES, TargetScaler
 from bmd.model.networks import MULTI_ROI_KINDS, ROIModel, build_backbone, build_multi_roi
 from bmd.model.pretrained import IMAGENET
-from bmd.model.train import TrainConfig, load_arrays
+from bmd.model.train import ALL_ROIS, RunScalerError, TrainConfig, run_scaler
 from bmd.rois.geometry import GEOMETRY_VERSION, RoiGeometry
 
 if TYPE_CHECKING:
@@ -182,30 +182,6 @@ def _cache_inputs(cache: Path) -> dict:
     return {"chest_size": int(chest[1]), "roi_size": int(local[2]), "storage": storage,
             "geometry": RoiGeometry(**geometry).as_dict(), "geometry_version": version,
             "cache_key": key, "landmark_source": source}
-
-
-def _scaler_for_run(run: Path, cfg) -> TargetScaler:
-    """The run's target scaler: stored in its checkpoint, else refitted exactly as training fitted it."""
-    ckpt = run / "checkpoint.pt"
-    if ckpt.is_file():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)  # the run's own file
-        except Exception:  # an unreadable checkpoint: refit below instead
-            state = None
-        if isinstance(state, dict) and "scaler" in state:
-            return TargetScaler.from_dict(state["scaler"])
-    import pandas as pd
-
-
-    try:
-        _, _, case_ids = load_arrays(cfg.cache)
-        manifest = pd.read_csv(cfg.manifest, dtype={"case_id": str, "patient_id": str})
-        manifest = manifest.set_index("case_id").loc[case_ids].reset_index()
-    except (OSError, ValueError, KeyError) as exc:
-        raise BundleError(f"{run}: no target scaler in checkpoint.pt and it cannot be refitted from the "
-                          f"run's cache and manifest ({exc.__class__.__name__})") from None
-    bmd = manifest[list(BMD_COLUMNS)].to_numpy(dtype=float)
-    return TargetScaler.fit(bmd[manifest["split"].to_numpy() == "train"])
 
 
 def _build_network(kind: str, backbone: str, width: float, batch_norm: bool) -> nn.Module:
@@ -407,12 +383,12 @@ def _test_performance(metrics: dict, predictions: pd.DataFrame | None, recal: Re
     return out
 
 
-def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike, dest: str | os.PathLike, *,
+def export_bundle(run_dir: str | os.PathLike, detector: str | os.PathLike, dest: str | os.PathLike, *,
                   reference: str = "hologic", threshold: float = -2.5, sex: str = "F") -> Path:
     """Write the model bundle of a finished training run to ``dest`` (atomically); returns ``dest``.
 
-    ``run_dir``: a :mod:`bmd.model.train` run folder (``config.json``, ``best.pt``; the target scaler from
-    ``checkpoint.pt``, or refitted from the run's cache and manifest). ``landmark_bundle``: the detector
+    ``run_dir``: a :mod:`bmd.model.train` run folder (``config.json``, ``best.pt``; the target scaler training
+    stored there, :func:`bmd.model.train.run_scaler`). ``detector``: the landmark detector folder
     whose landmarks cut the run's validation/test crops (copied into ``dest/landmarks``).
     ``reference``/``sex``/``threshold``: the T-score table, its sex and the osteoporosis threshold that
     ``bmd predict`` reports with. Crop sides, storage and geometry are read from the run's ROI cache.
@@ -445,8 +421,11 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
     if inputs["geometry_version"] != GEOMETRY_VERSION:
         raise BundleError(f"{cfg.cache}: ROI geometry {inputs['geometry_version']!r}, this version cuts "
                           f"{GEOMETRY_VERSION!r}: retrain on a rebuilt cache")
-    scaler = _scaler_for_run(run, cfg)
-    family = cfg.family if cfg.model == "roi" else "all"
+    try:
+        scaler = run_scaler(run)  # fitted once, by the training run
+    except RunScalerError as exc:
+        raise BundleError(str(exc)) from None
+    family = cfg.family
     net = _build_network(cfg.model, cfg.backbone, cfg.width, cfg.batch_norm)
     try:
         net.load_state_dict(state)
@@ -454,9 +433,9 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
         first = str(exc).strip().splitlines()[0]
         raise BundleError(f"{best_path}: weights do not match the run's config ({first})") from None
     try:
-        landmarks = load_landmark_model(landmark_bundle)
+        landmarks = load_landmark_model(detector)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise BundleError(f"{landmark_bundle}: unusable landmark model bundle "
+        raise BundleError(f"{detector}: unusable landmark detector "
                           f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})") from None
     metrics = {}
     if (run / "metrics.json").is_file():
@@ -469,7 +448,7 @@ def export_bundle(run_dir: str | os.PathLike, landmark_bundle: str | os.PathLike
     try:
         torch.save(net.state_dict(), tmp / WEIGHTS_FILE)
         (tmp / LANDMARK_DIR).mkdir()
-        src = Path(landmark_bundle)
+        src = Path(detector)
         for name in _LANDMARK_FILES:
             if name == "config.json":  # the detector's description, without the paths it was trained from
                 lm_config = strip_paths(_read_json(src / name, "landmark detector config"))
@@ -539,6 +518,8 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
         model_info, inputs, ts = info["model"], info["inputs"], info["t_scores"]
         files = info["files"]
         kind, family = model_info["kind"], model_info["family"]
+        if kind in MULTI_ROI_KINDS:
+            family = ALL_ROIS  # one name for the multi-ROI family, whatever an older bundle wrote
         geometry = RoiGeometry(**inputs["geometry"])
         chest_size, roi_size = int(inputs["chest_size"]), int(inputs["roi_size"])
         storage, version = inputs["storage"], inputs["geometry_version"]

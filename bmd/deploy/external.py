@@ -50,6 +50,7 @@ from bmd.evaluation.figures import plot_predicted_vs_dxa
 from bmd.evaluation.metrics import auc_low_is_positive
 from bmd.evaluation.predictions import evaluate_predictions, predicted_t_scores
 from bmd.infra.atomic import atomic_path, write_bytes, write_text
+from bmd.infra.jsonvalues import finite_or_null
 
 SPLITS = ("auto", "test", "all")
 _EVALUATED = "evaluated"  # the split label the metric functions select
@@ -195,19 +196,6 @@ def evaluate_bundle(bundle: Bundle | str | os.PathLike, manifest: str | os.PathL
             fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
         result["figure"] = "predicted_vs_dxa.png"
-    result = _nan_to_none(result)
+    result = finite_or_null(result)
     write_bytes(out / "metrics.json", json.dumps(result, indent=1).encode())
     return result
-
-
-def _nan_to_none(obj):
-    """NaN/inf → None (JSON null), recursively: metrics.json stays standard JSON."""
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

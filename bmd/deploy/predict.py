@@ -50,7 +50,7 @@ from bmd.data.tscores import t_score, who_category
 from bmd.deploy.bundle import UNCALIBRATED, Bundle, BundleError, load_bundle
 from bmd.infra.atomic import atomic_path
 from bmd.io import ImageReadError, read_image
-from bmd.landmarks.train import predict_landmarks
+from bmd.landmarks.detector import predict_landmarks
 from bmd.model.dataset import as_float as _as_float
 from bmd.model.dataset import select_family
 from bmd.model.networks import MULTI_ROI_KINDS

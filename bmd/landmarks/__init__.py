@@ -7,11 +7,11 @@ __all__ = ["LANDMARK_NAMES", "N_LANDMARKS"]
 # The detector's API is imported lazily: the point names are needed by light code (the twin, manifests)
 # that should not pay for importing torch.
 _LAZY = {
-    "train_landmark_model": "bmd.landmarks.train", "load_landmark_model": "bmd.landmarks.train",
-    "save_landmark_model": "bmd.landmarks.train", "predict_landmarks": "bmd.landmarks.train",
-    "evaluate_landmarks": "bmd.landmarks.train", "recipe_for_profile": "bmd.landmarks.train",
-    "default_input_size": "bmd.landmarks.train", "LandmarkModel": "bmd.landmarks.train",
-    "LandmarkPredictions": "bmd.landmarks.train", "LandmarkEvaluation": "bmd.landmarks.train",
+    "train_landmark_model": "bmd.landmarks.fit", "load_landmark_model": "bmd.landmarks.detector",
+    "save_landmark_model": "bmd.landmarks.detector", "predict_landmarks": "bmd.landmarks.detector",
+    "evaluate_landmarks": "bmd.landmarks.detector", "recipe_for_profile": "bmd.landmarks.detector",
+    "default_input_size": "bmd.landmarks.detector", "LandmarkModel": "bmd.landmarks.detector",
+    "LandmarkPredictions": "bmd.landmarks.detector", "LandmarkEvaluation": "bmd.landmarks.detector",
     "import_annotations": "bmd.landmarks.annotations", "AnnotationError": "bmd.landmarks.annotations",
     "read_landmark_csv": "bmd.landmarks.annotations", "write_landmark_csv": "bmd.landmarks.annotations",
     "PlausibilityModel": "bmd.landmarks.plausibility", "LandmarkNet": "bmd.landmarks.model",

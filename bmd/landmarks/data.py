@@ -185,7 +185,7 @@ def landmarks_for_manifest(df: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def load_cohort(
+def load_landmark_cohort(
     manifest: str | os.PathLike | pd.DataFrame,
     splits: Sequence[str] | None,
     input_size: int,

@@ -7,7 +7,7 @@ Coordinates inside the network are *normalised letterbox coordinates*: the squar
 
 Architecture
 ------------
-* **Backbone** (:class:`Backbone`): four stride-2 stages of conv-BN-ReLU blocks (width ``w, 2w, 4w, 8w``)
+* **Backbone** (:class:`LandmarkBackbone`): four stride-2 stages of conv-BN-ReLU blocks (width ``w, 2w, 4w, 8w``)
   after a stride-2 stem, and a small top-down path (feature-pyramid style) that brings the deep, wide-context
   features back to stride ``feature_stride`` (4 by default) with ``channels`` channels. The input image is
   standardised per image first, so the detector does not depend on the window a file was stored with.
@@ -43,7 +43,7 @@ LOCAL_SCALE = 0.05
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture parameters; stored in a model bundle's config so a bundle describes itself."""
+    """Architecture parameters; stored in the detector folder's config so a detector describes itself."""
 
     input_size: int = 256
     width: int = 16
@@ -72,7 +72,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        """Inverse of :meth:`as_dict` (unknown keys are an error: a bundle from another version)."""
+        """Inverse of :meth:`as_dict` (unknown keys are an error: a detector from another version)."""
         d = dict(d)
         if "radii" in d:
             d["radii"] = tuple(float(r) for r in d["radii"])
@@ -101,7 +101,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-class Backbone(nn.Module):
+class LandmarkBackbone(nn.Module):
     """Small CPU-friendly CNN with a top-down path; returns the fine feature map and the pooled descriptor."""
 
     def __init__(self, width: int, channels: int, feature_stride: int):
@@ -195,7 +195,7 @@ class LandmarkNet(nn.Module):
         self.config = config
         self.register_buffer("mean_shape", mean_shape.detach().clone().float())
         self.register_buffer("offsets", _patch_offsets(config.patch))
-        self.backbone = Backbone(config.width, config.channels, config.feature_stride)
+        self.backbone = LandmarkBackbone(config.width, config.channels, config.feature_stride)
         c, p, n = config.channels, config.patch**2, N_LANDMARKS
         node_in = c * p + 2 * n
         self.global_gcn = GCN(node_in + self.backbone.pooled_dim, config.hidden, config.gcn_layers)

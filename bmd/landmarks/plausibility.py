@@ -167,7 +167,7 @@ class PlausibilityModel:
         return out
 
     def state(self) -> dict:
-        """Tensors and numbers to save in a model bundle."""
+        """Tensors and numbers to save in the detector folder."""
         return {
             "mean_shape": torch.from_numpy(self.mean_shape),
             "gaussians": {k: g.state() for k, g in self.gaussians.items()},

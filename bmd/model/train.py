@@ -9,9 +9,11 @@ evenly over the ranks; augmentation draws are seeded by (seed, epoch, case), so 
 see the same global batches and the same crops. BatchNorm statistics are per rank on CPU (SyncBatchNorm
 needs CUDA), so exact 1-vs-N equivalence holds for backbones without batch norm.
 
-A run folder holds ``config.json``, ``checkpoint.pt`` (every epoch, atomic; ``--resume`` continues
-from it), ``best.pt`` (best validation epoch), ``log.csv`` (one line per epoch), ``predictions.csv``
-(val and test: case and patient id, truth and prediction per vertebra, g/cm²) and ``metrics.json``.
+A run folder (written through :class:`bmd.runs.folder.RunFolder`, which the landmark detector's training
+shares) holds ``config.json``, ``checkpoint.pt`` (every epoch, atomic; ``--resume`` continues from it),
+``best.pt`` (best validation epoch, with the target scaler fitted on the training split: :func:`run_scaler`
+reads it back), ``log.csv`` (one line per epoch), ``predictions.csv`` (val and test: case and patient id,
+truth and prediction per vertebra, g/cm²) and ``metrics.json`` (written last: the run finished).
 
 **Interruptions.** A killed run (SIGKILL, a lost node) resumes with ``--resume`` from the last finished
 epoch and ends with the weights and predictions an uninterrupted run gives: everything random in an
@@ -56,7 +58,7 @@ from bmd.columns import BMD_COLUMNS, ID_COLUMNS, PRED_COLUMNS
 from bmd.evaluation.metrics import pearson_r
 from bmd.evaluation.predictions import evaluate_predictions
 from bmd.infra import progress
-from bmd.infra.atomic import atomic_path, write_bytes
+from bmd.infra.atomic import write_bytes
 from bmd.infra.errors import OneLineParser as _Parser
 from bmd.infra.errors import describe_error
 from bmd.infra.jsonvalues import finite_or_null
@@ -71,6 +73,13 @@ from bmd.model.networks import (
     multi_roi_loss,
 )
 from bmd.rois.cache import load_cache
+from bmd.runs.folder import CheckpointError, RunFolder, load_checkpoint, save_checkpoint
+
+BEST_FILE = "best.pt"  # the selected epoch's weights and the target scaler they predict in
+
+
+#: The ROI family of the multi-ROI models (every crop), as in the experiment specs and model bundles.
+ALL_ROIS = "all"
 
 
 @dataclass
@@ -81,7 +90,8 @@ class TrainConfig:
     cache: str  # ROI cache folder (bmd.rois.cache): chest.npy (N,Hc,Wc), local.npy (N,6,H,W), case_ids.txt
     manifest: str  # the study manifest (targets, splits, patient ids)
     model: str = "multi_roi"  # multi_roi | attention (multi-ROI with attention over the ROIs) | roi
-    family: str = "chest"  # ROI family of a roi model: chest, cervi, clavi, ribcage, lumbar
+    family: str | None = None  # a roi model's ROI family (chest, cervi, clavi, ribcage, lumbar; None: chest);
+    # "all" for the multi-ROI models
     backbone: str = "vgg16"
     width: float = 1.0
     batch_norm: bool = False
@@ -100,6 +110,25 @@ class TrainConfig:
     threads: int = 0  # CPU threads per rank (0: cores / ranks)
     compile: bool = False  # torch.compile (GPU only)
     precise_bn_cases: int = 256  # batch-norm statistics recomputed on this many training cases each epoch (0: off)
+
+    def __post_init__(self) -> None:
+        # configs written before the multi-ROI family was called "all" said "chest" (unused by those models):
+        # read them as "all", so that old run folders still match the configs that made them
+        if self.model in MULTI_ROI_KINDS:
+            if self.family in (None, "chest"):
+                self.family = ALL_ROIS
+        elif self.family is None:
+            self.family = "chest"
+
+    def matches_saved(self, path: str | Path) -> bool:
+        """Whether the config file at ``path`` is this config: every field written, the same values (an old
+        file's multi-ROI family read as :meth:`load` reads it)."""
+        try:
+            saved = TrainConfig.load(path)
+            written = set(json.loads(Path(path).read_text(encoding="utf-8", errors="replace")))
+        except (OSError, TrainConfigError, TypeError):
+            return False
+        return saved == self and written == {f.name for f in dataclasses.fields(self)}
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -130,12 +159,28 @@ class TrainConfig:
         write_bytes(Path(path), json.dumps(dataclasses.asdict(self), indent=1).encode())
 
 
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-        # on disk before the rename, so even a power cut cannot leave a renamed, empty checkpoint
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+def run_scaler(run_dir: str | Path) -> TargetScaler:
+    """The target scaler a run trained with, as training stored it (``best.pt``, else ``checkpoint.pt``).
+
+    Training fits it once, on the training split; everyone else reads it from here. Raises
+    :class:`RunScalerError` (one line naming the folder) when neither file holds it.
+    """
+    run = Path(run_dir)
+    for name in (BEST_FILE, "checkpoint.pt"):
+        path = run / name
+        if not path.is_file():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        if state.get("scaler") is not None:
+            return TargetScaler.from_dict(state["scaler"])
+    raise RunScalerError(f"{run}: no target scaler in {BEST_FILE} or checkpoint.pt (retrain the run)")
+
+
+class RunScalerError(ValueError):
+    """A run folder without the target scaler its training stored."""
 
 
 # ------------------------------------------------------------------------------- the run folder lock
@@ -182,12 +227,6 @@ def _hold_run_folder(stack: contextlib.ExitStack, run_dir: Path, rank: int, devi
     if int(flag.item()):
         dist.destroy_process_group()
         raise RunFolderBusy(busy or f"run folder {run_dir} is in use")
-
-
-def _remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files of a killed writer (atomic writes rename them when complete); we hold the lock."""
-    for tmp in run_dir.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def _die_with_launcher() -> None:
@@ -434,21 +473,13 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
     return run_dir
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict:
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise RuntimeError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}); delete it to start "
-                           f"afresh") from None
-
-
 def _restore_best(run_dir: Path, state: dict) -> None:
     """Make ``best.pt`` hold the checkpoint's best epoch after a kill between the two writes.
 
     The checkpoint is written before ``best.pt``; a run killed in between has a checkpoint whose best
     epoch is its own epoch, so its weights are the best weights.
     """
-    best_path = run_dir / "best.pt"
+    best_path = run_dir / BEST_FILE
     if state["best_epoch"] != state["epoch"]:
         return
     try:
@@ -456,7 +487,7 @@ def _restore_best(run_dir: Path, state: dict) -> None:
     except Exception:  # noqa: BLE001 - missing or unreadable: rewritten below
         best_epoch = None
     if best_epoch != state["epoch"]:
-        _atomic_torch_save({"model": state["model"], "epoch": state["epoch"]}, best_path)
+        save_checkpoint({"model": state["model"], "epoch": state["epoch"], "scaler": state.get("scaler")}, best_path)
 
 
 def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.device) -> None:
@@ -473,7 +504,7 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
     manifest = manifest.set_index("case_id").loc[case_ids].reset_index()
     bmd = manifest[list(BMD_COLUMNS)].to_numpy(dtype=float)
     split = manifest["split"].to_numpy()
-    scaler = TargetScaler.fit(bmd[split == "train"])
+    scaler = TargetScaler.fit(bmd[split == "train"])  # the one place it is fitted; run_scaler reads it back
     targets = scaler.transform(bmd).astype(np.float32)
     datasets = {s: RoiDataset(chest, local, targets, np.flatnonzero(split == s)) for s in ("train", "val", "test")}
 
@@ -498,13 +529,12 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
                                                         steps_per_epoch=max(len(loader), 1))
 
     start_epoch, best_score, best_epoch, log_rows, stopped = 0, -np.inf, -1, [], ""
-    ckpt_path = run_dir / "checkpoint.pt"
+    folder = RunFolder(run_dir)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(run_dir)
+        folder.prepare()  # rank 0 holds the folder's lock
         cfg.save(run_dir / "config.json")
-    if resume and ckpt_path.is_file():
-        state = _load_checkpoint(ckpt_path, device)
+    state = folder.resume(map_location=device) if resume else None
+    if state is not None:
         ddp.module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
@@ -551,16 +581,17 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
             print(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val MSE {val_mse:.4f} R {val_r:.3f} "
                   f"lr {row['lr']:.2e} {row['seconds']:.1f}s" + (" *" if improved else ""), flush=True)
             # the checkpoint first: a kill before best.pt is written is repaired on resume (_restore_best)
-            _atomic_torch_save({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                                "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
-                                "log": log_rows, "scaler": scaler.to_dict(), "stopped": stopped}, ckpt_path)
+            folder.save_checkpoint({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                                    "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
+                                    "log": log_rows, "scaler": scaler.to_dict(), "stopped": stopped})
             if improved:
-                _atomic_torch_save({"model": ddp.module.state_dict(), "epoch": epoch}, run_dir / "best.pt")
-            write_bytes(run_dir / "log.csv", pd.DataFrame(log_rows).to_csv(index=False).encode())
+                save_checkpoint({"model": ddp.module.state_dict(), "epoch": epoch, "scaler": scaler.to_dict()},
+                                run_dir / BEST_FILE)
+            folder.write_history(log_rows)
         dist.barrier()
 
-    best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
+    best = load_checkpoint(run_dir / BEST_FILE, device)
     ddp.module.load_state_dict(best["model"])
     if rank == 0:
         best_r = next((row["val_r"] for row in log_rows if row["epoch"] == best_epoch), float("nan"))
@@ -607,8 +638,9 @@ def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path
     else:  # weights ruined before any usable epoch: nothing to score (the verdict says why)
         splits = {}
     metrics = {"best_epoch": best_epoch, **verdict, "splits": splits}
+    folder = RunFolder(run_dir)
     write_bytes(run_dir / "predictions.csv", predictions.to_csv(index=False, float_format="%.5f").encode())
-    write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=1, default=float).encode())
+    folder.write_metrics(metrics)  # the finished marker, written last
 
 
 _EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) .*?\bR (-?[\d.]+|nan)")

@@ -18,9 +18,8 @@ import torch
 
 from bmd.columns import BMD_COLUMNS, ROI_NAMES, VERTEBRAE
 from bmd.evaluation.metrics import pearson_r
-from bmd.model.dataset import TargetScaler
 from bmd.model.networks import MULTI_ROI_KINDS
-from bmd.model.train import TrainConfig, build_model
+from bmd.model.train import TrainConfig, build_model, run_scaler
 
 
 def load_run_model(run: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -97,8 +96,7 @@ def _study(run: str | Path, cache, manifest: pd.DataFrame, split: str, need: str
     mean_chest = _as_unit(np.asarray(cache.chest)[train]).mean(axis=0)
     mean_local = _as_unit(np.asarray(cache.local)[train]).mean(axis=0)
     truth = info[list(BMD_COLUMNS)].to_numpy(float)[rows]
-    train_bmd = info[list(BMD_COLUMNS)].to_numpy(float)[train]
-    scaler = TargetScaler.fit(train_bmd)  # the scaling the run trained with (fitted on the same train rows)
+    scaler = run_scaler(run)  # the scaling the run trained with
 
     def score(feats: torch.Tensor) -> float:
         with torch.no_grad():

@@ -15,14 +15,12 @@ run folder, :mod:`bmd.infra.artifacts`).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from bmd.infra.artifacts import Artifact, inputs_key
 from bmd.model.pretrained import resolve_weights
-from bmd.model.train import LOCK_FILE, TrainConfig, launch, run_lock
+from bmd.model.train import ALL_ROIS, LOCK_FILE, TrainConfig, launch, run_lock
 from bmd.study.config import Profile
 
 BACKBONES_TABLE1: tuple[str, ...] = ("vgg11", "resnet18", "resnet34", "resnet50", "vgg16")
@@ -98,7 +96,7 @@ def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str
 
     return TrainConfig(
         run_dir=str(Path(runs) / spec.name), cache=str(cache), manifest=str(manifest), model=spec.model,
-        family="chest" if spec.model != "roi" else spec.family, backbone=spec.backbone,
+        family=spec.family if spec.model == "roi" else ALL_ROIS, backbone=spec.backbone,
         width=cfg.train_width, batch_norm=cfg.train_batch_norm, pretrained=cfg.train_pretrained,
         epochs=cfg.train_epochs,
         batch_size=cfg.train_batch_size, optimizer=cfg.train_optimizer, lr=cfg.train_lr,
@@ -123,11 +121,9 @@ def _has_results(run: Path) -> bool:
 
 
 def _same_config(config) -> bool:
-    """Whether the run folder's ``config.json`` is exactly ``config`` (a run of it, finished or killed)."""
-    try:
-        return json.loads((Path(config.run_dir) / "config.json").read_text()) == dataclasses.asdict(config)
-    except (OSError, ValueError):
-        return False
+    """Whether the run folder's ``config.json`` is ``config`` (a run of it, finished or killed; a config saved
+    under the multi-ROI family's older name counts, see :meth:`TrainConfig.matches_saved`)."""
+    return config.matches_saved(Path(config.run_dir) / "config.json")
 
 
 def is_finished(config) -> bool:

@@ -30,13 +30,13 @@ from bmd.infra.artifacts import Artifact, file_stamp, inputs_key
 from bmd.infra.atomic import write_bytes, write_text
 from bmd.infra.digests import sha256_bytes, sha256_file, sha256_files, sha256_json
 from bmd.landmarks.annotations import manifest_landmarks
-from bmd.landmarks.train import (
+from bmd.landmarks.detector import (
     LandmarkEvaluation,
     evaluate_landmarks,
     predict_landmarks,
     recipe_for_profile,
-    train_landmark_model,
 )
+from bmd.landmarks.fit import train_landmark_model
 from bmd.rois.cache import build_roi_cache
 from bmd.study import ablation, report, summary
 from bmd.study.ablation import attention_study
@@ -101,7 +101,7 @@ def _bundle_matches(bundle: Path, manifest: Path, recipe: dict) -> bool:
 class LandmarkResults:
     """Detector accuracy on the test split and the landmark tables the ROI stage uses."""
 
-    evaluation: object  # bmd.landmarks.train.LandmarkEvaluation
+    evaluation: object  # bmd.landmarks.detector.LandmarkEvaluation
     detected: pd.DataFrame  # case_id + 32 coordinates, status and image width: detector output for every case
     ground_truth: pd.DataFrame | None  # case_id + 32 coordinates from the manifest's landmark files
 

@@ -39,7 +39,7 @@ def smoke_study(root: Path) -> dict:
     """Build (or reuse) a smoke twin, detector, ROI cache, training run and its bundle under ``root``."""
     from bmd.data.twin import generate_twin
     from bmd.infra import paths
-    from bmd.landmarks.train import train_landmark_model
+    from bmd.landmarks.fit import train_landmark_model
     from bmd.study import stages
     from bmd.study.cohort import load_cohort
     from bmd.study.config import load_profile
@@ -135,14 +135,20 @@ def test_export_replaces_a_bundle_atomically_and_refuses_other_folders(study, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "notes"]
 
 
-def test_scaler_is_refitted_exactly_when_the_checkpoint_is_gone(study, tmp_path):
+def test_scaler_is_the_runs_own_when_the_checkpoint_is_gone(study, tmp_path):
+    """best.pt holds the scaler training fitted; without it and the checkpoint the export stops in one line."""
     run = tmp_path / "run"
     shutil.copytree(study["run"], run)
     (run / "checkpoint.pt").unlink()
-    refit = json.loads((export_bundle(run, study["detector"], tmp_path / "b") / BUNDLE_FILE).read_text())
+    again = json.loads((export_bundle(run, study["detector"], tmp_path / "b") / BUNDLE_FILE).read_text())
     saved = json.loads((study["bundle"] / BUNDLE_FILE).read_text())
-    np.testing.assert_allclose(refit["target_scaler"]["mean"], saved["target_scaler"]["mean"], rtol=1e-12)
-    np.testing.assert_allclose(refit["target_scaler"]["std"], saved["target_scaler"]["std"], rtol=1e-12)
+    assert again["target_scaler"] == saved["target_scaler"]
+    best = torch.load(run / "best.pt", weights_only=False)
+    del best["scaler"]
+    torch.save(best, run / "best.pt")
+    with pytest.raises(BundleError, match="no target scaler") as e:
+        export_bundle(run, study["detector"], tmp_path / "c")
+    assert _one_line(e)
 
 
 def _one_line(exc_info) -> str:
@@ -157,7 +163,7 @@ def test_export_refuses_unusable_runs_with_one_line(study, tmp_path):
     with pytest.raises(BundleError, match="unknown T-score reference table 'norland-x'") as e:
         export_bundle(run, study["detector"], tmp_path / "b", reference="norland-x")
     _one_line(e)
-    with pytest.raises(BundleError, match="unusable landmark model bundle") as e:
+    with pytest.raises(BundleError, match="unusable landmark detector") as e:
         export_bundle(run, tmp_path, tmp_path / "b")
     _one_line(e)
     cfg = json.loads((run / "config.json").read_text())
@@ -227,7 +233,7 @@ def test_unverified_load_still_refuses_weights_of_another_model(bundle_copy, stu
     _one_line(e)
 
 
-def test_a_landmark_bundle_given_as_model_gets_a_hint(study):
+def test_a_landmark_detector_given_as_model_gets_a_hint(study):
     with pytest.raises(BundleError, match="a landmark detector .*not a model bundle"):
         load_bundle(study["detector"])
 
@@ -447,3 +453,15 @@ def test_an_attention_run_exports_loads_and_predicts_unchanged(study, tmp_path):
     assert main(["predict", image, "--model", str(tmp_path / "bundle"), "--out", str(tmp_path / "p.csv")]) == 0
     out = pd.read_csv(tmp_path / "p.csv")
     assert out.loc[0, "status"] in ("ok", "flagged") and np.isfinite(out.loc[0, "bmd_l1"])
+
+
+def test_the_multi_roi_family_is_all_in_old_runs_and_bundles_too(study, bundle_copy, tmp_path):
+    """Runs and bundles written when a multi-ROI config said family "chest" export and load as "all"."""
+    assert load_bundle(study["bundle"]).family == "all"
+    _edit_json(bundle_copy / BUNDLE_FILE, model__family="chest")
+    assert load_bundle(bundle_copy).family == "all"
+    run = tmp_path / "run"
+    shutil.copytree(study["run"], run)
+    _edit_json(run / "config.json", family="chest")
+    exported = json.loads((export_bundle(run, study["detector"], tmp_path / "b") / BUNDLE_FILE).read_text())
+    assert exported["model"]["family"] == "all"

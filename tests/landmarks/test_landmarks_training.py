@@ -1,4 +1,4 @@
-"""Training the detector on the smoke twin, model bundles, prediction, evaluation and plausibility
+"""Training the detector on the smoke twin, detector folders, prediction, evaluation and plausibility
 (including real non-chest radiographs whose DICOM headers were rewritten to claim a chest)."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import torch
 
 from bmd.columns import COORD_COLUMNS, N_LANDMARKS
 from bmd.data.twin import generate_twin
-from bmd.landmarks.train import (
+from bmd.landmarks.detector import (
     evaluate_landmarks,
     load_landmark_model,
     predict_landmarks,
     save_landmark_model,
-    train_landmark_model,
 )
+from bmd.landmarks.fit import train_landmark_model
 from bmd.study.config import load_profile
 
 torch.set_num_threads(2)
@@ -41,12 +41,12 @@ def smoke_twin(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke_model(smoke_twin, tmp_path_factory):
     return train_landmark_model(
-        smoke_twin / "manifest.csv", tmp_path_factory.mktemp("lm_model") / "bundle", **SMOKE_RECIPE
+        smoke_twin / "manifest.csv", tmp_path_factory.mktemp("lm_model") / "detector", **SMOKE_RECIPE
     )
 
 
 @pytest.mark.slow
-def test_training_beats_the_mean_shape_on_val_and_writes_a_bundle(smoke_model):
+def test_training_beats_the_mean_shape_on_val_and_writes_a_detector(smoke_model):
     info = json.loads((smoke_model / "config.json").read_text())
     assert {"config.json", "weights.pt", "plausibility.pt"} <= {p.name for p in smoke_model.iterdir()}
     assert not (smoke_model / ".train_state.pt").exists()
@@ -59,7 +59,7 @@ def test_training_beats_the_mean_shape_on_val_and_writes_a_bundle(smoke_model):
 
 
 @pytest.mark.slow
-def test_bundle_round_trip_gives_identical_predictions(smoke_model, smoke_twin, tmp_path):
+def test_detector_round_trip_gives_identical_predictions(smoke_model, smoke_twin, tmp_path):
     images = sorted((smoke_twin / "images").glob("*.dcm"))[:5]
     model = load_landmark_model(smoke_model)
     first = predict_landmarks(model, images)
@@ -203,7 +203,7 @@ def test_cli_landmarks_predict_writes_the_csv_and_fails_on_unreadable(smoke_mode
 def test_cli_landmarks_train_uses_the_profile_recipe(smoke_twin, tmp_path):
     from bmd.cli import main
 
-    out = tmp_path / "bundle"
+    out = tmp_path / "detector"
     args = ["landmarks", "train", "--manifest", str(smoke_twin / "manifest.csv"), "--out", str(out),
             "--profile", "smoke", "--epochs", "1", "--quiet"]
     assert main(args) == 0

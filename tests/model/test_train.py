@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from bmd.model.train import TrainConfig, launch
+from bmd.model.train import ALL_ROIS, TrainConfig, launch
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,17 @@ def test_ddp_finished_run_is_reused_and_a_changed_config_retrains(tiny, tmp_path
     run_artifact(cfg).stamp.unlink()  # a run finished before stamps existed: adopted, not retrained
     train_model(cfg)
     assert run_artifact(cfg).stamp.is_file()
+    # an unstamped run folder written when the multi-ROI family was called "chest" is still this config's
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["family"] == "all"
+    run_artifact(cfg).stamp.unlink()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**saved, "family": "chest"}))
+    assert is_finished(cfg)
+    # ... but a config file missing a field is not
+    (tmp_path / "run" / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "seed"}))
+    assert not is_finished(cfg)
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    train_model(cfg)
     with pytest.raises(AssertionError, match="retrained"):
         train_model(dataclasses.replace(cfg, lr=0.02))
 
@@ -203,3 +215,34 @@ def test_recomputed_batch_norm_statistics_depend_only_on_the_weights_and_the_cas
     for k, v in weights.items():
         torch.testing.assert_close(model.state_dict()[k], v)
     assert first.momentum == 0.1 and not model.training
+
+
+def test_one_name_for_the_multi_roi_family(tmp_path):
+    """The multi-ROI models' family is "all" (an old config's "chest" is read as "all"); a roi model keeps its own."""
+    assert TrainConfig(run_dir="r", cache="c", manifest="m").family == ALL_ROIS == "all"
+    assert TrainConfig(run_dir="r", cache="c", manifest="m", model="attention", family="chest").family == "all"
+    assert TrainConfig(run_dir="r", cache="c", manifest="m", model="roi").family == "chest"
+    assert TrainConfig(run_dir="r", cache="c", manifest="m", model="roi", family="clavi").family == "clavi"
+    old = TrainConfig(run_dir="r", cache="c", manifest="m")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**dataclasses.asdict(old), "family": "chest"}))
+    assert TrainConfig.load(path) == old and old.matches_saved(path)
+    path.write_text(json.dumps({**dataclasses.asdict(old), "family": "clavi"}))
+    assert not old.matches_saved(path)
+
+
+def test_the_target_scaler_is_read_from_the_run(tmp_path):
+    """run_scaler: best.pt's scaler, else the checkpoint's; neither: one line naming the folder."""
+    from bmd.model.dataset import TargetScaler
+    from bmd.model.train import RunScalerError, run_scaler
+
+    scaler = TargetScaler(np.array([0.8, 0.9, 1.0, 1.1]), np.array([0.1, 0.2, 0.3, 0.4]))
+    with pytest.raises(RunScalerError, match="no target scaler") as exc:
+        run_scaler(tmp_path)
+    assert str(tmp_path) in str(exc.value) and "\n" not in str(exc.value)
+    torch.save({"model": {}, "scaler": scaler.to_dict()}, tmp_path / "checkpoint.pt")
+    torch.save({"model": {}, "epoch": 0}, tmp_path / "best.pt")  # written before best.pt held the scaler
+    np.testing.assert_array_equal(run_scaler(tmp_path).std, scaler.std)
+    (tmp_path / "checkpoint.pt").unlink()
+    torch.save({"model": {}, "epoch": 0, "scaler": scaler.to_dict()}, tmp_path / "best.pt")
+    np.testing.assert_array_equal(run_scaler(tmp_path).mean, scaler.mean)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bmd.columns import ROI_NAMES
-from bmd.model.train import TrainConfig, build_model
+from bmd.model.dataset import TargetScaler
+from bmd.model.train import RunScalerError, TrainConfig, build_model
 from bmd.study.ablation import joint_weight_norms, roi_ablation
 
 ONLY = 3  # the one ROI (clavi_r) the joint head is allowed to read
@@ -38,7 +39,9 @@ def run(tmp_path_factory):
         keep = blocks[:, ONLY].clone()
         blocks.zero_()
         blocks[:, ONLY] = keep
-    torch.save({"model": model.state_dict(), "epoch": 0}, root / "best.pt")
+    # training stores the target scaler it fitted on the train rows with the best weights
+    scaler = TargetScaler.fit(bmd[:20])
+    torch.save({"model": model.state_dict(), "epoch": 0, "scaler": scaler.to_dict()}, root / "best.pt")
     (root / "config.json").write_text(__import__("json").dumps(dataclasses.asdict(config)))
     cache = SimpleNamespace(chest=crops[:, 0], local=crops[:, 1:], case_ids=ids)
     return root, cache, manifest
@@ -74,7 +77,6 @@ def test_a_single_roi_run_is_refused(run, tmp_path):
 def test_swapped_features_equal_a_forward_pass_on_ablated_crops(run):
     """The feature-swap shortcut gives the R of actually feeding the mean crop through the model."""
     from bmd.evaluation.metrics import pearson_r
-    from bmd.model.dataset import TargetScaler
     from bmd.study.ablation import _as_unit, load_run_model
 
     root, cache, manifest = run
@@ -108,7 +110,8 @@ def test_attention_run_gives_attention_and_ablation_from_one_pass(run, tmp_path)
     config = TrainConfig.load(root / "config.json")
     config = dataclasses.replace(config, model="attention", run_dir=str(tmp_path))
     torch.manual_seed(0)
-    torch.save({"model": build_model(config).state_dict()}, tmp_path / "best.pt")
+    scaler = torch.load(root / "best.pt", weights_only=False)["scaler"]
+    torch.save({"model": build_model(config).state_dict(), "scaler": scaler}, tmp_path / "best.pt")
     config.save(tmp_path / "config.json")
     study = attention_study(tmp_path, cache, manifest)
     assert study.weights.shape == (20, 4, 7) and len(study.case_ids) == 20
@@ -117,3 +120,15 @@ def test_attention_run_gives_attention_and_ablation_from_one_pass(run, tmp_path)
     pd.testing.assert_frame_equal(study.ablation, roi_ablation(tmp_path, cache, manifest))
     with pytest.raises(ValueError, match="attention"):
         attention_study(root, cache, manifest)
+
+
+def test_the_scaler_is_the_runs_not_refitted(run, tmp_path):
+    """The ablation reads the target scaler training stored; a run without one is refused in one line."""
+    root, cache, manifest = run
+    state = torch.load(root / "best.pt", weights_only=False)
+    del state["scaler"]
+    torch.save(state, tmp_path / "best.pt")
+    (tmp_path / "config.json").write_bytes((root / "config.json").read_bytes())
+    with pytest.raises(RunScalerError, match="no target scaler") as exc:
+        roi_ablation(tmp_path, cache, manifest)
+    assert "\n" not in str(exc.value)

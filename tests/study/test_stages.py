@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from frames import predictions_frame
 
-from bmd.landmarks.train import LandmarkEvaluation
+from bmd.landmarks.detector import LandmarkEvaluation
 from bmd.study import stages
 
 

@@ -1,15 +1,14 @@
-"""Train, save, load, run and evaluate the graph landmark detector.
+"""The trained landmark detector: its folder, loading, running and evaluating it.
 
-* :func:`train_landmark_model` trains on the manifest's **train** split only, selects the epoch with the
-  lowest validation error, fits the plausibility model (train features, calibrated on val) and writes a
-  model bundle directory.
-* :func:`load_landmark_model` reads a bundle; :func:`predict_landmarks` runs it on files or arrays and
-  returns points in *original* image pixels with a plausibility verdict per image.
+* :func:`load_landmark_model` reads a detector folder (written by :func:`bmd.landmarks.fit.train_landmark_model`
+  through :func:`save_landmark_model`); :func:`predict_landmarks` runs it on files or arrays and returns points
+  in *original* image pixels with a plausibility verdict per image.
 * :func:`evaluate_landmarks` gives per-landmark and overall mean and 95th-percentile radial errors, as a
-  percentage of the image width, for the model and two baselines: the mean training shape placed in the
+  percentage of the image width, for the detector and two baselines: the mean training shape placed in the
   letterbox frame, and the global (affine) stage alone.
+* :func:`recipe_for_profile`: the training arguments a study profile uses.
 
-Bundle layout (``config.json`` is written last, atomically, so a bundle with one is complete)::
+Detector folder (``config.json`` is written last, atomically, so a folder with one is complete)::
 
     config.json        format, landmark names, model config (input size, architecture), mean shape,
                        augmentation, optimiser, seed, training history, validation errors, plausibility
@@ -20,40 +19,26 @@ Bundle layout (``config.json`` is written last, atomically, so a bundle with one
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import math
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
-from bmd.infra.atomic import atomic_path, write_text
+from bmd.infra.atomic import write_text
 from bmd.io import ImageReadError, read_image
-from bmd.landmarks.data import (
-    AugmentConfig,
-    LandmarkAugment,
-    LandmarkCohort,
-    LandmarkDataset,
-    Letterbox,
-    letterbox_image,
-    load_cohort,
-    to_uint8,
-)
-from bmd.landmarks.model import LandmarkNet, ModelConfig, landmark_loss
+from bmd.landmarks.data import LandmarkCohort, Letterbox, letterbox_image, load_landmark_cohort, to_uint8
+from bmd.landmarks.model import LandmarkNet, ModelConfig
 from bmd.landmarks.plausibility import PlausibilityModel, PlausibilityResult
+from bmd.runs.folder import save_checkpoint
 
-BUNDLE_FORMAT = "bmd-landmarks/1"
+DETECTOR_FORMAT = "bmd-landmarks/1"
 CONFIG_FILE, WEIGHTS_FILE, PLAUSIBILITY_FILE = "config.json", "weights.pt", "plausibility.pt"
-_STATE_FILE = ".train_state.pt"  # resumable training state, removed when the bundle is complete
 
 
 def default_input_size(image_size: int) -> int:
@@ -75,7 +60,7 @@ def recipe_for_profile(profile) -> dict:
 
 @dataclass
 class LandmarkModel:
-    """A loaded (or freshly trained) detector: network, plausibility model and the bundle's config."""
+    """A loaded (or freshly trained) detector: network, plausibility model and the folder's config."""
 
     net: LandmarkNet
     plausibility: PlausibilityModel | None
@@ -119,18 +104,8 @@ class LandmarkPredictions:
         return df
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 @torch.no_grad()
-def _forward(net: LandmarkNet, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+def network_outputs(net: LandmarkNet, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """Run the network (eval mode) on (N, S, S) uint8 or float images; numpy outputs."""
     net.eval()
     stages, pooled, local = [], [], []
@@ -157,7 +132,7 @@ def _forward(net: LandmarkNet, images: np.ndarray, batch_size: int) -> dict[str,
     }
 
 
-def _to_original(boxes: Sequence[Letterbox], normalised: np.ndarray) -> np.ndarray:
+def to_original(boxes: Sequence[Letterbox], normalised: np.ndarray) -> np.ndarray:
     """(N, ..., 16, 2) normalised → original pixel coordinates, image by image."""
     return (
         np.stack([b.from_normalised(p) for b, p in zip(boxes, normalised, strict=True)])
@@ -171,7 +146,7 @@ def radial_errors_pct(pred: np.ndarray, truth: np.ndarray, widths: np.ndarray) -
     return np.linalg.norm(pred - truth, axis=-1) / np.asarray(widths, dtype=np.float64)[:, None] * 100.0
 
 
-def _error_summary(err: np.ndarray) -> dict:
+def error_summary(err: np.ndarray) -> dict:
     """Overall and per-landmark mean and 95th percentile of (N, 16) errors (% width)."""
     return {
         "mean_error_pct": float(np.mean(err)),
@@ -186,276 +161,45 @@ def _error_summary(err: np.ndarray) -> dict:
     }
 
 
-def _signature(**kwargs) -> str:
-    return hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def train_landmark_model(
-    manifest_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    input_size: int = 256,
-    epochs: int = 12,
-    batch_size: int = 16,
-    seed: int = 0,
-    lr: float = 2e-3,
-    weight_decay: float = 1e-4,
-    model_config: ModelConfig | dict | None = None,
-    augment: AugmentConfig | dict | None = None,
-    threads: int = 2,
-    progress: bool = True,
-    log: Callable[[str], None] | None = print,
-) -> Path:
-    """Train the detector on the train split of a manifest and write a model bundle to ``out_dir``.
-
-    The validation split selects the epoch (lowest mean radial error) and calibrates the plausibility
-    score. Optimiser: AdamW with a one-cycle learning-rate schedule (a recipe that converges in a few
-    CPU minutes). A killed run resumes from ``out_dir/.train_state.pt`` when called again with the same
-    arguments; the same seed gives the same bundle on the same machine.
-    """
-    t_start = time.perf_counter()
-    out = Path(out_dir)
-    torch.set_num_threads(max(1, int(threads)))
-    say = log or (lambda _msg: None)
-
-    if isinstance(model_config, dict):
-        model_config = ModelConfig.from_dict({**model_config, "input_size": input_size})
-    cfg = model_config or ModelConfig(input_size=input_size)
-    if cfg.input_size != input_size:
-        cfg = dataclasses.replace(cfg, input_size=input_size)
-    aug_cfg = AugmentConfig(**augment) if isinstance(augment, dict) else (augment or AugmentConfig())
-
-    t0 = time.perf_counter()
-    train = load_cohort(manifest_path, ["train"], input_size, progress=progress)
-    val = load_cohort(manifest_path, ["val"], input_size, progress=progress)
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError(
-            f"{manifest_path}: the detector needs train and val cases (got {len(train)} and {len(val)})"
-        )
-    t_read = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)  # only once the manifest has been read
-    say(f"landmarks: {len(train)} train / {len(val)} val images at {input_size}² (read in {t_read:.1f} s)")
-
-    train_targets = train.normalised_points()
-    mean_shape = train_targets.mean(axis=0)
-    _seed_everything(seed)
-    net = LandmarkNet(cfg, torch.from_numpy(mean_shape).float())
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=0.15
-    )
-    dataset = LandmarkDataset(train.images, train_targets, LandmarkAugment(aug_cfg))
-
-    signature = _signature(
-        manifest=str(Path(manifest_path).resolve()),
-        cfg=cfg.as_dict(),
-        aug=dataclasses.asdict(aug_cfg),
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        lr=lr,
-        wd=weight_decay,
-        n=len(train),
-    )
-    state_path = out / _STATE_FILE
-    history: list[dict] = []
-    best = {"epoch": -1, "val_mean_error_pct": math.inf, "state": None}
-    start_epoch = 0
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state.get("signature") == signature:
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-            say(f"landmarks: resuming after epoch {start_epoch}")
-
-    t_train, images_seen = 0.0, 0
-    for epoch in range(start_epoch, epochs):
-        t_ep = time.perf_counter()
-        net.train()
-        # per-epoch seeds (not one running stream) so a resumed run replays exactly what it would have done
-        torch.manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-        loader = DataLoader(
-            torch.utils.data.Subset(dataset, order.tolist()),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=0,
-            drop_last=len(dataset) > batch_size,
-        )
-        total, count = 0.0, 0
-        batches = loader
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(loader, desc=f"landmarks epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
-        for x, y in batches:
-            out_ = net(x)
-            loss = landmark_loss(out_.stages, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched.last_epoch + 1 < sched.total_steps:
-                sched.step()
-            total += float(loss.detach()) * len(x)
-            count += len(x)
-        fwd = _forward(net, val.images, 32)
-        err = radial_errors_pct(_to_original(val.boxes, fwd["stages"][:, -1]), val.points, val.widths)
-        val_err = float(err.mean())
-        dt = time.perf_counter() - t_ep
-        t_train += dt
-        images_seen += count
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": round(total / max(count, 1), 6),
-                "val_mean_error_pct": round(val_err, 4),
-                "seconds": round(dt, 2),
-            }
-        )
-        if val_err < best["val_mean_error_pct"]:
-            best = {
-                "epoch": epoch + 1,
-                "val_mean_error_pct": val_err,
-                "state": {k: v.detach().clone() for k, v in net.state_dict().items()},
-            }
-        _atomic_save(
-            {
-                "signature": signature,
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "history": history,
-                "best": best,
-                "epoch": epoch,
-            },
-            state_path,
-        )
-        say(
-            f"landmarks epoch {epoch + 1}/{epochs}: loss {total / max(count, 1):.4f}  "
-            f"val error {val_err:.3f}% width  ({dt:.0f} s, {count / dt:.0f} img/s)"
-        )
-
-    net.load_state_dict(best["state"])
-    # plausibility: Gaussians on the (un-augmented) training images, calibrated on validation
-    f_train = _forward(net, train.images, 32)
-    f_val = _forward(net, val.images, 32)
-    plaus = PlausibilityModel(mean_shape)
-    feats = {
-        name: plaus.features(f["pooled"], f["local"], f["stages"][:, -1])
-        for name, f in (("train", f_train), ("val", f_val))
-    }
-    plaus.fit(feats["train"], feats["val"])
-    val_verdicts = plaus.score(feats["val"])
-
-    val_pred = _to_original(val.boxes, f_val["stages"])
-    val_errors = {
-        "model": _error_summary(radial_errors_pct(val_pred[:, -1], val.points, val.widths)),
-        "global_only": _error_summary(radial_errors_pct(val_pred[:, 0], val.points, val.widths)),
-        "mean_shape": _error_summary(
-            radial_errors_pct(
-                _to_original(val.boxes, np.broadcast_to(mean_shape, val_pred[:, 0].shape)),
-                val.points,
-                val.widths,
-            )
-        ),
-    }
-    info = {
-        "format": BUNDLE_FORMAT,
-        "landmark_names": list(LANDMARK_NAMES),
-        "coordinates": "original image pixels, x right, y down, pixel centres at integers",
-        "letterbox": "aspect-preserving resize (bilinear, antialiased) of the longer side to input_size, "
-        "centred on a black square; network coordinates are normalised to [-1, 1]",
-        "model": cfg.as_dict(),
-        "mean_shape": np.round(mean_shape, 6).tolist(),
-        "augment": dataclasses.asdict(aug_cfg),
-        "training": {
-            "manifest": str(Path(manifest_path).resolve()),
-            "n_train": len(train),
-            "n_val": len(val),
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "seed": seed,
-            "optimizer": "AdamW",
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "schedule": "one-cycle (15% warm-up)",
-            "threads": torch.get_num_threads(),
-            "best_epoch": best["epoch"],
-            "history": history,
-            "read_seconds": round(t_read, 2),
-            "train_seconds": round(t_train, 2),
-            "total_seconds": round(time.perf_counter() - t_start, 2),
-            "train_images_per_second": round(images_seen / max(t_train, 1e-9), 1),
-        },
-        "val_errors": {
-            k: {"mean_error_pct": v["mean_error_pct"], "p95_error_pct": v["p95_error_pct"]}
-            for k, v in val_errors.items()
-        },
-        "shape_stats": {
-            "mean_shape_normalised": np.round(mean_shape, 6).tolist(),
-            "sd_normalised": np.round(train_targets.std(axis=0), 6).tolist(),
-        },
-        "plausibility": {
-            "components": list(plaus.calibration),
-            "calibration_split": "val",
-            "fit_split": "train",
-            "pass_quantile": 0.99,
-            "calibration": {k: [round(a, 5) for a in v] for k, v in plaus.calibration.items()},
-            "val_pass_rate": float(np.mean([v.status == "ok" for v in val_verdicts])),
-        },
-        "files": {"weights": WEIGHTS_FILE, "plausibility": PLAUSIBILITY_FILE},
-    }
-    save_landmark_model(LandmarkModel(net=net, plausibility=plaus, info=info), out)
-    state_path.unlink(missing_ok=True)
-    err_model, err_mean = (val_errors[k]["mean_error_pct"] for k in ("model", "mean_shape"))
-    say(
-        f"landmarks: best epoch {best['epoch']}, val error {err_model:.3f}% width "
-        f"(mean shape {err_mean:.3f}%), {t_train:.0f} s training → {out}"
-    )
-    return out
-
-
 def save_landmark_model(model: LandmarkModel, out_dir: str | os.PathLike) -> Path:
-    """Write a model bundle (weights and plausibility first, ``config.json`` last; each file atomically)."""
+    """Write a detector folder (weights and plausibility first, ``config.json`` last; each file atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {
         **model.info,
-        "format": BUNDLE_FORMAT,
+        "format": DETECTOR_FORMAT,
         "landmark_names": list(LANDMARK_NAMES),
         "model": model.config.as_dict(),
         "mean_shape": model.net.mean_shape.double().numpy().round(6).tolist(),
         "files": {"weights": WEIGHTS_FILE, "plausibility": PLAUSIBILITY_FILE},
     }
-    (out / CONFIG_FILE).unlink(missing_ok=True)  # the bundle is incomplete until config.json is back
-    _atomic_save(model.net.state_dict(), out / WEIGHTS_FILE)
+    (out / CONFIG_FILE).unlink(missing_ok=True)  # the detector is incomplete until config.json is back
+    save_checkpoint(model.net.state_dict(), out / WEIGHTS_FILE)
     if model.plausibility is not None:
-        _atomic_save(model.plausibility.state(), out / PLAUSIBILITY_FILE)
+        save_checkpoint(model.plausibility.state(), out / PLAUSIBILITY_FILE)
     else:
         (out / PLAUSIBILITY_FILE).unlink(missing_ok=True)
     write_text(out / CONFIG_FILE, json.dumps(info, indent=1))
     return out
 
 
-def load_landmark_model(bundle: str | os.PathLike) -> LandmarkModel:
-    """Load a model bundle directory written by :func:`train_landmark_model`."""
-    path = Path(bundle)
+def load_landmark_model(detector: str | os.PathLike) -> LandmarkModel:
+    """Load a detector folder written by :func:`bmd.landmarks.fit.train_landmark_model`."""
+    path = Path(detector)
     cfg_path = path / CONFIG_FILE
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path}: not a landmark model bundle (no {CONFIG_FILE})")
+        raise FileNotFoundError(f"{path}: not a landmark detector (no {CONFIG_FILE})")
     try:
         info = json.loads(cfg_path.read_text(encoding="utf-8", errors="replace"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{cfg_path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
+    if not isinstance(info, dict) or info.get("format") != DETECTOR_FORMAT:
         info = info if isinstance(info, dict) else {}
         raise ValueError(
-            f"{path}: unsupported bundle format {info.get('format')!r} (expected {BUNDLE_FORMAT})"
+            f"{path}: unsupported detector format {info.get('format')!r} (expected {DETECTOR_FORMAT})"
         )
     if tuple(info.get("landmark_names", ())) != LANDMARK_NAMES:
-        raise ValueError(f"{path}: the bundle's landmark names differ from this version's")
+        raise ValueError(f"{path}: the detector's landmark names differ from this version's")
     cfg = ModelConfig.from_dict(info["model"])
     net = LandmarkNet(cfg, torch.tensor(info["mean_shape"], dtype=torch.float32))
     net.load_state_dict(torch.load(path / info["files"]["weights"], map_location="cpu", weights_only=True))
@@ -511,10 +255,10 @@ def predict_landmarks(
     items = list(images)
     arr, boxes, names, errors = _prepare(items, model.input_size)
     ok = [i for i, b in enumerate(boxes) if b is not None]
-    fwd = _forward(model.net, arr[ok], batch_size)
+    fwd = network_outputs(model.net, arr[ok], batch_size)
     n_st = model.config.n_local + 1
     stage_points = np.full((len(items), n_st, N_LANDMARKS, 2), np.nan)
-    stage_points[ok] = _to_original([boxes[i] for i in ok], fwd["stages"])
+    stage_points[ok] = to_original([boxes[i] for i in ok], fwd["stages"])
     status = ["failed"] * len(items)
     reason = [e for e in errors]
     plaus = np.full(len(items), np.nan)
@@ -554,8 +298,8 @@ class LandmarkEvaluation:
         out = {
             "split": self.split,
             "n": len(self.case_ids),
-            **_error_summary(self.errors["model"]),
-            "baselines": {k: _error_summary(self.errors[k]) for k in ("mean_shape", "global_only")},
+            **error_summary(self.errors["model"]),
+            "baselines": {k: error_summary(self.errors[k]) for k in ("mean_shape", "global_only")},
             "flagged_fraction": self.flagged_fraction,
         }
         return out
@@ -603,13 +347,13 @@ def evaluate_landmarks(
     """Radial errors on a manifest split for the model, the mean shape and the global stage alone."""
     if not isinstance(model, LandmarkModel):
         model = load_landmark_model(model)
-    cohort: LandmarkCohort = load_cohort(
+    cohort: LandmarkCohort = load_landmark_cohort(
         manifest, [split] if split else None, model.input_size, progress=progress
     )
-    fwd = _forward(model.net, cohort.images, batch_size)
-    stages = _to_original(cohort.boxes, fwd["stages"])
+    fwd = network_outputs(model.net, cohort.images, batch_size)
+    stages = to_original(cohort.boxes, fwd["stages"])
     mean = model.net.mean_shape.double().numpy()
-    mean_pts = _to_original(cohort.boxes, np.broadcast_to(mean, (len(cohort), N_LANDMARKS, 2)))
+    mean_pts = to_original(cohort.boxes, np.broadcast_to(mean, (len(cohort), N_LANDMARKS, 2)))
     errors = {
         "model": radial_errors_pct(stages[:, -1], cohort.points, cohort.widths),
         "mean_shape": radial_errors_pct(mean_pts, cohort.points, cohort.widths),
