@@ -15,6 +15,7 @@ run folder, :mod:`bmd.infra.artifacts`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
