@@ -46,31 +46,31 @@ from bmd.study.experiments import ENSEMBLES, table_models, train_config, train_m
 
 
 def landmark_detector(cfg: Profile, cohort: Cohort, out: str | Path | None = None) -> Path:
-    """Train the landmark detector on the cohort's train split (or reuse it); returns the bundle folder.
+    """Train the landmark detector on the cohort's train split (or reuse it); returns the detector's folder.
 
     Reused while its key (:func:`detector_inputs`) is unchanged; a process training the same detector is
     waited for and its detector reused.
     """
 
     run = paths.run_dir(cfg.profile, out)
-    bundle = run / "landmark_model"
+    detector = run / "landmark_model"
     recipe = recipe_for_profile(cfg)
     start = time.perf_counter()
     inputs = detector_inputs(cohort, recipe)
 
     def make() -> None:
         progress.note(f"training the landmark detector ({recipe['epochs']} epochs)")
-        train_landmark_model(cohort.manifest_path, bundle, progress=False, log=progress.note, **recipe)
+        train_landmark_model(cohort.manifest_path, detector, progress=False, log=progress.note, **recipe)
 
-    built = Artifact(bundle, "the landmark detector").build(
-        inputs_key(inputs), make, inputs=inputs, valid=lambda: (bundle / "weights.pt").is_file(),
-        legacy=lambda: _bundle_matches(bundle, cohort.manifest_path, recipe))
+    built = Artifact(detector, "the landmark detector").build(
+        inputs_key(inputs), make, inputs=inputs, valid=lambda: (detector / "weights.pt").is_file(),
+        legacy=lambda: _detector_matches(detector, cohort.manifest_path, recipe))
     if not built:
         progress.note("landmark detector: reused")
     path = summary.summary_path(cfg.profile, out)
     summary.record_timing(path, "landmarks", time.perf_counter() - start)
-    summary.update(path, artifacts={"landmark_model": str(bundle.relative_to(paths.out_root(out)))})
-    return bundle
+    summary.update(path, artifacts={"landmark_model": str(detector.relative_to(paths.out_root(out)))})
+    return detector
 
 
 def _truth_files(cohort: Cohort) -> list[str]:
@@ -85,10 +85,10 @@ def detector_inputs(cohort: Cohort, recipe: dict) -> dict:
             "landmarks": [[p, sha256_file(p)] for p in _truth_files(cohort)], "recipe": recipe}
 
 
-def _bundle_matches(bundle: Path, manifest: Path, recipe: dict) -> bool:
+def _detector_matches(detector: Path, manifest: Path, recipe: dict) -> bool:
     """The rule before stamps: a detector trained on this manifest path with this recipe."""
     try:
-        info = json.loads((bundle / "config.json").read_text())
+        info = json.loads((detector / "config.json").read_text())
     except (OSError, ValueError):
         return False
     training = info.get("training", {})
@@ -114,12 +114,12 @@ def ground_truth_landmarks(cohort: Cohort) -> pd.DataFrame | None:
     return manifest_landmarks(cohort.manifest)
 
 
-def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None) -> pd.DataFrame:
+def detected_landmarks(cfg: Profile, cohort: Cohort, detector: Path, out: str | Path | None = None) -> pd.DataFrame:
     """Detector landmarks for every case (case_id, 32 coordinates, status, width), computed once per detector
     and list of images."""
 
     saved = paths.run_dir(cfg.profile, out) / "landmarks_detected.csv"
-    weights = bundle / "weights.pt"
+    weights = detector / "weights.pt"
     cases = [str(c) for c in cohort.manifest["case_id"]]
     inputs = {"weights": sha256_file(weights), "cases": sha256_json(cases),
               "images": sha256_json([str(p) for p in cohort.manifest["image_path"]])}
@@ -127,7 +127,7 @@ def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pa
     made: list[pd.DataFrame] = []
 
     def make() -> None:
-        pred = predict_landmarks(bundle, list(cohort.manifest["image_path"]))
+        pred = predict_landmarks(detector, list(cohort.manifest["image_path"]))
         detected = pd.DataFrame(pred.points.reshape(len(cohort.manifest), -1), columns=list(COORD_COLUMNS))
         detected.insert(0, "case_id", cohort.manifest["case_id"].to_numpy())
         detected["status"] = pred.status
@@ -145,7 +145,7 @@ def detected_landmarks(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pa
     return made[0] if made else pd.read_csv(saved, dtype={"case_id": str})
 
 
-def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Path | None = None,
+def evaluate_detector(cfg: Profile, cohort: Cohort, detector: Path, out: str | Path | None = None,
                       evaluate: bool = True) -> LandmarkResults:
     """Test-split errors (model, mean shape, global stage) and detector landmarks for every case."""
 
@@ -154,18 +154,18 @@ def evaluate_detector(cfg: Profile, cohort: Cohort, bundle: Path, out: str | Pat
     if truth is not None and evaluate:
         saved = paths.run_dir(cfg.profile, out) / "landmark_eval_test.json"
         with _evaluation_artifact(saved).holding():  # one process evaluates, the others wait and read it
-            evaluation = _saved_evaluation(saved, bundle, cohort)
+            evaluation = _saved_evaluation(saved, detector, cohort)
             if evaluation is None:
-                evaluation = evaluate_landmarks(bundle, cohort.manifest_path, split="test")
-                _save_evaluation(saved, evaluation, bundle, cohort)
+                evaluation = evaluate_landmarks(detector, cohort.manifest_path, split="test")
+                _save_evaluation(saved, evaluation, detector, cohort)
         summary.update(summary.summary_path(cfg.profile, out), landmarks=evaluation.summary())
-    return LandmarkResults(evaluation, detected_landmarks(cfg, cohort, bundle, out), truth)
+    return LandmarkResults(evaluation, detected_landmarks(cfg, cohort, detector, out), truth)
 
 
-def _evaluation_key(bundle: Path, cohort: Cohort) -> str:
+def _evaluation_key(detector: Path, cohort: Cohort) -> str:
     """The key of a saved detector evaluation: the weights, the manifest and its landmark files
     (path, size, mtime), and the landmark code that scores them."""
-    inputs = {"weights": file_stamp(bundle / "weights.pt"), "manifest": file_stamp(cohort.manifest_path),
+    inputs = {"weights": file_stamp(detector / "weights.pt"), "manifest": file_stamp(cohort.manifest_path),
               "landmarks": [file_stamp(p) for p in _truth_files(cohort)],
               "code": sha256_files(sorted((paths.package_dir() / "landmarks").glob("*.py")))}
     return inputs_key(inputs)
@@ -175,16 +175,16 @@ def _evaluation_artifact(path: Path) -> Artifact:
     return Artifact(path, "the detector evaluation", folder=False)
 
 
-def _save_evaluation(path: Path, evaluation, bundle: Path, cohort: Cohort) -> None:
+def _save_evaluation(path: Path, evaluation, detector: Path, cohort: Cohort) -> None:
     _evaluation_artifact(path).clear()
     write_text(path, json.dumps(evaluation.to_dict()))
-    _evaluation_artifact(path).mark(_evaluation_key(bundle, cohort))
+    _evaluation_artifact(path).mark(_evaluation_key(detector, cohort))
 
 
-def _saved_evaluation(path: Path, bundle: Path, cohort: Cohort):
+def _saved_evaluation(path: Path, detector: Path, cohort: Cohort):
     """The saved test-split evaluation when it was made from these weights and this manifest, else None."""
 
-    if not _evaluation_artifact(path).is_current(_evaluation_key(bundle, cohort)):
+    if not _evaluation_artifact(path).is_current(_evaluation_key(detector, cohort)):
         return None
     try:
         return LandmarkEvaluation.from_dict(json.loads(path.read_text()))
@@ -192,7 +192,7 @@ def _saved_evaluation(path: Path, bundle: Path, cohort: Cohort):
         return None  # unreadable: evaluate again
 
 
-def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, bundle: Path, out: str | Path | None = None):
+def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, detector: Path, out: str | Path | None = None):
     """Crop every case once: detector landmarks for val/test, ground truth jittered like the detector for train.
 
     Training crops come from ground truth plus Gaussian jitter with the detector's validation error, so
@@ -207,7 +207,7 @@ def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, bundle: Pa
         truth = results.ground_truth.set_index("case_id")
         train_ids = [c for c in cohort.manifest.loc[cohort.manifest["split"] == "train", "case_id"] if c in truth.index]
         width = results.detected.set_index("case_id").loc[train_ids, "width"].to_numpy(dtype=float)
-        sd_pct = _jitter_pct(bundle)
+        sd_pct = _jitter_pct(detector)
         rng = np.random.default_rng(cfg.seed)
         noise = rng.normal(0, 1, (len(train_ids), 32)) * (sd_pct / 100 * width)[:, None]
         marks.loc[train_ids] = truth.loc[train_ids].to_numpy() + noise
@@ -218,12 +218,12 @@ def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, bundle: Pa
     return cache
 
 
-def _jitter_pct(bundle: Path) -> float:
+def _jitter_pct(detector: Path) -> float:
     """Per-coordinate SD (% of width) matching the detector's mean radial error on the validation split.
 
-    The validation error (recorded in the bundle) sets it, so no test-split information reaches training.
+    The validation error (recorded in the detector's config) sets it, so no test-split information reaches training.
     """
-    info = json.loads((bundle / "config.json").read_text())
+    info = json.loads((detector / "config.json").read_text())
     mean_radial = float(info["val_errors"]["model"]["mean_error_pct"])
     return mean_radial / np.sqrt(np.pi / 2)  # a 2-D Gaussian with this SD per axis has this mean radius
 
@@ -334,8 +334,8 @@ class TableResults:
 
 def prepare_rois(cfg: Profile, cohort: Cohort, out: str | Path | None = None):
     """The landmark detector and the ROI cache every model trains on (both built once, then reused)."""
-    bundle = landmark_detector(cfg, cohort, out)
-    return roi_cache(cfg, cohort, evaluate_detector(cfg, cohort, bundle, out, evaluate=False), bundle, out)
+    detector = landmark_detector(cfg, cohort, out)
+    return roi_cache(cfg, cohort, evaluate_detector(cfg, cohort, detector, out, evaluate=False), detector, out)
 
 
 def table_results(cfg: Profile, cohort: Cohort, table: str, out: str | Path | None = None,
