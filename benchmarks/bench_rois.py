@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bmd.data.manifest import load_manifest
 from bmd.infra import paths
+from bmd.inputs.manifest import load_manifest
 from bmd.io import read_image
 from bmd.landmarks.data import landmarks_for_manifest
 from bmd.rois.cache import RoiCache, build_roi_cache
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     profile = load_profile(args.profile)
     if args.manifest is None:
-        from bmd.data.twin import generate_twin
+        from bmd.inputs.twin import generate_twin
 
         start = time.perf_counter()
         folder = generate_twin(paths.twin_dir(profile.profile, profile.seed), profile, progress=False)

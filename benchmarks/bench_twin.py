@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bmd.data.twin import generate_twin
+from bmd.inputs.twin import generate_twin
 from bmd.study.config import load_profile
 
 

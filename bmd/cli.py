@@ -91,7 +91,7 @@ def _require_file(path: Path, what: str) -> None:
 
 
 def _cmd_validate_manifest(args: argparse.Namespace) -> int:
-    from bmd.data.manifest import ManifestError, load_manifest, summarize
+    from bmd.inputs.manifest import ManifestError, load_manifest, summarize
 
     try:
         manifest = load_manifest(args.manifest, check_files=not args.no_file_check, within_folder=args.within_folder)
@@ -103,7 +103,7 @@ def _cmd_validate_manifest(args: argparse.Namespace) -> int:
 
 
 def _cmd_twin(args: argparse.Namespace) -> int:
-    from bmd.data.twin import generate_twin
+    from bmd.inputs.twin import generate_twin
     from bmd.study.config import load_profile
 
     profile = load_profile(args.profile, seed=args.seed)
@@ -185,8 +185,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from bmd.data.manifest import ManifestError
     from bmd.deploy.external import evaluate_bundle
+    from bmd.inputs.manifest import ManifestError
 
     try:
         result = evaluate_bundle(args.model, args.manifest, args.out, split=args.split, n_boot=args.n_boot,
@@ -212,7 +212,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
-    from bmd.data.manifest import ManifestError
+    from bmd.inputs.manifest import ManifestError
     from bmd.study.book import BookError, build_book
 
     try:

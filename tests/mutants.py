@@ -158,7 +158,7 @@ def pydicom_seeds(names: Iterable[str] = PYDICOM_SEEDS) -> list[Seed]:
 
 def twin_seed() -> Seed:
     """A small radiograph written by the twin's DICOM writer (CR, MONOCHROME1, window, spacing)."""
-    from bmd.data.twin.dicom import write_dicom
+    from bmd.inputs.twin.dicom import write_dicom
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "twin.dcm"

@@ -287,7 +287,7 @@ def _profile(**sizes):
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory) -> Path:
     """A small smoke-profile twin cohort, generated without interruption."""
-    from bmd.data.twin.cohort import generate_twin
+    from bmd.inputs.twin.cohort import generate_twin
 
     return generate_twin(tmp_path_factory.mktemp("twin_ref"), _profile(), workers=1, progress=False)
 
@@ -295,7 +295,7 @@ def twin(tmp_path_factory) -> Path:
 _BUILD = """
 import sys, time
 from pathlib import Path
-from bmd.data.manifest import load_manifest
+from bmd.inputs.manifest import load_manifest
 from bmd.rois.cache import build_roi_cache, landmark_array
 
 twin, cache_dir, marker, pause = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
@@ -328,7 +328,7 @@ def _chunks(marker: Path) -> int:
 
 
 def _manifest(twin: Path) -> pd.DataFrame:
-    from bmd.data.manifest import load_manifest
+    from bmd.inputs.manifest import load_manifest
 
     return load_manifest(twin / "manifest.csv")
 
@@ -387,7 +387,7 @@ def test_two_concurrent_roi_cache_builds_build_once(twin, tmp_path):
 _GENERATE = """
 import sys
 from bmd.study.config import load_profile
-from bmd.data.twin.cohort import generate_twin
+from bmd.inputs.twin.cohort import generate_twin
 
 if __name__ == "__main__":  # the render workers' fork server imports this file
     sizes = {"twin_n_train": 8, "twin_n_val": 4, "twin_n_test": 4, "twin_image_size": 128}
@@ -407,8 +407,8 @@ def _images(out: Path) -> int:
 
 
 def _complete(out: Path) -> bool:
-    from bmd.data.twin.cohort import _sizes, is_complete
-    from bmd.data.twin.spec import TwinSpec, spec_hash
+    from bmd.inputs.twin.cohort import _sizes, is_complete
+    from bmd.inputs.twin.spec import TwinSpec, spec_hash
 
     profile = _profile()
     return is_complete(out, spec_hash(TwinSpec(), _sizes(profile)), profile.seed)
@@ -416,7 +416,7 @@ def _complete(out: Path) -> bool:
 
 @pytest.mark.slow
 def test_killed_twin_generation_is_not_complete_and_is_regenerated(twin, tmp_path):
-    from bmd.data.twin.cohort import generate_twin
+    from bmd.inputs.twin.cohort import generate_twin
     from bmd.io import read_image
 
     out = tmp_path / "twin"
@@ -444,7 +444,7 @@ def test_killed_twin_generation_is_not_complete_and_is_regenerated(twin, tmp_pat
 
 @pytest.mark.slow
 def test_a_second_twin_generation_on_a_busy_folder_refuses_or_waits(tmp_path):
-    from bmd.data.twin.cohort import TwinError, generate_twin
+    from bmd.inputs.twin.cohort import TwinError, generate_twin
 
     out = tmp_path / "twin"
     proc = _popen(_generate_args(tmp_path, out, 1))

@@ -125,7 +125,7 @@ def test_wheel_installs_and_runs_from_another_folder(tmp_path):
     where = run(python, "-c", "import bmd; print(bmd.__file__)", cwd=elsewhere).strip()
     assert Path(where).is_relative_to(venv), where  # the installed package, not the checkout
     assert "4 cases" in run(bmd, "validate-manifest", "example/manifest.csv", cwd=elsewhere)
-    run(python, "-c", "from bmd.data import paper, tscores; assert len(paper.results()) and "
+    run(python, "-c", "from bmd.inputs import paper, tscores; assert len(paper.results()) and "
         "tscores.reference_ids()", cwd=elsewhere)
     run(bmd, "twin", "--profile", "smoke", "--out", "twin", "--workers", "1", "--quiet", cwd=elsewhere)
     assert "cases" in run(bmd, "validate-manifest", "twin/manifest.csv", cwd=elsewhere)

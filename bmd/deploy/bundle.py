@@ -65,12 +65,12 @@ from torch import nn
 
 from bmd import __version__
 from bmd.columns import BMD_COLUMNS, PRED_COLUMNS, ROI_NAMES, VERTEBRAE
-from bmd.data.tscores import reference_ids
 from bmd.deploy.model_card import render_model_card
 from bmd.evaluation.metrics import patient_bootstrap_weights
 from bmd.evaluation.screening import Recalibration
 from bmd.infra.atomic import dir_mode
 from bmd.infra.digests import sha256_file
+from bmd.inputs.tscores import reference_ids
 from bmd.landmarks.detector import LandmarkModel, load_landmark_model
 from bmd.model.dataset import FAMILIES, TargetScaler
 from bmd.model.networks import MULTI_ROI_KINDS, ROIModel, build_backbone, build_multi_roi

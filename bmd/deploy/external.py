@@ -42,8 +42,6 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import BMD_COLUMNS, PRED_COLUMNS, VERTEBRAE
-from bmd.data.manifest import load_manifest
-from bmd.data.tscores import t_scores_for_manifest, who_category
 from bmd.deploy.bundle import UNCALIBRATED, Bundle, load_bundle
 from bmd.deploy.predict import predict_images
 from bmd.evaluation.figures import plot_predicted_vs_dxa
@@ -51,6 +49,8 @@ from bmd.evaluation.metrics import auc_low_is_positive
 from bmd.evaluation.predictions import evaluate_predictions, predicted_t_scores
 from bmd.infra.atomic import atomic_path, write_bytes, write_text
 from bmd.infra.jsonvalues import finite_or_null
+from bmd.inputs.manifest import load_manifest
+from bmd.inputs.tscores import t_scores_for_manifest, who_category
 
 SPLITS = ("auto", "test", "all")
 _EVALUATED = "evaluated"  # the split label the metric functions select
@@ -119,7 +119,7 @@ def evaluate_bundle(bundle: Bundle | str | os.PathLike, manifest: str | os.PathL
 
     ``raw``: score the network's output even when the bundle carries a calibration.
 
-    Raises :class:`bmd.data.manifest.ManifestError` for an invalid manifest and
+    Raises :class:`bmd.inputs.manifest.ManifestError` for an invalid manifest and
     :class:`bmd.deploy.bundle.BundleError` for an unusable bundle.
     """
 

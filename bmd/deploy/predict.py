@@ -46,9 +46,9 @@ import pandas as pd
 import torch
 
 from bmd.columns import VERTEBRAE
-from bmd.data.tscores import t_score, who_category
 from bmd.deploy.bundle import UNCALIBRATED, Bundle, BundleError, load_bundle
 from bmd.infra.atomic import atomic_path
+from bmd.inputs.tscores import t_score, who_category
 from bmd.io import ImageReadError, read_image
 from bmd.landmarks.detector import predict_landmarks
 from bmd.model.dataset import as_float as _as_float

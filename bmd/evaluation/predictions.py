@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import BMD_COLUMNS, ID_COLUMNS, PRED_COLUMNS
-from bmd.data.tscores import t_scores_for_manifest
 from bmd.evaluation.metrics import evaluate, paired_delta_r
+from bmd.inputs.tscores import t_scores_for_manifest
 
 
 def predicted_t_scores(frame: pd.DataFrame) -> np.ndarray:

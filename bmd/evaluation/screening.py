@@ -23,9 +23,9 @@ import pandas as pd
 from sklearn.metrics import cohen_kappa_score, roc_curve
 
 from bmd.columns import BMD_COLUMNS, PRED_COLUMNS, VERTEBRAE
-from bmd.data.tscores import DEFAULT_THRESHOLD, t_scores_for_manifest, who_category
 from bmd.evaluation.metrics import agreement, auc_low_is_positive, patient_bootstrap_weights, pearson_r
 from bmd.evaluation.predictions import predicted_t_scores
+from bmd.inputs.tscores import DEFAULT_THRESHOLD, t_scores_for_manifest, who_category
 
 ENDPOINTS: tuple[str, ...] = (*VERTEBRAE, "lowest", "mean")
 WHO_CATEGORIES: tuple[str, ...] = ("normal", "osteopenia", "osteoporosis")

@@ -99,7 +99,7 @@ def manifest_landmarks(manifest: pd.DataFrame) -> pd.DataFrame | None:
     """The ground-truth landmarks of a manifest's cases: ``case_id`` + the 32 columns, in manifest order.
 
     The one reader of a manifest's landmark files (column ``landmarks_path``, as
-    :func:`bmd.data.manifest.load_manifest` resolves it). A file is matched by ``case_id`` when it has
+    :func:`bmd.inputs.manifest.load_manifest` resolves it). A file is matched by ``case_id`` when it has
     that column, else by ``image`` (the path as written in the manifest, or failing that the file name).
     Cases without a landmark file or a matching row are left out; None when no case has a file.
     """

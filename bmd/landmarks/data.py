@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
-from bmd.data.manifest import load_manifest
+from bmd.inputs.manifest import load_manifest
 from bmd.io import read_image
 from bmd.landmarks.annotations import read_landmark_csv
 

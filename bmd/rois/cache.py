@@ -382,7 +382,7 @@ def build_roi_cache(manifest: pd.DataFrame, landmarks: LandmarkSource, cache_dir
                     wait: bool = True, timeout: float | None = None) -> RoiCache:
     """Crop every case of ``manifest`` once into ``<cache_dir>/rois-<key16>/``, or reuse a verified cache.
 
-    ``manifest``: rows with ``case_id`` and ``image_path`` (absolute, as :func:`bmd.data.manifest.load_manifest`
+    ``manifest``: rows with ``case_id`` and ``image_path`` (absolute, as :func:`bmd.inputs.manifest.load_manifest`
     adds) or ``image``. ``landmarks``: a table (``case_id`` + the 32 columns), an (N, 16, 2) array in
     manifest order, None for the manifest's own landmark files, or a function ``fn(images, case_ids)
     -> (n, 16, 2)`` called on the decoded images (then ``source`` is required: it stands for the

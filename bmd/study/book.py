@@ -17,9 +17,9 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from bmd.data.manifest import load_manifest
 from bmd.infra import paths, progress
 from bmd.infra.locks import hold_lock
+from bmd.inputs.manifest import load_manifest
 from bmd.study import summary
 from bmd.study.config import Profile, load_profile
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bmd.data.manifest import load_manifest, split_manifest
-from bmd.data.twin import generate_twin
 from bmd.infra import paths
 from bmd.infra.progress import note
+from bmd.inputs.manifest import load_manifest, split_manifest
+from bmd.inputs.twin import generate_twin
 from bmd.study import report, summary
 from bmd.study.config import Profile
 

@@ -11,8 +11,6 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import BMD_COLUMNS, SPLITS, VERTEBRAE
-from bmd.data import paper
-from bmd.data.tscores import osteoporotic, patient_level, t_scores_for_manifest, who_category
 
 # The book's chapters reach Figure 2, number formatting and the figure style through this module.
 from bmd.evaluation.figures import plot_predicted_vs_dxa as plot_predicted_vs_dxa
@@ -21,6 +19,8 @@ from bmd.infra.formatting import fmt as _fmt
 from bmd.infra.formatting import num as num
 from bmd.infra.jsonvalues import finite_or_null
 from bmd.infra.plotting import pyplot as pyplot
+from bmd.inputs import paper
+from bmd.inputs.tscores import osteoporotic, patient_level, t_scores_for_manifest, who_category
 
 #: What readers see for each model id in tables and figures (``summary.json`` keeps the ids).
 MODEL_NAMES: dict[str, str] = {

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import BMD_COLUMNS, PRED_COLUMNS, VERTEBRAE
-from bmd.data import paper
 from bmd.evaluation.metrics import agreement, auc_low_is_positive
 from bmd.evaluation.screening import endpoint_scores, roc_with_band
 from bmd.infra.plotting import pyplot
+from bmd.inputs import paper
 from bmd.study.report import model_name
 
 

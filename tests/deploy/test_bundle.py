@@ -37,8 +37,8 @@ BACKBONE = "resnet18"
 
 def smoke_study(root: Path) -> dict:
     """Build (or reuse) a smoke twin, detector, ROI cache, training run and its bundle under ``root``."""
-    from bmd.data.twin import generate_twin
     from bmd.infra import paths
+    from bmd.inputs.twin import generate_twin
     from bmd.landmarks.fit import train_landmark_model
     from bmd.study import stages
     from bmd.study.cohort import load_cohort
@@ -273,9 +273,9 @@ def _run_with_known_shrinkage(study, tmp_path: Path) -> tuple[Path, pd.DataFrame
 
 def test_the_validation_recalibration_travels_in_the_bundle_and_predict_applies_it(study, tmp_path, capsys):
     from bmd.cli import main
-    from bmd.data.tscores import t_score, who_category
     from bmd.deploy.predict import predict_images
     from bmd.evaluation.screening import Recalibration
+    from bmd.inputs.tscores import t_score, who_category
 
     run, pred = _run_with_known_shrinkage(study, tmp_path)
     dest = export_bundle(run, study["detector"], tmp_path / "b")

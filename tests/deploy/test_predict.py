@@ -23,9 +23,9 @@ from pydicom.uid import (
 from test_bundle import smoke_study
 
 from bmd.cli import main
-from bmd.data.tscores import t_score, who_category
 from bmd.deploy.bundle import load_bundle
 from bmd.deploy.predict import CONTRACT_COLUMNS, predict_images
+from bmd.inputs.tscores import t_score, who_category
 from bmd.io import read_image
 
 pytestmark = pytest.mark.slow

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from bmd.columns import PRED_COLUMNS
-from bmd.data.twin.population import sample_population
 from bmd.evaluation.baselines import age_sex_baseline, roi_intensity_baseline, roi_intensity_features
 from bmd.evaluation.predictions import ensemble, evaluate_predictions
+from bmd.inputs.twin.population import sample_population
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,7 @@ def test_ridge_penalty_is_chosen_on_validation_and_coefficients_come_from_traini
 
 
 def test_radiomics_baseline_frame_has_the_baseline_layout_and_reads_bone_from_the_crops():
-    from bmd.data.twin.population import sample_population
+    from bmd.inputs.twin.population import sample_population
 
     manifest = sample_population({"train": 300, "val": 100, "test": 120}, seed=6)
     manifest["reference"] = "hologic"

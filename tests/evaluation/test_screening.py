@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bmd.data.tscores import bmd_from_t
 from bmd.evaluation import screening
+from bmd.inputs.tscores import bmd_from_t
 
 
 def _frame(n: int = 400, noise: float = 0.4, shrink: float = 0.5, seed: int = 0) -> pd.DataFrame:

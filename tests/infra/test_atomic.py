@@ -31,7 +31,7 @@ def umask():
 def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path, umask, mask, mode):
     import pandas as pd
 
-    from bmd.data.manifest import write_manifest
+    from bmd.inputs.manifest import write_manifest
 
     umask(mask)
     assert current_umask() == mask and dir_mode() == 0o777 & ~mask

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bmd.columns import COORD_COLUMNS, N_LANDMARKS
-from bmd.data.twin import generate_twin
+from bmd.inputs.twin import generate_twin
 from bmd.landmarks.detector import (
     evaluate_landmarks,
     load_landmark_model,

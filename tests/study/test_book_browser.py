@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bmd.data import paper
+from bmd.inputs import paper
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMEDRIVER_NAMES = ("chromedriver",)

@@ -160,7 +160,7 @@ def test_radiomics_features_of_an_earlier_version_are_replaced(tmp_path):
 def test_every_table_compares_with_radiomics_and_flags_unconverged_runs(tmp_path, monkeypatch):
     """The wiring of table_results, with training replaced by saved runs: the radiomics reference reaches
     Tables 1–3, the convergence flags come from the runs (an ensemble from all its members)."""
-    from bmd.data.twin.population import sample_population
+    from bmd.inputs.twin.population import sample_population
     from bmd.study.experiments import table_models
 
     manifest = sample_population({"train": 80, "val": 30, "test": 40}, seed=2)

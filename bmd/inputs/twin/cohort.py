@@ -30,17 +30,17 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import COORD_COLUMNS, VERTEBRAE
-from bmd.data.manifest import write_manifest
-from bmd.data.tscores import osteoporotic, t_scores_for_manifest
-from bmd.data.twin.dicom import write_dicom
-from bmd.data.twin.oracle import ceilings
-from bmd.data.twin.population import sample_population
-from bmd.data.twin.render import render_case
-from bmd.data.twin.spec import BONES, TwinSpec, spec_hash
 from bmd.infra.artifacts import Artifact, inputs_key
 from bmd.infra.atomic import write_text
 from bmd.infra.locks import hold_lock
 from bmd.infra.processes import exit_with
+from bmd.inputs.manifest import write_manifest
+from bmd.inputs.tscores import osteoporotic, t_scores_for_manifest
+from bmd.inputs.twin.dicom import write_dicom
+from bmd.inputs.twin.oracle import ceilings
+from bmd.inputs.twin.population import sample_population
+from bmd.inputs.twin.render import render_case
+from bmd.inputs.twin.spec import BONES, TwinSpec, spec_hash
 
 LATENT_COLUMNS = ("g", *(f"{kind}_{b}" for b in BONES for kind in ("d", "m", "tau")))
 

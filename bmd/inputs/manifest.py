@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import VERTEBRAE
-from bmd.data.tscores import osteoporotic, reference_ids, t_scores_for_manifest
 from bmd.infra import paths
 from bmd.infra.atomic import atomic_path
+from bmd.inputs.tscores import osteoporotic, reference_ids, t_scores_for_manifest
 from bmd.io import ImageReadError, read_image
 
 SCHEMA_FILE = "manifest_schema.json"
@@ -416,7 +416,7 @@ def split_manifest(df: pd.DataFrame, sizes: tuple[int, int, int] | None = None,
     - ``sizes`` (cases per split, adding up to ``len(df)``) win over ``fractions`` (scaled to case
       counts by largest remainder).
     - All scans of a patient land in one split. A patient is positive when any scan has any vertebra
-      with T < −2.5 (:func:`bmd.data.tscores.t_scores_for_manifest`, so report T-scores count).
+      with T < −2.5 (:func:`bmd.inputs.tscores.t_scores_for_manifest`, so report T-scores count).
     - A manifest whose ``split`` column is complete is returned unchanged. Where it is partly filled,
       patients that already have a split keep it and the others fill the remaining targets.
     - Positive patients are dealt first, then negative ones; each stratum in a seeded random order,

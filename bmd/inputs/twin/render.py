@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from bmd.columns import LANDMARK_NAMES
-from bmd.data.twin.spec import TwinSpec
+from bmd.inputs.twin.spec import TwinSpec
 
 # vertebral levels: y of body centres in canonical units
 _T1_Y, _LEVEL = 0.17, 0.048

@@ -15,15 +15,15 @@ import pydicom
 import pytest
 
 from bmd.columns import LANDMARK_NAMES
-from bmd.data import paper
-from bmd.data.manifest import load_manifest
-from bmd.data.tscores import osteoporotic, t_scores_for_manifest
-from bmd.data.twin import TwinError, TwinSpec, generate_twin, is_complete
-from bmd.data.twin import cohort as twin_cohort
-from bmd.data.twin.cohort import LOCK_NAME, twin_lock
-from bmd.data.twin.oracle import ceilings
-from bmd.data.twin.population import sample_population
-from bmd.data.twin.spec import spec_hash
+from bmd.inputs import paper
+from bmd.inputs.manifest import load_manifest
+from bmd.inputs.tscores import osteoporotic, t_scores_for_manifest
+from bmd.inputs.twin import TwinError, TwinSpec, generate_twin, is_complete
+from bmd.inputs.twin import cohort as twin_cohort
+from bmd.inputs.twin.cohort import LOCK_NAME, twin_lock
+from bmd.inputs.twin.oracle import ceilings
+from bmd.inputs.twin.population import sample_population
+from bmd.inputs.twin.spec import spec_hash
 from bmd.io import read_image
 from bmd.study.config import Profile, load_profile
 
@@ -122,7 +122,7 @@ def test_interrupted_or_changed_cohort_is_rebuilt_and_locked(tmp_path):
 _HOLD_TWIN_LOCK = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from bmd.data.twin.cohort import twin_lock
+    from bmd.inputs.twin.cohort import twin_lock
     with twin_lock(Path(sys.argv[1])):
         print("held", flush=True)
         sys.stdin.readline()  # until the test says so
@@ -131,8 +131,8 @@ _HOLD_TWIN_LOCK = textwrap.dedent("""
 _GENERATE_UNDER_LOCK = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from bmd.data.twin import generate_twin
-    from bmd.data.twin.cohort import twin_lock
+    from bmd.inputs.twin import generate_twin
+    from bmd.inputs.twin.cohort import twin_lock
     from bmd.study.config import Profile
     tiny = Profile(profile="tiny", seed=0, twin_n_train=4, twin_n_val=1, twin_n_test=1, twin_image_size=128,
                    chest_size=32, roi_size=16)

@@ -1,4 +1,4 @@
-from bmd.data import paper
+from bmd.inputs import paper
 
 
 def test_paper_tables_have_five_rows_per_model():

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from bmd.cli import main as cli_main
-from bmd.data.manifest import BMD_COLUMNS, REQUIRED, ManifestError, load_manifest
+from bmd.inputs.manifest import BMD_COLUMNS, REQUIRED, ManifestError, load_manifest
 
 HEADER = "case_id,patient_id,image,bmd_l1,bmd_l2,bmd_l3,bmd_l4,sex,age,reference,split"
 COLUMNS = HEADER.split(",")

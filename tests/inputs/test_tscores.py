@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bmd.data.tscores import (
+from bmd.infra import paths
+from bmd.inputs.tscores import (
     TScoreError,
     bmd_from_t,
     load_reference_tables,
@@ -20,7 +21,6 @@ from bmd.data.tscores import (
     t_scores_for_manifest,
     who_category,
 )
-from bmd.infra import paths
 
 
 def _ref(reference, sex, vertebra):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bmd.columns import VERTEBRAE
-from bmd.data.twin.spec import BONES, TwinSpec
+from bmd.inputs.twin.spec import BONES, TwinSpec
 
 SPLITS = ("train", "val", "test")
 

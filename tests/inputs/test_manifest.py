@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from bmd.cli import main as cli_main
-from bmd.data.manifest import (
+from bmd.infra import paths
+from bmd.inputs.manifest import (
     OPTIONAL,
     REQUIRED,
     ManifestError,
@@ -22,8 +23,7 @@ from bmd.data.manifest import (
     summarize,
     write_manifest,
 )
-from bmd.data.tscores import osteoporotic, t_scores_for_manifest
-from bmd.infra import paths
+from bmd.inputs.tscores import osteoporotic, t_scores_for_manifest
 
 HEADER = "case_id,patient_id,image,bmd_l1,bmd_l2,bmd_l3,bmd_l4,sex,age,reference,split"
 GOOD_ROWS = [

@@ -16,9 +16,9 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from bmd.columns import VERTEBRAE
-from bmd.data.twin.population import sample_population
-from bmd.data.twin.spec import FAMILY_BONES, TwinSpec
-from bmd.data.tscores import osteoporotic, t_score
+from bmd.inputs.tscores import osteoporotic, t_score
+from bmd.inputs.twin.population import sample_population
+from bmd.inputs.twin.spec import FAMILY_BONES, TwinSpec
 
 FAMILIES = ("cervi", "clavi", "lumbar", "ribcage", "chest", "all")
 _ORACLE_SEED = 20210405  # fixed: the ceilings belong to the spec, not to a cohort seed
