@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from manifests import HEADER, ROWS, image_folder, write_csv  # tests/ is on sys.path
 
 from bmd.cli import main as cli_main
 from bmd.infra import paths
@@ -25,31 +25,15 @@ from bmd.inputs.manifest import (
 )
 from bmd.inputs.tscores import osteoporotic, t_scores_for_manifest
 
-HEADER = "case_id,patient_id,image,bmd_l1,bmd_l2,bmd_l3,bmd_l4,sex,age,reference,split"
-GOOD_ROWS = [
-    "c1,p1,img/a.png,0.80,0.85,0.90,0.95,F,66,hologic,train",
-    "c2,p1,img/b.png,0.70,,0.80,0.82,F,67,hologic,train",
-    "c3,p2,img/a.png,1.00,1.05,1.10,1.12,M,71,lunar,test",
-]
-
 
 @pytest.fixture
 def folder(tmp_path):
-    (tmp_path / "img").mkdir()
-    for name in ("a.png", "b.png"):
-        Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "img" / name)
-    return tmp_path
-
-
-def _write(folder, rows, header=HEADER, name="m.csv", encoding="utf-8"):
-    path = folder / name
-    path.write_bytes(("\n".join([header, *rows]) + "\n").encode(encoding))
-    return path
+    return image_folder(tmp_path)
 
 
 def _replace(row_index: int, column: str, value: str, rows=None) -> list[str]:
     cols = HEADER.split(",")
-    table = [r.split(",") for r in (rows or GOOD_ROWS)]
+    table = [r.split(",") for r in (rows or ROWS)]
     table[row_index][cols.index(column)] = value
     return [",".join(r) for r in table]
 
@@ -58,14 +42,14 @@ def _drop_column(column: str) -> tuple[str, list[str]]:
     cols = HEADER.split(",")
     k = cols.index(column)
     return ",".join(c for i, c in enumerate(cols) if i != k), [
-        ",".join(c for i, c in enumerate(r.split(",")) if i != k) for r in GOOD_ROWS]
+        ",".join(c for i, c in enumerate(r.split(",")) if i != k) for r in ROWS]
 
 
 # ---------------------------------------------------------------------------------------------- good
 
 
 def test_good_manifest_loads_typed(folder):
-    df = load_manifest(_write(folder, GOOD_ROWS))
+    df = load_manifest(write_csv(folder, ROWS))
     assert len(df) == 3 and df["bmd_l1"].dtype == float and df["age"].dtype == float
     assert np.isnan(df.loc[1, "bmd_l2"])  # empty cell: excluded vertebra
     assert df.loc[0, "image"] == "img/a.png"  # as written
@@ -96,20 +80,20 @@ def test_shipped_example_manifest_is_valid():
 
 
 def test_extra_columns_blank_lines_and_trailing_commas(folder):
-    rows = [GOOD_ROWS[0] + ",scanner A,", "", GOOD_ROWS[1] + ",scanner B,", GOOD_ROWS[2] + ",,"]
-    df = load_manifest(_write(folder, rows, header=HEADER + ",note,"))
+    rows = [ROWS[0] + ",scanner A,", "", ROWS[1] + ",scanner B,", ROWS[2] + ",,"]
+    df = load_manifest(write_csv(folder, rows, header=HEADER + ",note,"))
     assert list(df["note"]) == ["scanner A", "scanner B", ""] and "" not in df.columns
     # a blank line does not shift the row numbers of what follows
-    rows = [GOOD_ROWS[0], "", "", *_replace(1, "sex", "x")[1:]]
+    rows = [ROWS[0], "", "", *_replace(1, "sex", "x")[1:]]
     with pytest.raises(ManifestError) as info:
-        load_manifest(_write(folder, rows, name="blank.csv"))
+        load_manifest(write_csv(folder, rows, name="blank.csv"))
     assert info.value.errors == ["row 5 (case_id c2), column sex: 'x' is not F or M"]
 
 
 def test_quoted_multiline_cell_keeps_row_numbers(folder):
-    rows = [GOOD_ROWS[0] + ',"two\nlines"', GOOD_ROWS[1] + ",ok", _replace(2, "age", "abc")[2] + ",ok"]
+    rows = [ROWS[0] + ',"two\nlines"', ROWS[1] + ",ok", _replace(2, "age", "abc")[2] + ",ok"]
     with pytest.raises(ManifestError) as info:
-        load_manifest(_write(folder, rows, header=HEADER + ",note"))
+        load_manifest(write_csv(folder, rows, header=HEADER + ",note"))
     assert info.value.errors == ["row 5 (case_id c3), column age: 'abc' is not a number"]
 
 
@@ -119,7 +103,7 @@ def test_absolute_and_parent_paths_are_accepted(folder):
     rows = _replace(0, "image", str(folder / "img" / "a.png"))
     rows = _replace(1, "image", "../img/b.png", rows)
     rows = _replace(2, "image", "../img/a.png", rows)
-    df = load_manifest(_write(sub, rows))
+    df = load_manifest(write_csv(sub, rows))
     assert df["image_path"].tolist() == [str((folder / "img" / n).resolve()) for n in ("a.png", "b.png", "a.png")]
 
 
@@ -128,9 +112,9 @@ def test_absolute_and_parent_paths_are_accepted(folder):
 BAD = {
     "missing column": (dict(header=_drop_column("age")[0], rows=_drop_column("age")[1]),
                        r"^row 1 \(header\), column age: required column missing$"),
-    "duplicate header": (dict(header=HEADER + ",sex", rows=[r + ",F" for r in GOOD_ROWS]),
+    "duplicate header": (dict(header=HEADER + ",sex", rows=[r + ",F" for r in ROWS]),
                          r"^row 1 \(header\), column sex: duplicated column name \(columns 8 and 12\)"),
-    "unnamed column with values": (dict(header=HEADER + ",", rows=[GOOD_ROWS[0] + ",x", *(r + "," for r in GOOD_ROWS[1:])]),
+    "unnamed column with values": (dict(header=HEADER + ",", rows=[ROWS[0] + ",x", *(r + "," for r in ROWS[1:])]),
                                    r"^row 1 \(header\), column number 12: no column name, but row 2 has a value"),
     "missing image": (dict(rows=_replace(0, "image", "img/zzz.png")),
                       r"^row 2 \(case_id c1\), column image: file not found: img/zzz.png$"),
@@ -166,9 +150,9 @@ BAD = {
     "patient in two splits": (dict(rows=_replace(1, "split", "val")),
                               r"^rows 2, 3 \(patient_id p1\), column split: one patient in more than one split "
                               r"\(row 2 train, row 3 val\)$"),
-    "column name in another case": (dict(header=HEADER.replace("case_id", "Case_ID"), rows=GOOD_ROWS),
+    "column name in another case": (dict(header=HEADER.replace("case_id", "Case_ID"), rows=ROWS),
                                     r"^row 1 \(header\), column case_id: required column missing \(found 'Case_ID'"),
-    "ragged row": (dict(rows=[*GOOD_ROWS, "c4,p4,img/none.png,0.9"]),
+    "ragged row": (dict(rows=[*ROWS, "c4,p4,img/none.png,0.9"]),
                    r"^row 5 \(case_id c4\): has 4 cells, the header has 11"),
 }
 
@@ -176,7 +160,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_manifest_names_row_and_column(folder, case):
     kwargs, pattern = BAD[case]
-    path = _write(folder, kwargs["rows"], header=kwargs.get("header", HEADER))
+    path = write_csv(folder, kwargs["rows"], header=kwargs.get("header", HEADER))
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
     assert len(info.value.errors) == 1, info.value.errors  # the one problem, nothing spurious
@@ -196,9 +180,9 @@ BAD_OPTIONAL = {
 def test_bad_optional_columns(folder, case):
     column, value, pattern = BAD_OPTIONAL[case]
     header = HEADER + f",{column},device"
-    rows = [GOOD_ROWS[0] + f",{value},", *(r + ",," for r in GOOD_ROWS[1:])]
+    rows = [ROWS[0] + f",{value},", *(r + ",," for r in ROWS[1:])]
     with pytest.raises(ManifestError) as info:
-        load_manifest(_write(folder, rows, header=header))
+        load_manifest(write_csv(folder, rows, header=header))
     assert len(info.value.errors) == 1 and re.search(pattern, info.value.errors[0]), info.value.errors
 
 
@@ -210,15 +194,15 @@ def test_file_level_problems(folder):
     with pytest.raises(ManifestError, match="empty manifest"):
         load_manifest(folder / "blank.csv")
     with pytest.raises(ManifestError, match="header but no data rows"):
-        load_manifest(_write(folder, [], name="h.csv"))
-    latin = _write(folder, [GOOD_ROWS[0], GOOD_ROWS[1].replace("c2", "cé2")], name="l.csv", encoding="latin-1")
+        load_manifest(write_csv(folder, [], name="h.csv"))
+    latin = write_csv(folder, [ROWS[0], ROWS[1].replace("c2", "cé2")], name="l.csv", encoding="latin-1")
     with pytest.raises(ManifestError, match=r"row 3: not UTF-8"):
         load_manifest(latin)
     with pytest.raises(ManifestError, match="manifest file not found"):
         load_manifest(folder / "none.csv")
     with pytest.raises(ManifestError, match="not a regular file"):
         load_manifest(folder / "img")
-    bom = _write(folder, GOOD_ROWS, name="bom.csv", encoding="utf-8-sig")  # spreadsheet UTF-8 with BOM
+    bom = write_csv(folder, ROWS, name="bom.csv", encoding="utf-8-sig")  # spreadsheet UTF-8 with BOM
     assert list(load_manifest(bom).columns[:2]) == ["case_id", "patient_id"]
 
 
@@ -227,7 +211,7 @@ def test_all_errors_are_reported_at_once(folder):
     rows = _replace(1, "bmd_l1", "abc", rows)
     rows = _replace(2, "reference", "acme", rows)
     with pytest.raises(ManifestError) as info:
-        load_manifest(_write(folder, rows))
+        load_manifest(write_csv(folder, rows))
     errors = info.value.errors
     assert len(errors) == 3
     assert [e.split(",")[0] for e in errors] == ["row 2 (case_id c1)", "row 3 (case_id c2)", "row 4 (case_id c3)"]
@@ -237,16 +221,16 @@ def test_a_missing_column_does_not_hide_row_errors(folder):
     header, rows = _drop_column("age")
     rows[0] = rows[0].replace("0.80", "9.9")
     with pytest.raises(ManifestError) as info:
-        load_manifest(_write(folder, rows, header=header))
+        load_manifest(write_csv(folder, rows, header=header))
     assert len(info.value.errors) == 2 and "column age: required column missing" in info.value.errors[0]
     assert info.value.errors[1].startswith("row 2 (case_id c1), column bmd_l1: 9.9 is outside")
 
 
 def test_file_checks_can_be_skipped_or_deepened(folder):
-    path = _write(folder, _replace(0, "image", "img/zzz.png"))
+    path = write_csv(folder, _replace(0, "image", "img/zzz.png"))
     assert len(load_manifest(path, check_files=False)) == 3
     (folder / "img" / "b.png").write_text("not an image")
-    good = _write(folder, GOOD_ROWS, name="g.csv")
+    good = write_csv(folder, ROWS, name="g.csv")
     assert len(load_manifest(good)) == 3  # existence only: no decoding by default
     with pytest.raises(ManifestError) as info:
         load_manifest(good, check_files="decode")
@@ -323,7 +307,7 @@ def test_split_then_load_round_trip(folder):
 
 def test_write_manifest_is_atomic_and_round_trips(folder, monkeypatch):
     rows = _replace(0, "case_id", "cé1")  # non-ASCII survives (UTF-8 whatever the locale)
-    df = load_manifest(_write(folder, rows))
+    df = load_manifest(write_csv(folder, rows))
     target = folder / "copy.csv"
     out = write_manifest(df, target)
     assert out == target and not list(folder.glob(".copy.csv.*"))
@@ -347,12 +331,12 @@ def test_write_manifest_is_atomic_and_round_trips(folder, monkeypatch):
 
 
 def test_validate_manifest_cli(folder, capsys):
-    assert cli_main(["validate-manifest", str(_write(folder, GOOD_ROWS))]) == 0
+    assert cli_main(["validate-manifest", str(write_csv(folder, ROWS))]) == 0
     out = capsys.readouterr().out
     assert "3 cases, 2 patients" in out and "T < -2.5" in out
-    bad = _write(folder, _replace(0, "sex", "x", _replace(1, "image", "img/none.png")), name="bad.csv")
+    bad = write_csv(folder, _replace(0, "sex", "x", _replace(1, "image", "img/none.png")), name="bad.csv")
     assert cli_main(["validate-manifest", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "invalid manifest (2 error(s))" in err and "row 2 (case_id c1), column sex" in err
-    assert cli_main(["validate-manifest", "--no-file-check", str(_write(folder, _replace(1, "image", "img/none.png"),
+    assert cli_main(["validate-manifest", "--no-file-check", str(write_csv(folder, _replace(1, "image", "img/none.png"),
                                                                         name="nf.csv"))]) == 0

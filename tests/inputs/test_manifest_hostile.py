@@ -15,34 +15,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from manifests import HEADER, ROWS, image_folder, write_csv  # tests/ is on sys.path
 
 from bmd.cli import main as cli_main
 from bmd.inputs.manifest import BMD_COLUMNS, REQUIRED, ManifestError, load_manifest
 
-HEADER = "case_id,patient_id,image,bmd_l1,bmd_l2,bmd_l3,bmd_l4,sex,age,reference,split"
 COLUMNS = HEADER.split(",")
-ROWS = [
-    "c1,p1,img/a.png,0.80,0.85,0.90,0.95,F,66,hologic,train",
-    "c2,p1,img/b.png,0.70,,0.80,0.82,F,67,hologic,train",
-    "c3,p2,img/a.png,1.00,1.05,1.10,1.12,M,71,lunar,test",
-]
 
 
 @pytest.fixture
 def folder(tmp_path):
-    (tmp_path / "img").mkdir()
-    for name in ("a.png", "b.png"):
-        Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "img" / name)
-    return tmp_path
-
-
-def _write(folder: Path, rows, header: str = HEADER, name: str = "m.csv", encoding: str = "utf-8") -> Path:
-    path = folder / name
-    path.write_bytes(("\n".join([header, *rows]) + "\n").encode(encoding))
-    return path
+    return image_folder(tmp_path)
 
 
 def _set(row: int, column: str, value: str, rows=ROWS) -> list[str]:
@@ -74,14 +58,14 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     ("utf-32", "UTF-16 or UTF-32 text, not UTF-8"),
 ])
 def test_wide_encodings_get_one_clear_error(folder, encoding, pattern):
-    errors = _errors(_write(folder, ROWS, encoding=encoding))
+    errors = _errors(write_csv(folder, ROWS, encoding=encoding))
     assert len(errors) == 1 and errors[0].startswith(str(folder / "m.csv")), errors
     assert re.search(pattern, errors[0]), errors
 
 
 def test_latin1_names_the_row_with_the_first_bad_byte(folder):
     rows = _set(2, "patient_id", "pé2")
-    errors = _errors(_write(folder, rows, encoding="latin-1"))
+    errors = _errors(write_csv(folder, rows, encoding="latin-1"))
     assert errors == [f"{folder / 'm.csv'}: row 4: not UTF-8 text (byte {len(HEADER) + len(ROWS[0]) + len(ROWS[1]) + 7}); "
                       "save the manifest as UTF-8 CSV"]
 
@@ -90,7 +74,7 @@ def test_binary_junk_and_nul_bytes(folder):
     junk = folder / "junk.csv"
     junk.write_bytes(random.Random(0).randbytes(4000))
     assert len(_errors(junk)) == 1
-    nul = _write(folder, _set(1, "case_id", "c\x002"), name="nul.csv")
+    nul = write_csv(folder, _set(1, "case_id", "c\x002"), name="nul.csv")
     assert _errors(nul) == [f"{nul}: row 3: NUL byte, so not a text file; save the manifest as UTF-8 CSV"]
     gz = folder / "m.csv.gz"
     gz.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4)
@@ -98,7 +82,7 @@ def test_binary_junk_and_nul_bytes(folder):
 
 
 def test_byte_order_marks_are_accepted(folder):
-    assert len(load_manifest(_write(folder, ROWS, encoding="utf-8-sig"))) == 3
+    assert len(load_manifest(write_csv(folder, ROWS, encoding="utf-8-sig"))) == 3
     # two files joined together leave a mark inside the text: it is no part of a column name
     path = folder / "twice.csv"
     path.write_text("\ufeff\ufeff" + HEADER + "\n" + "\n".join(ROWS) + "\n", encoding="utf-8")
@@ -107,7 +91,7 @@ def test_byte_order_marks_are_accepted(folder):
 
 @pytest.mark.parametrize("sep", [";", "\t"])
 def test_other_separators_get_one_clear_error(folder, sep):
-    path = _write(folder, [r.replace(",", sep) for r in ROWS], header=HEADER.replace(",", sep))
+    path = write_csv(folder, [r.replace(",", sep) for r in ROWS], header=HEADER.replace(",", sep))
     errors = _errors(path)
     assert len(errors) == 1 and f"looks separated by {sep!r}" in errors[0], errors
 
@@ -117,7 +101,7 @@ def test_other_separators_get_one_clear_error(folder, sep):
 
 def test_extra_columns_are_kept_as_text(folder):
     rows = [r + f",scanner {k},{k * 1.5}" for k, r in enumerate(ROWS)]
-    df = load_manifest(_write(folder, rows, header=HEADER + ",note,bmd_l5"))
+    df = load_manifest(write_csv(folder, rows, header=HEADER + ",note,bmd_l5"))
     assert list(df["note"]) == ["scanner 0", "scanner 1", "scanner 2"]
     assert list(df["bmd_l5"]) == ["0.0", "1.5", "3.0"]  # unknown: kept as written, not typed
 
@@ -125,7 +109,7 @@ def test_extra_columns_are_kept_as_text(folder):
 @pytest.mark.parametrize("name", ["image_path", "landmarks_path"])
 def test_columns_the_loader_adds_are_refused(folder, name):
     rows = [r + ",/etc/passwd" for r in ROWS]
-    errors = _errors(_write(folder, rows, header=f"{HEADER},{name}"))
+    errors = _errors(write_csv(folder, rows, header=f"{HEADER},{name}"))
     assert errors == [f"row 1 (header), column {name}: reserved for the resolved path the loader adds; "
                       "rename or drop this column"]
 
@@ -133,7 +117,7 @@ def test_columns_the_loader_adds_are_refused(folder, name):
 def test_every_missing_required_column_is_named(folder):
     keep = [c for c in COLUMNS if c not in ("age", "sex", "image")]
     rows = [",".join(v for c, v in zip(COLUMNS, r.split(","), strict=True) if c in keep) for r in ROWS]
-    errors = _errors(_write(folder, rows, header=",".join(keep).replace("case_id", "CASE_ID")))
+    errors = _errors(write_csv(folder, rows, header=",".join(keep).replace("case_id", "CASE_ID")))
     assert errors == [
         "row 1 (header), column case_id: required column missing (found 'CASE_ID': names are case-sensitive)",
         "row 1 (header), column image: required column missing",
@@ -144,10 +128,10 @@ def test_every_missing_required_column_is_named(folder):
 
 def test_header_only_and_duplicated_names(folder):
     rows = [r + ",0.5" for r in ROWS]
-    errors = _errors(_write(folder, rows, header=HEADER + ",bmd_l1"))
+    errors = _errors(write_csv(folder, rows, header=HEADER + ",bmd_l1"))
     assert errors == ["row 1 (header), column bmd_l1: duplicated column name (columns 4 and 12); the first is used"]
     hostile = "x\u200b" * 300  # a long invisible name is shown clipped
-    errors = _errors(_write(folder, [r + ",1,2" for r in ROWS], header=f"{HEADER},{hostile},{hostile}", name="d.csv"))
+    errors = _errors(write_csv(folder, [r + ",1,2" for r in ROWS], header=f"{HEADER},{hostile},{hostile}", name="d.csv"))
     assert len(errors) == 1 and "duplicated column name" in errors[0] and "…" in errors[0]
 
 
@@ -170,7 +154,7 @@ def nested(folder):
 ])
 def test_paths_leaving_the_folder_are_accepted_unless_confined(folder, nested, image, reason):
     image = image.format(folder=folder)
-    path = _write(nested, _set(0, "image", image, rows=[ROWS[0].replace("img/a.png", "inside.png")]))
+    path = write_csv(nested, _set(0, "image", image, rows=[ROWS[0].replace("img/a.png", "inside.png")]))
     assert load_manifest(path).loc[0, "image_path"].endswith(".png")  # default: images may live elsewhere
     if reason == "inside":
         assert load_manifest(path, within_folder=True).loc[0, "image_path"] == str(nested / "inside.png")
@@ -183,7 +167,7 @@ def test_confined_paths_check_landmarks_too_and_report_every_row(folder, nested)
     rows = [ROWS[0].replace("img/a.png", "../img/a.png") + ",../../etc/passwd",
             ROWS[1].replace("img/b.png", "inside.png") + ",",
             ROWS[2].replace("img/a.png", "/etc/hostname") + ",inside.png"]
-    errors = _errors(_write(nested, rows, header=HEADER + ",landmarks"), within_folder=True, check_files=False)
+    errors = _errors(write_csv(nested, rows, header=HEADER + ",landmarks"), within_folder=True, check_files=False)
     assert errors == [
         "row 2 (case_id c1), column image: leads outside the manifest's folder: ../img/a.png",
         "row 4 (case_id c3), column image: leads outside the manifest's folder: /etc/hostname",
@@ -197,7 +181,7 @@ def test_unresolvable_and_odd_paths_name_their_row(folder):
     rows = _set(0, "image", "loop.png")
     rows = _set(1, "image", '"img/a\n.png"', rows)
     rows = _set(2, "image", "x" * 5000, rows)
-    errors = sorted(_errors(_write(folder, rows + [ROWS[0].replace("c1,p1,img/a.png", "c4,p4,pipe.png")])))
+    errors = sorted(_errors(write_csv(folder, rows + [ROWS[0].replace("c1,p1,img/a.png", "c4,p4,pipe.png")])))
     # the quoted two-line cell takes lines 3 and 4, so c3 is on line 5
     assert errors[0] == "row 2 (case_id c1), column image: cannot resolve the path (symlink loop): loop.png"
     assert errors[1] == r"row 3 (case_id c2), column image: 'img/a\n.png' contains a control character"
@@ -220,14 +204,14 @@ def test_unresolvable_and_odd_paths_name_their_row(folder):
     ("8" * 500, "8'… is not a finite number"), ("0.8 g", "'0.8 g' is not a number"),
 ])
 def test_bmd_values_that_are_not_plausible_numbers(folder, value, problem):
-    errors = _errors(_write(folder, _set(1, "bmd_l3", f'"{value}"')))
+    errors = _errors(write_csv(folder, _set(1, "bmd_l3", f'"{value}"')))
     assert len(errors) == 1 and errors[0].startswith("row 3 (case_id c2), column bmd_l3: ") and problem in errors[0]
 
 
 @pytest.mark.parametrize(("value", "expected"), [("+0.8", 0.8), (".8", 0.8), ("8e-1", 0.8), (" 0.8 ", 0.8),
                                                   ("2.5", 2.5), ("0.2", 0.2)])
 def test_plausible_spellings_load_as_the_number_validated(folder, value, expected):
-    df = load_manifest(_write(folder, _set(1, "bmd_l3", f'"{value}"')))
+    df = load_manifest(write_csv(folder, _set(1, "bmd_l3", f'"{value}"')))
     assert df.loc[1, "bmd_l3"] == expected
 
 
@@ -235,13 +219,13 @@ def test_thousands_of_rows_with_one_bad_cell(folder):
     rows = [f"s{k},p{k},img/a.png,0.8,0.9,1.0,1.1,{'FM'[k % 2]},{40 + k % 50},hologic,,"
             + ('"a\nnote"' if k == 10 else "") for k in range(5000)]
     rows[3141] = rows[3141].replace(",0.9,", ",9.9,")
-    path = _write(folder, rows, header=HEADER + ",note")
+    path = write_csv(folder, rows, header=HEADER + ",note")
     start = time.perf_counter()
     errors = _errors(path)
     # line = header (1) + row index + 1, plus the one extra line of the quoted two-line note before it
     assert errors == ["row 3144 (case_id s3141), column bmd_l2: 9.9 is outside the plausible range 0.2–2.5 g/cm2"]
     assert time.perf_counter() - start < 20
-    ok = _write(folder, [r.replace(",9.9,", ",0.9,") for r in rows], header=HEADER + ",note", name="ok.csv")
+    ok = write_csv(folder, [r.replace(",9.9,", ",0.9,") for r in rows], header=HEADER + ",note", name="ok.csv")
     df = load_manifest(ok)
     assert len(df) == 5000 and df["bmd_l2"].notna().all()
 
@@ -249,7 +233,7 @@ def test_thousands_of_rows_with_one_bad_cell(folder):
 def test_messages_about_many_rows_stay_one_short_line(folder):
     rows = [f"same,p{k},img/a.png,0.8,0.9,1.0,1.1,F,60,hologic,{('train', 'test')[k % 2]}" for k in range(2000)]
     rows = [r.replace(f"p{k},", "p0,") for k, r in enumerate(rows)]
-    errors = _errors(_write(folder, rows))
+    errors = _errors(write_csv(folder, rows))
     assert errors[0].startswith("rows 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, … (2000 rows) (case_id same), column case_id")
     assert errors[1].startswith("rows 2, 3, 4,") and "(patient_id p0), column split" in errors[1]
     assert len(errors) == 2
@@ -258,7 +242,7 @@ def test_messages_about_many_rows_stay_one_short_line(folder):
 def test_line_separators_and_bidi_overrides_are_control_characters_too(folder):
     rows = _set(0, "patient_id", "p\u2028x")
     rows = _set(1, "patient_id", "p\u202e1x", rows)
-    errors = _errors(_write(folder, rows))
+    errors = _errors(write_csv(folder, rows))
     assert errors == [r"row 2 (case_id c1), column patient_id: 'p\u2028x' contains a control character",
                       r"row 3 (case_id c2), column patient_id: 'p\u202e1x' contains a control character"]
 
@@ -267,7 +251,7 @@ def test_control_characters_in_schema_columns_but_not_in_notes(folder):
     rows = _set(0, "case_id", '"c\t1"')
     rows = _set(1, "sex", '"F\x1b"', rows)  # surrounding spaces, \r and \t included, are stripped
     rows = [r + (',"free\ntext\x07"' if k == 2 else ",") for k, r in enumerate(rows)]
-    errors = _errors(_write(folder, rows, header=HEADER + ",note"))
+    errors = _errors(write_csv(folder, rows, header=HEADER + ",note"))
     assert errors == [r"row 2 (case_id c\t1), column case_id: 'c\t1' contains a control character",
                       r"row 3 (case_id c2), column sex: 'F\x1b' contains a control character"]
 
@@ -276,7 +260,7 @@ def test_control_characters_in_schema_columns_but_not_in_notes(folder):
 
 
 def test_failed_load_and_failed_validation_write_nothing(folder, capsys):
-    path = _write(folder, _set(2, "bmd_l1", "25"))
+    path = write_csv(folder, _set(2, "bmd_l1", "25"))
     before = _snapshot(folder)
     _errors(path)
     _errors(path, check_files="decode")
@@ -291,7 +275,7 @@ def test_validate_manifest_prints_every_error_on_its_own_line(folder, capsys):
     rows = _set(0, "case_id", '"c\n1"')
     rows = _set(1, "bmd_l2", "nan", rows)
     rows = _set(2, "image", '"../../x\n.dcm"', rows)
-    path = _write(folder, rows)
+    path = write_csv(folder, rows)
     assert cli_main(["validate-manifest", str(path)]) == 1
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
@@ -330,7 +314,7 @@ def test_random_hostile_cells_give_row_and_column_errors_or_load(folder):
             cell = rng.choice(HOSTILE_CELLS)
             quoted = '"' + cell.replace('"', '""') + '"'
             rows = _set(rng.randrange(3), rng.choice(COLUMNS), quoted, rows)
-        path = _write(folder, rows, name=f"r{k}.csv")
+        path = write_csv(folder, rows, name=f"r{k}.csv")
         try:
             df = load_manifest(path)
         except ManifestError as exc:
