@@ -48,6 +48,7 @@ from bmd.evaluation.figures import plot_predicted_vs_dxa
 from bmd.evaluation.metrics import auc_low_is_positive
 from bmd.evaluation.predictions import evaluate_predictions, predicted_t_scores
 from bmd.infra.atomic import atomic_path, write_bytes, write_text
+from bmd.infra.digests import sha256_file
 from bmd.infra.jsonvalues import finite_or_null
 from bmd.inputs.manifest import load_manifest
 from bmd.inputs.tscores import t_scores_for_manifest, who_category
@@ -98,12 +99,9 @@ def _lowest_t_endpoint(frame: pd.DataFrame, threshold: float, n_boot: int, seed:
 
 def _same_manifest_as_training(bundle: Bundle, manifest_path: Path) -> bool:
     """Whether the bundle was trained on this very manifest: same SHA-256 (older bundles: same path)."""
-    import hashlib
-
     recorded = bundle.info.get("training_data", {}).get("manifest_sha256")
     if recorded:
-        with open(manifest_path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest() == recorded
+        return sha256_file(manifest_path) == recorded
     training = bundle.info.get("provenance", {}).get("training_config", {})
     return bool(training.get("manifest")) and Path(str(training["manifest"])).resolve() == manifest_path
 

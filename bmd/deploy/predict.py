@@ -32,7 +32,6 @@ decoded once; landmarks, crops and the network run batched over ``batch_size`` i
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -48,6 +47,7 @@ import torch
 from bmd.columns import VERTEBRAE
 from bmd.deploy.bundle import UNCALIBRATED, Bundle, BundleError, load_bundle
 from bmd.infra.atomic import atomic_path
+from bmd.infra.digests import sha256_bytes, sha256_file
 from bmd.inputs.tscores import t_score, who_category
 from bmd.io import ImageReadError, read_image
 from bmd.landmarks.detector import predict_landmarks
@@ -84,16 +84,14 @@ def _label(item: ImageInput, index: int, name: str) -> str:
     """The ``image`` value of an input (never header data)."""
     if name == "file":
         return f"array[{index}]" if isinstance(item, np.ndarray) else str(item)
-    h = hashlib.sha256()
     if isinstance(item, np.ndarray):
-        h.update(np.ascontiguousarray(item, dtype=np.float32).tobytes())
+        digest = sha256_bytes(np.ascontiguousarray(item, dtype=np.float32).tobytes())
     else:
         try:
-            with open(item, "rb") as fh:
-                h = hashlib.file_digest(fh, "sha256")
+            digest = sha256_file(item)
         except (OSError, ValueError):
             return f"input-{index + 1}"
-    return f"sha256:{h.hexdigest()[:16]}"
+    return f"sha256:{digest[:16]}"
 
 
 def _read(item: ImageInput) -> tuple[np.ndarray, str | None]:

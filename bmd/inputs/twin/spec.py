@@ -7,9 +7,10 @@ which ``oracle.json`` records and the reuse check compares: change constants onl
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
+
+from bmd.infra.digests import sha256_bytes
 
 TWIN_VERSION = "twin-v1"
 
@@ -80,4 +81,4 @@ class TwinSpec:
 def spec_hash(spec: TwinSpec, sizes: dict) -> str:
     """SHA-256 of the canonical JSON of the spec plus the profile's sizes."""
     payload = json.dumps({"spec": spec.as_dict(), "sizes": sizes}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return sha256_bytes(payload.encode())
