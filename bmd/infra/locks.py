@@ -30,6 +30,11 @@ from pathlib import Path
 
 from bmd.infra import progress
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no flock, the pid in the file is the only guard
+    fcntl = None
+
 #: Seconds a waiter waits for a live holder before giving up (a paper-profile training run takes hours).
 DEFAULT_TIMEOUT = 24 * 3600.0
 
@@ -42,9 +47,7 @@ class LockBusy(RuntimeError):
 
 def _try_flock(fd: int) -> bool | None:
     """True: locked; False: held by another open file; None: no locks here (off POSIX, or the file system)."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from bmd.infra.atomic import atomic_path, write_bytes
+from bmd.infra.digests import sha256_json
 
 
 class CheckpointError(RuntimeError):
@@ -31,7 +32,7 @@ class CheckpointError(RuntimeError):
 
 def signature(**fields: Any) -> str:
     """A short digest of what a run was started with: a checkpoint resumes only under the same one."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return sha256_json(fields)[:16]
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
