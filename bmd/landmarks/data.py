@@ -20,7 +20,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,7 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
 from bmd.inputs.manifest import load_manifest
 from bmd.io import read_image
-from bmd.landmarks.annotations import read_landmark_csv
+from bmd.landmarks.annotations import manifest_landmarks
 
 
 def _mirror_name(name: str) -> str:
@@ -150,38 +149,20 @@ class LandmarkCohort:
 
 
 def landmarks_for_manifest(df: pd.DataFrame) -> np.ndarray:
-    """(N, 16, 2) ground-truth points of manifest rows, read from each row's landmark file.
+    """(N, 16, 2) ground-truth points of manifest rows, in row order; NaN where a row has none.
 
-    A landmark file is matched by ``case_id`` when it has that column, else by ``image`` (the path as
-    written in the manifest, or failing that the file name). Rows without a landmark file or without a
-    matching row get NaN.
+    The points come from the one reader of a manifest's landmark files,
+    :func:`bmd.landmarks.annotations.manifest_landmarks` (matched by ``case_id``, else by ``image``).
     """
-
     out = np.full((len(df), N_LANDMARKS, 2), np.nan)
-    if "landmarks_path" not in df.columns:
+    table = manifest_landmarks(df)
+    if table is None:
         return out
-    for path, rows in df.groupby("landmarks_path", sort=False).groups.items():
-        if not isinstance(path, str) or not path:
-            continue
-        table = read_landmark_csv(path)
-        coords = table[list(COORD_COLUMNS)].to_numpy(dtype=np.float64).reshape(-1, N_LANDMARKS, 2)
-        if "case_id" in table.columns:
-            index = {str(c): i for i, c in enumerate(table["case_id"])}
-            keys = [str(df.at[r, "case_id"]) for r in rows]
-        else:
-            index = {}
-            for i, name in enumerate(table["image"].astype(str)):
-                index[name] = i
-                index.setdefault(Path(name).name, i)
-            keys = [
-                str(df.at[r, "image"])
-                if str(df.at[r, "image"]) in index
-                else Path(str(df.at[r, "image"])).name
-                for r in rows
-            ]
-        for r, key in zip(rows, keys, strict=True):
-            if key in index:
-                out[df.index.get_loc(r)] = coords[index[key]]
+    where = {c: i for i, c in enumerate(table["case_id"])}
+    coords = table[list(COORD_COLUMNS)].to_numpy(dtype=np.float64).reshape(-1, N_LANDMARKS, 2)
+    for row, case_id in enumerate(df["case_id"].astype(str)):
+        if case_id in where:
+            out[row] = coords[where[case_id]]
     return out
 
 
