@@ -20,15 +20,17 @@ import pandas as pd
 
 from bmd.columns import COORD_COLUMNS
 from bmd.deploy.bundle import export_bundle
-from bmd.evaluation import radiomics, screening
+from bmd.evaluation import metrics, radiomics, screening
+from bmd.evaluation import predictions as prediction_frames
 from bmd.evaluation.baselines import age_sex_baseline, roi_intensity_baseline, roi_intensity_features
 from bmd.evaluation.metrics import pearson_r
 from bmd.evaluation.predictions import ensemble
 from bmd.evaluation.radiomics import radiomics_baseline
-from bmd.infra import paths, progress
+from bmd.infra import formatting, paths, progress
 from bmd.infra.artifacts import Artifact, file_stamp, inputs_key
 from bmd.infra.atomic import write_bytes, write_text
 from bmd.infra.digests import sha256_bytes, sha256_file, sha256_files, sha256_json
+from bmd.inputs import paper, tscores
 from bmd.landmarks.annotations import manifest_landmarks
 from bmd.landmarks.detector import (
     LandmarkEvaluation,
@@ -377,8 +379,8 @@ def table_results(cfg: Profile, cohort: Cohort, table: str, out: str | Path | No
 
 
 #: What a table's rows are computed from besides the predictions: the metric code and the paper's values.
-_ROW_INPUTS = ("evaluation/metrics.py", "evaluation/predictions.py", "evaluation/radiomics.py", "study/report.py",
-               "infra/formatting.py", "data/paper.py", "data/tscores.py", "study/summary.py")
+#: Named by module, not by path, so that moving a module cannot break the key.
+_ROW_INPUTS = (metrics, prediction_frames, radiomics, report, formatting, paper, tscores, summary)
 
 
 def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], oracle: dict | None,
@@ -392,7 +394,7 @@ def _results_rows(cfg: Profile, table: str, frames: dict[str, pd.DataFrame], ora
     """
 
     inputs = {
-        "code": sha256_files([*(paths.package_dir() / name for name in _ROW_INPUTS), paths.paper_results_file()]),
+        "code": sha256_files([*(module.__file__ for module in _ROW_INPUTS), paths.paper_results_file()]),
         "table": table, "seed": cfg.seed, "ceilings": (oracle or {}).get("ceilings"), "converged": converged,
         "frames": {label: sha256_bytes(frame.to_csv(index=False).encode()) for label, frame in frames.items()},
         "reference": None if reference is None else sha256_bytes(reference.to_csv(index=False).encode()),
