@@ -239,7 +239,7 @@ def test_oracle_ceilings_sit_a_little_above_the_paper():
 
 def test_oracle_json_holds_spec_ceilings_and_realised_statistics(smoke):
     oracle = json.loads((smoke / "oracle.json").read_text())
-    assert oracle["spec_version"] == "twin-v1" and oracle["seed"] == 0 and oracle["profile"] == "smoke"
+    assert oracle["spec_version"] == "twin-v2" and oracle["seed"] == 0 and oracle["profile"] == "smoke"
     assert {(r["roi"], r["vertebra"]) for r in oracle["ceilings"]} >= {("all", "avg"), ("chest", "L1")}
     assert set(oracle["realised"]["bmd_mean"]) == {"L1", "L2", "L3", "L4"}
 

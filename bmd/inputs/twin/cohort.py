@@ -42,7 +42,7 @@ from bmd.inputs.twin.population import sample_population
 from bmd.inputs.twin.render import render_case
 from bmd.inputs.twin.spec import BONES, TwinSpec, spec_hash
 
-LATENT_COLUMNS = ("g", *(f"{kind}_{b}" for b in BONES for kind in ("d", "m", "tau")))
+LATENT_COLUMNS = ("g", "size", *(f"{kind}_{b}" for b in BONES for kind in ("d", "m", "c", "tau")))
 
 
 class TwinError(RuntimeError):

@@ -3,8 +3,9 @@
 Per patient: sex, age and L1–L4 BMD (multivariate normal, means rising from L1 to L4, the paper's
 inter-vertebra correlations); a lumbar bone-health score ``g`` (the standardised mean BMD); and for
 each chest bone a latent density ``d_k = g + shared + specific_k``. Per radiograph, each bone shows
-its density through two noisy channels: mean attenuation ``m_k = d_k + noise`` and trabecular
-texture ``tau_k = d_k + noise`` (the texture channel is the cleaner one). Age is drawn given bone
+its density through three noisy channels: cancellous opacity ``m_k``, cortical thickness ``c_k`` and
+trabecular texture ``tau_k`` (each ``d_k + noise``). Per patient, a bone-size factor ``size`` (standard
+normal) scales every bone's depth, which a frontal projection cannot see. Age is drawn given bone
 health, so an age+sex model carries some, but limited, information.
 """
 
@@ -38,8 +39,9 @@ def sample_population(sizes: dict[str, int], seed: int, spec: TwinSpec | None = 
     """One row per radiograph: ids, split, sex, age, ``bmd_l1..l4`` (NaN = excluded) and latents.
 
     ``sizes`` maps split → number of radiographs; a share ``spec.repeat_share`` of each split are
-    second radiographs of a patient of the same split. Latent columns: ``g``, ``d_<bone>``,
-    ``m_<bone>`` (attenuation channel), ``tau_<bone>`` (texture channel).
+    second radiographs of a patient of the same split. Latent columns: ``g``, ``size`` (bone depth,
+    standard normal), ``d_<bone>``, ``m_<bone>`` (cancellous opacity), ``c_<bone>`` (cortical
+    thickness), ``tau_<bone>`` (trabecular texture).
     """
     spec = spec or TwinSpec()
     rng = np.random.default_rng([seed, 101])
@@ -70,6 +72,7 @@ def sample_population(sizes: dict[str, int], seed: int, spec: TwinSpec | None = 
     bmd = means + z * np.asarray(spec.bmd_sd)[None, :]
     shared = spec.shared_sd * rng.standard_normal(n_patients)
     density = {b: g + shared + spec.specific_sd[b] * rng.standard_normal(n_patients) for b in BONES}
+    bone_size = rng.standard_normal(n_patients)
 
     # radiograph level
     n = len(patient)
@@ -85,10 +88,12 @@ def sample_population(sizes: dict[str, int], seed: int, spec: TwinSpec | None = 
         "age": np.round(age[patient] + scan, 0),
         **{f"bmd_{v.lower()}": np.round(bmd_case[:, i], 4) for i, v in enumerate(VERTEBRAE)},
         "g": g[patient],
+        "size": bone_size[patient],
     })
     for b in BONES:
         d = density[b][patient]
         df[f"d_{b}"] = d
-        df[f"m_{b}"] = d + spec.attenuation_noise_sd * rng.standard_normal(n)
+        df[f"m_{b}"] = d + spec.opacity_noise_sd * rng.standard_normal(n)
+        df[f"c_{b}"] = d + spec.cortex_noise_sd * rng.standard_normal(n)
         df[f"tau_{b}"] = d + spec.texture_noise_sd * rng.standard_normal(n)
     return df

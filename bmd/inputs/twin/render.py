@@ -1,79 +1,54 @@
 """Render one synthetic frontal (PA) chest radiograph and its 16 landmarks.
 
-Anatomy is laid out in *canonical* coordinates (x, y in [0, 1] of a standard field, x to the image
-right = the patient's left on a PA view, y down). A pose (rotation, scale, translation) maps canonical
-to image coordinates; every structure is evaluated on the pixel grid mapped back through the inverse
-pose, only inside its own bounding box. The image is X-ray physics in miniature:
+A person's anatomy (:mod:`bmd.inputs.twin.anatomy`) is laid out in canonical coordinates; the
+acquisition's pose maps it to image pixels; every structure is evaluated on the pixel grid mapped back
+through the inverse pose, only inside its own bounding box. Two attenuation maps are summed: soft
+tissue and air (torso, breasts, abdomen, mediastinum, heart, aortic knob, lungs with branching vessels,
+trachea and main bronchi) and bone (vertebrae with pedicles, posterior and fainter anterior ribs,
+clavicles, humeral heads and scapulae). The beam weighs them differently (kV), then
+:mod:`bmd.inputs.twin.acquisition` exposes, processes and marks the image.
 
-    A = soft tissue − lung air + Σ bones            (attenuation line integrals)
-    I = I0 · heel · exp(−A) + scatter               (transmitted intensity)
-    I → detector blur → quantum noise → L = −log I  (bone bright)
+Bone density shows the way a chest film shows it, through three channels per bone:
 
-Bone density shows twice: as mean attenuation (bone attenuation scaled by the attenuation channel
-``m_k``, confounded by the person's bone size, local soft-tissue thickness, scatter, heel effect and
-exposure) and as trabecular texture (a band-pass pattern of 4–9 px period at 512 px whose contrast
-follows the texture channel ``tau_k``; it survives in local ROI crops but averages out at the
-whole-chest input's resolution, a quarter of the image side or less).
+* ``m_k`` — radio-opacity of the cancellous interior, scaled by the person's bone depth (a bone-size
+  factor no projection can see) and by the beam; visible at any resolution, against the surrounding
+  soft tissue;
+* ``c_k`` — cortical thickness as a fraction of the bone's width: a profile shape (bright rims, thin
+  or thick), near the resolution limit, best seen in the local crops;
+* ``tau_k`` — a trabecular pattern of 2.5–5 px period at 512 px (sub-millimetre to 3 mm) whose relative
+  contrast follows the texture channel; blurred by the detector, partly equalised by the vendor's
+  processing, lost in the whole-chest input.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage
 
-from bmd.columns import LANDMARK_NAMES
+from bmd.inputs.twin.acquisition import (
+    Acquisition,
+    blur,
+    burn_in,
+    draw_acquisition,
+    expose,
+    process,
+    shutter_mask,
+    upsample,
+)
+from bmd.inputs.twin.anatomy import (
+    CLAV_LATERAL,
+    CLAV_MEDIAL,
+    SIDES,
+    Anatomy,
+    cage_halfwidth,
+    canonical_landmarks,
+    clavicle_curve,
+    diaphragm_y,
+    draw_anatomy,
+    spine_x,
+    vertebra_levels,
+)
 from bmd.inputs.twin.spec import TwinSpec
-
-# vertebral levels: y of body centres in canonical units
-_T1_Y, _LEVEL = 0.17, 0.048
-_CERVICAL = {f"C{7 - i}": _T1_Y - (i + 1) * _LEVEL for i in range(4)}  # C7..C4
-_THORACIC = {f"T{i + 1}": _T1_Y + i * _LEVEL for i in range(12)}
-_LUMBAR = {f"L{i + 1}": _T1_Y + (12 + i) * _LEVEL * 1.05 for i in range(4)}
-_RIB_LEVELS = (0.26, 0.38, 0.50, 0.62)  # y of the 4 rib-cage margin landmarks
-_CLAV_MEDIAL, _CLAV_LATERAL = 0.045, 0.33  # |u| of the clavicle ends
-
-
-@dataclass(frozen=True)
-class CaseParams:
-    """Everything that varies between radiographs (drawn by :func:`draw_params`)."""
-
-    rotation: float  # radians
-    scale: float
-    shift: tuple[float, float]  # image fraction
-    body_width: float
-    soft_thickness: float
-    breast: float  # 0 for men
-    bone_size: float
-    exposure_photons: float
-    heel: float
-    scatter: float
-    blur: float  # sigma in pixels of a 512 image
-    monochrome1: bool
-    bits: int
-    diaphragm: tuple[float, float]  # dome apex y (patient right, patient left)
-
-
-def draw_params(rng: np.random.Generator, sex: str, spec: TwinSpec) -> CaseParams:
-    """Random pose, body habitus and acquisition of one radiograph."""
-    u = rng.uniform
-    return CaseParams(
-        rotation=np.deg2rad(u(-spec.rotation_deg, spec.rotation_deg)),
-        scale=1.0 + u(-spec.scale_frac, spec.scale_frac),
-        shift=(u(-spec.translation_frac, spec.translation_frac), u(-spec.translation_frac, spec.translation_frac)),
-        body_width=float(np.clip(1.0 + spec.body_width_sd * rng.standard_normal(), 0.85, 1.15)),
-        soft_thickness=float(np.clip(1.0 + 0.12 * rng.standard_normal(), 0.7, 1.4)),
-        breast=float(u(0.2, 1.0)) if sex == "F" else 0.0,
-        bone_size=float(np.clip(1.0 + spec.bone_size_sd * rng.standard_normal(), 0.7, 1.3)),
-        exposure_photons=float(np.exp(u(np.log(spec.photons[0]), np.log(spec.photons[1])))),
-        heel=float(u(*spec.heel_gradient) * rng.choice([-1, 1])),
-        scatter=float(u(*spec.scatter_fraction)),
-        blur=float(u(*spec.blur_px)),
-        monochrome1=bool(rng.random() < spec.monochrome1_share),
-        bits=int(rng.choice(spec.bits_stored)),
-        diaphragm=(float(u(0.68, 0.72)), float(u(0.70, 0.75))),
-    )
 
 
 def _sig(x: np.ndarray) -> np.ndarray:
@@ -81,198 +56,298 @@ def _sig(x: np.ndarray) -> np.ndarray:
 
 
 class _Canvas:
-    """The pixel grid of one image and its map to canonical coordinates."""
+    """The pixel grid of one image, its map to canonical coordinates and the two attenuation maps."""
 
-    def __init__(self, size: int, p: CaseParams):
+    def __init__(self, size: int, anatomy: Anatomy, acq: Acquisition):
         self.size = size
-        self.p = p
-        c, s = np.cos(p.rotation), np.sin(p.rotation)
+        self.a = anatomy
+        self.acq = acq
+        c, s = np.cos(acq.rotation), np.sin(acq.rotation)
         self.rot = np.array([[c, -s], [s, c]])
-        self.A = np.zeros((size, size), np.float32)
-        self.edge = 1.5 / size  # soft edge width, canonical units (≈ 1.5 px)
+        self.soft = np.zeros((size, size), np.float32)
+        self.bone = np.zeros((size, size), np.float32)
 
     def to_image(self, q: np.ndarray) -> np.ndarray:
         """Canonical (..., 2) → image pixel coordinates (x, y), pixel centres at integers."""
         centre = np.array([0.5, 0.5])
-        p = centre + self.p.scale * (q - centre) @ self.rot.T + np.asarray(self.p.shift)
+        p = centre + self.acq.scale * (q - centre) @ self.rot.T + np.asarray(self.acq.shift)
         return p * self.size - 0.5
 
     def grid(self, x0: float, x1: float, y0: float, y1: float):
-        """Slices of the image covering a canonical box, and the canonical X, Y inside them."""
+        """Slices of the image covering a canonical box, and the canonical X, Y inside them (or None)."""
         corners = self.to_image(np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]))
-        lo = np.floor(corners.min(axis=0)).astype(int) - 2
-        hi = np.ceil(corners.max(axis=0)).astype(int) + 3
-        lo = np.clip(lo, 0, self.size)
-        hi = np.clip(hi, 0, self.size)
+        lo = np.clip(np.floor(corners.min(axis=0)).astype(int) - 2, 0, self.size)
+        hi = np.clip(np.ceil(corners.max(axis=0)).astype(int) + 3, 0, self.size)
         if (hi <= lo).any():
             return None
         sl = (slice(lo[1], hi[1]), slice(lo[0], hi[0]))
         jj, ii = np.meshgrid(np.arange(lo[0], hi[0], dtype=np.float32), np.arange(lo[1], hi[1], dtype=np.float32))
         pts = np.stack([(jj + 0.5) / self.size, (ii + 0.5) / self.size], axis=-1)
-        q = 0.5 + (pts - 0.5 - np.asarray(self.p.shift, dtype=np.float32)) @ self.rot.astype(np.float32) / self.p.scale
+        q = 0.5 + (pts - 0.5 - np.asarray(self.acq.shift, dtype=np.float32)) @ self.rot.astype(np.float32) / self.acq.scale
         return sl, q[..., 0], q[..., 1]
 
     def u(self, X: np.ndarray) -> np.ndarray:
         """Signed horizontal offset from the midline in body-width units (+ = image right)."""
-        return (X - 0.5) / self.p.body_width
+        return (X - 0.5) / self.a.body_width
 
 
-def _torso_halfwidth(y: np.ndarray) -> np.ndarray:
-    neck = 0.09
-    shoulders = 0.47
-    t = np.clip((y - 0.10) / 0.10, 0, 1)
-    return neck + (shoulders - neck) * (3 * t**2 - 2 * t**3)
+class _Bones:
+    """Per-bone density channels turned into drawing constants (cancellous opacity, cortex, texture)."""
 
+    def __init__(self, latents: dict, spec: TwinSpec, texture: np.ndarray, other: float):
+        self.lat, self.spec, self.texture = latents, spec, texture
+        self.depth = float(np.clip(1 + spec.bone_size_sd * latents["size"], 0.6, 1.4))
+        self.other = other  # density of bones that carry no lumbar information (humerus, scapula)
 
-def _ribcage_halfwidth(y: np.ndarray) -> np.ndarray:
-    return 0.385 * np.sqrt(np.clip((y - 0.12) / 0.24, 0, 1)) * (1 - 0.08 * np.clip((y - 0.75) / 0.2, 0, 1))
+    def channels(self, key: str | None) -> tuple[float, float, float]:
+        """(m, c, tau) of a bone family; mid-thoracic vertebrae average the cervical and T12 channels."""
+        if key is None:
+            return tuple(0.5 * (self.lat[f"{ch}_cervi"] + self.lat[f"{ch}_t12"]) for ch in ("m", "c", "tau"))
+        if key == "other":
+            return self.other, self.other, self.other
+        return self.lat[f"m_{key}"], self.lat[f"c_{key}"], self.lat[f"tau_{key}"]
 
+    def draw(self, cv: _Canvas, sl, x: np.ndarray, along: np.ndarray, base: float, key: str | None,
+             y_outer: np.ndarray | None = None, y_inner: np.ndarray | None = None) -> None:
+        """Add a bone whose cross-section across ``x`` (−1..1, the bone's half-width) is a cortical tube.
 
-def _diaphragm(u: np.ndarray, apex: tuple[float, float]) -> np.ndarray:
-    ax = np.abs(u)
-    top = np.where(u < 0, apex[0], apex[1])  # patient right (image left) dome is usually higher
-    return top + 1.8 * np.maximum(ax - 0.16, 0) ** 2 + 1.0 * np.maximum(0.16 - ax, 0) ** 2
+        ``along`` (0..1) fades the bone along its length; ``y_outer``/``y_inner`` (0..1), when given, make
+        it a short body with cortical end plates (a vertebra) instead of a long bone.
+        """
+        m, c, tau = self.channels(key)
+        s = self.spec
+        t = float(np.clip(s.cortex_frac * (1 + s.cortex_per_sd * c), 0.05, 0.6))
+        mu = s.marrow_mu * (1 + s.marrow_per_sd * m)
+        amp = float(np.clip(s.texture_amp + s.texture_amp_per_sd * tau, 0.02, 0.8))
+        outer = np.sqrt(np.clip(1 - x * x, 0, 1))
+        inner = np.sqrt(np.clip((1 - t) ** 2 - x * x, 0, 1))
+        if y_outer is not None:
+            cortex, inner = outer * y_outer - inner * y_inner, inner * y_inner
+        else:
+            cortex = outer - inner
+        tex = 1 + amp * self.texture[sl]
+        cv.bone[sl] += (base * self.depth * along * (s.cortex_mu * cortex + mu * inner * tex)).astype(np.float32)
 
 
 def _soft_tissue(cv: _Canvas, field: np.ndarray) -> None:
-    g = cv.grid(-0.2, 1.2, -0.2, 1.2)
-    sl, X, Y = g
+    sl, X, Y = cv.grid(-0.3, 1.3, -0.3, 1.3)
+    a = cv.a
     u = cv.u(X)
-    half = _torso_halfwidth(Y)
+    t = np.clip((Y - (a.t1_y - 0.07)) / 0.10, 0, 1)
+    half = 0.09 + (0.47 - 0.09) * (3 * t**2 - 2 * t**3)  # neck → shoulders, then a slight taper
+    half = half - 0.05 * np.clip((Y - a.t1_y - 0.25) / 0.5, 0, 1)
     body = np.sqrt(np.clip(1 - (u / half) ** 2, 0, 1)) * _sig((half - np.abs(u)) / 0.01)
-    abdomen = 0.35 * _sig((Y - _diaphragm(u, cv.p.diaphragm)) / 0.02)
-    cv.A[sl] += (3.2 * cv.p.soft_thickness * body * (1 + field[sl]) + abdomen * body).astype(np.float32)
-    if cv.p.breast > 0:
+    abdomen = 0.35 * _sig((Y - diaphragm_y(a, u)) / 0.02)
+    cv.soft[sl] += (3.2 * a.soft_thickness * body * (1 + field[sl]) + abdomen * body).astype(np.float32)
+    if a.breast > 0:
         for side in (-1, 1):
-            r2 = ((u - side * 0.24) / 0.14) ** 2 + ((Y - 0.63) / 0.10) ** 2
-            cv.A[sl] += (0.6 * cv.p.breast * np.sqrt(np.clip(1 - r2, 0, 1))).astype(np.float32)
+            cy = a.t1_y + 0.46 * a.cage_height
+            r2 = ((u - side * 0.24) / 0.15) ** 2 + ((Y - cy) / 0.10) ** 2
+            lower = _sig((Y - cy + 0.02) / 0.02)  # the lower edge is the visible one
+            cv.soft[sl] += (0.7 * a.breast * np.sqrt(np.clip(1 - r2, 0, 1)) * (0.5 + 0.5 * lower)).astype(np.float32)
 
 
-def _lungs(cv: _Canvas) -> None:
-    region = cv.grid(0.0, 1.0, 0.05, 0.95)
+def _airways(a: Anatomy) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, float]]]:
+    """Carina point and the airway segments (start, end, half-width) in canonical units."""
+    carina_y = a.t1_y + 0.12 * a.cage_height
+    carina = np.array([float(spine_x(a, carina_y)) - 0.004, carina_y])
+    top = np.array([0.5 - 0.004, a.t1_y - 0.25])
+    hilum_r = carina + np.array([-0.075 * a.body_width, 0.055 * a.cage_height])
+    hilum_l = carina + np.array([0.095 * a.body_width, 0.075 * a.cage_height])
+    segs = [(top, carina, 0.018), (carina, hilum_r, 0.011), (carina, hilum_l, 0.010)]
+    return carina, segs
+
+
+def _segment_distance(X: np.ndarray, Y: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
+    d = p1 - p0
+    t = np.clip(((X - p0[0]) * d[0] + (Y - p0[1]) * d[1]) / float(d @ d), 0, 1)
+    return np.hypot(X - p0[0] - t * d[0], Y - p0[1] - t * d[1])
+
+
+def _lungs(cv: _Canvas) -> np.ndarray | None:
+    """Subtract the lungs' air (mediastinum, heart and aortic knob excluded); returns the lung mask."""
+    a = cv.a
+    region = cv.grid(0.0, 1.0, a.t1_y - 0.15, a.t1_y + 0.85)
     if region is None:
-        return
+        return None
     sl, X, Y = region
     u = cv.u(X)
     ax = np.abs(u)
-    rc = _ribcage_halfwidth(Y)
-    med = 0.055 + 0.035 * np.clip((Y - 0.15) / 0.35, 0, 1)
-    e = 0.012
-    inside = _sig((rc - 0.012 - ax) / e) * _sig((ax - med) / e) * _sig((_diaphragm(u, cv.p.diaphragm) - Y) / e)
-    inside *= _sig((Y - 0.13) / e)
-    heart = ((u - 0.06) / 0.17) ** 2 + ((Y - 0.60) / 0.12) ** 2
-    inside *= _sig((np.sqrt(heart) - 1.0) / 0.08)
+    rc = np.where(u >= 0, cage_halfwidth(a, Y, 1), cage_halfwidth(a, Y, -1))
+    med = 0.05 + 0.035 * np.clip((Y - a.t1_y) / 0.35, 0, 1)
+    e = 0.010
+    dia = diaphragm_y(a, u)
+    inside = _sig((rc - 0.012 - ax) / e) * _sig((ax - med) / e) * _sig((dia - Y) / e) * _sig((Y - (a.t1_y - 0.04)) / e)
+    hy = a.t1_y + 0.45 * a.cage_height + 0.5 * a.inspiration
+    heart = ((u - 0.05 - a.heart_shift) / (0.165 * a.heart_size)) ** 2 + ((Y - hy) / (0.12 * a.heart_size)) ** 2
+    inside *= _sig((np.sqrt(heart) - 1.0) / 0.06)
+    ky = a.t1_y + 0.17 * a.cage_height
+    knob = np.hypot(u - 0.062, Y - ky) / (0.028 * a.aortic_knob)
+    inside *= _sig((knob - 1.0) / 0.15)
     depth = np.sqrt(np.clip(1 - ((ax - (med + rc) / 2) / ((rc - med) / 2 + 1e-3)) ** 2, 0, 1)) ** 0.5
-    cv.A[sl] -= (2.1 * inside * (0.35 + 0.65 * depth)).astype(np.float32)
-
-
-def _bone(cv: _Canvas, sl, profile: np.ndarray, base: float, m: float, amp: float, texture: np.ndarray,
-          spec: TwinSpec) -> None:
-    """Add a bone: attenuation profile × density (attenuation channel) × texture (texture channel)."""
-    density = base * cv.p.bone_size * (1 + spec.bone_contrast_per_sd * m)
-    cv.A[sl] += (profile * density * (1 + amp * texture[sl])).astype(np.float32)
-
-
-def _texture_amp(tau: float, spec: TwinSpec) -> float:
-    return float(np.clip(spec.texture_amp + spec.texture_amp_per_sd * tau, 0.03, 0.8))
-
-
-def _spine(cv: _Canvas, lat: dict, tex: np.ndarray, spec: TwinSpec) -> None:
-    region = cv.grid(0.38, 0.62, -0.1, 1.1)
-    if region is None:
-        return
-    sl, X, Y = region
-    u = cv.u(X)
-    cv.A[sl] += (0.35 * _sig((0.032 - np.abs(u)) / 0.006)).astype(np.float32)  # posterior elements
-    levels = {**_CERVICAL, **_THORACIC, **_LUMBAR}
-    for name, yc in levels.items():
-        region = cv.grid(0.40, 0.60, yc - 0.04, yc + 0.04)
+    cv.soft[sl] -= (2.1 * inside * (0.35 + 0.65 * depth)).astype(np.float32)
+    # trachea and main bronchi: air in the mediastinum
+    mask = np.zeros((cv.size, cv.size), np.float32)
+    mask[sl] = inside
+    _, segs = _airways(a)
+    for p0, p1, half in segs:
+        lo, hi = np.minimum(p0, p1) - half - 0.01, np.maximum(p0, p1) + half + 0.01
+        region = cv.grid(lo[0], hi[0], lo[1], hi[1])
         if region is None:
             continue
         sl, X, Y = region
-        u = cv.u(X)
-        lumbar_like = name.startswith("L") or name in ("T11", "T12")
-        hh = 0.016 if name.startswith("C") else (0.021 if lumbar_like else 0.019)
-        hw = 0.027 if name.startswith("C") else (0.045 if name.startswith("L") else 0.036)
-        prof = _sig((hw - np.abs(u)) / 0.004) * _sig((hh - np.abs(Y - yc)) / 0.004)
-        prof *= 0.75 + 0.25 * np.sqrt(np.clip(1 - (u / hw) ** 2, 0, 1))
-        if name.startswith("C") or name in ("T1",):
-            key = "cervi"
-        elif lumbar_like:
-            key = "t12"
+        dist = _segment_distance(X, Y, p0, p1)
+        airway = _sig((half - dist) / 0.004) * np.sqrt(np.clip(1 - (dist / half) ** 2, 0, 1))
+        cv.soft[sl] -= (0.55 * airway * (1 - mask[sl])).astype(np.float32)
+    return mask
+
+
+def _vessels(cv: _Canvas, rng: np.random.Generator, lung: np.ndarray | None) -> None:
+    """Branching pulmonary vessels from the hila, thinning and fading towards the periphery."""
+    if lung is None:
+        return
+    a = cv.a
+    _, segs = _airways(a)
+    size = cv.size
+    classes = (1.0, 2.0, 3.5)  # vessel radius classes, pixels of a 512 image
+    layers = np.zeros((len(classes), size, size), np.float32)
+    step = 0.6 / size
+
+    def grow(p: np.ndarray, angle: float, length: float, level: int) -> None:
+        end = p + length * np.array([np.cos(angle), np.sin(angle)])
+        n = max(int(length / step), 2)
+        t = np.linspace(0, 1, n)[:, None]
+        pix = np.round(cv.to_image(p + t * (end - p))).astype(int)
+        ok = (pix >= 0).all(axis=1) & (pix < size).all(axis=1)
+        k = max(2 - level, 0)
+        np.add.at(layers[k], (pix[ok, 1], pix[ok, 0]), step * size)
+        if level < 4:
+            for turn in (-1, 1):
+                grow(end, angle + turn * rng.uniform(0.25, 0.6), length * rng.uniform(0.62, 0.8), level + 1)
+
+    for hilum, side in ((segs[1][1], -1), (segs[2][1], 1)):
+        for base in (-1.9, -1.2, -0.4, 0.3, 0.9, 1.5):  # radiating up, laterally and down
+            angle = (np.pi - base if side < 0 else base) + rng.uniform(-0.2, 0.2)
+            grow(hilum, angle, rng.uniform(0.05, 0.08) * a.cage_height, 0)
+    f = size / 512
+    total = np.zeros((size, size), np.float32)
+    for k, radius in enumerate(classes):
+        total += blur(layers[k], radius * f) * (radius * f) * 0.9
+    cv.soft += (0.25 * total * lung / (1 + 0.1 * total)).astype(np.float32)
+
+
+def _spine(cv: _Canvas, bones: _Bones) -> None:
+    a = cv.a
+    for name, yc in vertebra_levels(a).items():
+        xc = float(spine_x(a, yc))
+        region = cv.grid(xc - 0.07, xc + 0.07, yc - 0.035, yc + 0.035)
+        if region is None:
+            continue
+        sl, X, Y = region
+        if name.startswith("C") or name == "T1":
+            key, hh, hw = "cervi", 0.016, 0.027
+        elif name.startswith("L") or name in ("T11", "T12"):
+            key, hh, hw = "t12", 0.021, 0.045 if name.startswith("L") else 0.038
         else:
-            key = None
-        if key:
-            m, tau = lat[f"m_{key}"], lat[f"tau_{key}"]
-        else:  # mid-thoracic vertebrae: seen only by the whole chest
-            m = 0.5 * (lat["m_cervi"] + lat["m_t12"])
-            tau = 0.5 * (lat["tau_cervi"] + lat["tau_t12"])
-        _bone(cv, sl, prof, 1.0, m, _texture_amp(tau, spec), tex, spec)
+            key, hh, hw = None, 0.019 * a.cage_height, 0.036
+        hw *= a.body_width
+        x = (X - xc) / hw
+        ydist = np.abs(Y - yc)
+        m, c, tau = bones.channels(key)
+        t = float(np.clip(bones.spec.cortex_frac * (1 + bones.spec.cortex_per_sd * c), 0.05, 0.6))
+        y_outer = _sig((hh - ydist) / 0.0025)
+        y_inner = _sig((hh * (1 - t) - ydist) / 0.0025)
+        bones.draw(cv, sl, x, np.ones_like(x), 1.0, key, y_outer, y_inner)
+        # pedicles: two cortical rings in the upper half of the body
+        for s in (-1, 1):
+            r = np.hypot((X - xc - s * 0.62 * hw) / (0.2 * hw), (Y - yc + 0.3 * hh) / (0.35 * hh))
+            ring = np.exp(-((r - 1) / 0.3) ** 2)
+            cv.bone[sl] += (0.25 * bones.depth * ring).astype(np.float32)
 
 
-def _clavicle_y(r: np.ndarray) -> np.ndarray:
-    return 0.178 - 0.045 * r + 0.012 * np.sin(2 * np.pi * r)
+def _ribs(cv: _Canvas, bones: _Bones, rng: np.random.Generator) -> None:
+    a = cv.a
+    levels = vertebra_levels(a)
+    jitter = 1 + np.clip(0.08 * rng.standard_normal((2, 10, 2)), -0.2, 0.2)  # per rib: slope, thickness
+    for side, tag in SIDES:
+        key = f"rib_{tag}"
+        for j in range(10):
+            slope, thick = jitter[0 if side > 0 else 1, j]
+            y0 = levels[f"T{j + 1}"]
+            ym = y0 + 0.04 * a.cage_height
+            rc = float(cage_halfwidth(a, np.float64(ym), side))
+            x0, x1 = sorted((0.5 + side * 0.02 * a.body_width, 0.5 + side * (rc + 0.03) * a.body_width))
+            drop = 0.075 * a.cage_height * slope
+            half = 0.0080 * a.cage_height * thick
+            region = cv.grid(x0, x1, y0 - 0.035, y0 + drop + 0.02)
+            if region is not None:
+                sl, X, Y = region
+                r = side * cv.u(X) / rc
+                rr = np.clip(r, 0, 1)
+                # posterior rib: from the transverse process, up a little, then sloping down to the margin
+                yc = y0 - 0.012 * np.sin(np.pi * rr) + drop * rr**2
+                along = _sig((r - 0.08) / 0.02) * _sig((1.02 - r) / 0.02)
+                bones.draw(cv, sl, (Y - yc) / half, along, 0.42, key)
+            # anterior rib: from the margin down towards the sternum, fainter, fading at the cartilage
+            xa0, xa1 = sorted((0.5 + side * 0.3 * rc * a.body_width, 0.5 + side * (rc + 0.03) * a.body_width))
+            region = cv.grid(xa0, xa1, y0 + drop - 0.02, y0 + drop + 0.13 * a.cage_height) if j >= 1 else None
+            if region is not None:
+                sl, X, Y = region
+                r = side * cv.u(X) / rc
+                rr = np.clip(r, 0, 1)
+                ya = y0 + drop + 0.16 * a.cage_height * (1 - rr) ** 1.3
+                along = _sig((r - 0.38) / 0.05) * _sig((1.0 - r) / 0.02)
+                bones.draw(cv, sl, (Y - ya) / (0.0100 * a.cage_height * thick), along, 0.2, key)
 
 
-def _clavicles(cv: _Canvas, lat: dict, tex: np.ndarray, spec: TwinSpec) -> None:
-    for side, key in ((1, "clav_l"), (-1, "clav_r")):
-        x0, x1 = sorted((0.5 + side * 0.02 * cv.p.body_width, 0.5 + side * 0.36 * cv.p.body_width))
-        region = cv.grid(x0, x1, 0.08, 0.24)
+def _clavicles(cv: _Canvas, bones: _Bones) -> None:
+    a = cv.a
+    for side, tag in SIDES:
+        i = 0 if side > 0 else 1
+        reach = CLAV_MEDIAL + (CLAV_LATERAL - CLAV_MEDIAL) * a.clav_length[i] + 0.02
+        x0, x1 = sorted((0.5 + side * 0.02 * a.body_width, 0.5 + side * reach * a.body_width))
+        region = cv.grid(x0, x1, a.t1_y - 0.12, a.t1_y + 0.08)
         if region is None:
             continue
         sl, X, Y = region
         ax = side * cv.u(X)
-        r = (ax - _CLAV_MEDIAL) / (_CLAV_LATERAL - _CLAV_MEDIAL)
-        half = 0.012 - 0.003 * np.clip(r, 0, 1)
-        dy = (Y - _clavicle_y(np.clip(r, 0, 1))) / half
-        prof = np.sqrt(np.clip(1 - dy**2, 0, 1)) * _sig(r / 0.02) * _sig((1 - r) / 0.02)
-        _bone(cv, sl, prof, 0.9, lat[f"m_{key}"], _texture_amp(lat[f"tau_{key}"], spec), tex, spec)
+        r = (ax - CLAV_MEDIAL) / ((CLAV_LATERAL - CLAV_MEDIAL) * a.clav_length[i])
+        rr = np.clip(r, 0, 1)
+        _, yc = clavicle_curve(a, rr, side)
+        half = 0.012 - 0.003 * rr
+        along = _sig(r / 0.02) * _sig((1 - r) / 0.02)
+        bones.draw(cv, sl, (Y - yc) / half, along, 0.9, f"clav_{tag}")
 
 
-def _ribs(cv: _Canvas, lat: dict, tex: np.ndarray, spec: TwinSpec) -> None:
-    for side, key in ((1, "rib_l"), (-1, "rib_r")):
-        amp = _texture_amp(lat[f"tau_{key}"], spec)
-        for j in range(10):
-            y0 = _T1_Y + j * _LEVEL
-            x0, x1 = sorted((0.5 + side * 0.02 * cv.p.body_width, 0.5 + side * 0.42 * cv.p.body_width))
-            region = cv.grid(x0, x1, y0 - 0.05, y0 + 0.12)
-            if region is None:
-                continue
-            sl, X, Y = region
-            ax = side * cv.u(X)
-            rc = 0.385 * np.sqrt(np.clip((y0 + 0.04 - 0.12) / 0.24, 0.05, 1))
-            r = ax / rc
-            yc = y0 - 0.012 * np.sin(np.pi * np.clip(r, 0, 1)) + 0.075 * np.clip(r, 0, 1) ** 2
-            half = 0.0085
-            dy = (Y - yc) / half
-            prof = np.sqrt(np.clip(1 - dy**2, 0, 1)) * _sig((r - 0.08) / 0.02) * _sig((1.02 - r) / 0.02)
-            _bone(cv, sl, prof, 0.55, lat[f"m_{key}"], amp, tex, spec)
-
-
-def _shoulders(cv: _Canvas, lat: dict, tex: np.ndarray, spec: TwinSpec) -> None:
-    for side in (-1, 1):
-        cx = 0.5 + side * 0.445 * cv.p.body_width
-        region = cv.grid(cx - 0.08, cx + 0.08, 0.08, 0.40)
+def _shoulders(cv: _Canvas, bones: _Bones) -> None:
+    a = cv.a
+    for side, _tag in SIDES:
+        i = 0 if side > 0 else 1
+        lat_ax, lat_y = clavicle_curve(a, np.float64(1.0), side)
+        cx = 0.5 + side * (float(lat_ax) + 0.105) * a.body_width
+        cy = float(lat_y) + 0.012
+        region = cv.grid(cx - 0.08, cx + 0.08, cy - 0.07, cy + 0.30)
         if region is None:
             continue
         sl, X, Y = region
-        r2 = ((X - cx) / 0.05) ** 2 + ((Y - 0.175) / 0.055) ** 2
-        head = np.sqrt(np.clip(1 - r2, 0, 1))
-        shaft = _sig((0.028 - np.abs(X - (cx + side * 0.01))) / 0.004) * _sig((Y - 0.18) / 0.01)
-        prof = np.maximum(head, 0.8 * shaft)
-        _bone(cv, sl, prof, 1.1, 0.0, spec.texture_amp, tex, spec)
-        # scapula: a faint triangular plate lateral to the ribs
-        region = cv.grid(cx - 0.14, cx + 0.14, 0.15, 0.45)
+        head = np.hypot((X - cx) / 0.05, (Y - cy) / 0.055)  # a sphere: its shell projects like a tube radially
+        bones.draw(cv, sl, head, np.ones_like(head), 1.0, "other")
+        shaft_x = (X - (cx + side * 0.012)) / 0.026
+        bones.draw(cv, sl, shaft_x, _sig((Y - cy - 0.01) / 0.01), 0.9, "other")
+        # scapula: a plate lateral to the ribs with a thicker lateral border
+        region = cv.grid(cx - 0.16, cx + 0.16, cy - 0.02, cy + 0.28)
         if region is None:
             continue
         sl, X, Y = region
-        ax = side * (X - 0.5) / cv.p.body_width
-        plate = _sig((ax - 0.30) / 0.01) * _sig((0.42 - ax) / 0.01) * _sig((Y - 0.19) / 0.01)
-        plate *= _sig((0.40 - Y - 0.6 * (ax - 0.30)) / 0.01)
-        cv.A[sl] += (0.25 * plate).astype(np.float32)
+        ax = side * cv.u(X)
+        inner_edge = 0.30 + 0.5 * a.shoulder[i]
+        plate = _sig((ax - inner_edge) / 0.01) * _sig((0.43 - ax) / 0.01) * _sig((Y - cy + 0.005) / 0.01)
+        plate *= _sig((cy + 0.23 - Y - 0.6 * (ax - inner_edge)) / 0.01)
+        border = np.exp(-(((ax - 0.41 + 0.25 * (Y - cy)) / 0.008) ** 2)) * plate
+        cv.bone[sl] += ((0.18 * plate + 0.25 * border) * bones.depth * (1 + 0.15 * bones.other)).astype(np.float32)
 
 
-def _band_pass_noise(rng: np.random.Generator, size: int, periods: tuple[float, float]) -> np.ndarray:
+def band_pass_noise(rng: np.random.Generator, size: int, periods: tuple[float, float]) -> np.ndarray:
     """Zero-mean, unit-variance texture with the given periods at 512 px (scaled with image size)."""
     white = rng.standard_normal((size, size)).astype(np.float32)
     f = np.fft.rfft2(white)
@@ -287,69 +362,50 @@ def _band_pass_noise(rng: np.random.Generator, size: int, periods: tuple[float, 
 def _smooth_field(rng: np.random.Generator, size: int, sd: float) -> np.ndarray:
     """Smooth random field (a few blobs across the image) with standard deviation ``sd``."""
     coarse = rng.standard_normal((6, 6)).astype(np.float32)
-    field = ndimage.zoom(coarse, size / 6, order=3, mode="nearest")[:size, :size]
+    field = ndimage.zoom(coarse, 32 / 6, order=3, mode="nearest")
+    field = upsample(field, max(size // 32, 1))[:size, :size]
     return field / (field.std() + 1e-8) * sd
 
 
+def _inside(points: np.ndarray, size: int, acq: Acquisition) -> bool:
+    left, right, top, bottom = acq.shutters
+    lo = np.array([max(0.01, left + 0.01), max(0.01, top + 0.01)]) * size
+    hi = np.array([min(0.99, 1 - right - 0.01), min(0.99, 1 - bottom - 0.01)]) * size - 1
+    return bool((points >= lo).all() and (points <= hi).all())
+
+
 def render_case(latents: dict, sex: str, seed: int | list[int], size: int,
-                spec: TwinSpec | None = None) -> tuple[np.ndarray, np.ndarray, CaseParams]:
+                spec: TwinSpec | None = None) -> tuple[np.ndarray, np.ndarray, Acquisition]:
     """Render one radiograph.
 
-    ``latents`` holds the case's ``m_<bone>`` and ``tau_<bone>`` values. Returns the stored pixel
-    values (uint16, MONOCHROME1 already inverted when drawn so), the 16 landmarks (16, 2) in image
-    pixel coordinates, and the drawn parameters.
+    ``latents`` holds the person's bone-size factor ``size`` and the case's ``m_/c_/tau_<bone>``
+    channels. Returns the stored pixel values (uint16, MONOCHROME1 already inverted when drawn so), the
+    16 landmarks (16, 2) in image pixel coordinates, and the acquisition.
     """
     spec = spec or TwinSpec()
     rng = np.random.default_rng(seed)
+    anatomy = draw_anatomy(rng, sex)
     for _ in range(50):  # a pose that would cut landmarks off the field is redrawn (the radiographer re-centres)
-        p = draw_params(rng, sex, spec)
-        cv = _Canvas(size, p)
-        pts = landmarks(cv)
-        if (pts >= 0.01 * size).all() and (pts <= 0.99 * size - 1).all():
+        acq = draw_acquisition(rng, spec)
+        cv = _Canvas(size, anatomy, acq)
+        pts = cv.to_image(canonical_landmarks(anatomy))
+        if _inside(pts, size, acq):
             break
-    texture = _band_pass_noise(rng, size, spec.texture_period_px)
-    field = _smooth_field(rng, size, spec.soft_tissue_field_sd)
-    _soft_tissue(cv, field)
-    _lungs(cv)
-    _spine(cv, latents, texture, spec)
-    _ribs(cv, latents, texture, spec)
-    _clavicles(cv, latents, texture, spec)
-    _shoulders(cv, latents, texture, spec)
+    bones = _Bones(latents, spec, band_pass_noise(rng, size, spec.texture_period_px), float(rng.standard_normal()))
+    _soft_tissue(cv, _smooth_field(rng, size, spec.soft_tissue_field_sd))
+    lung = _lungs(cv)
+    _vessels(cv, rng, lung)
+    _spine(cv, bones)
+    _ribs(cv, bones, rng)
+    _clavicles(cv, bones)
+    _shoulders(cv, bones)
 
-    # acquisition: heel effect, scatter, detector blur, quantum noise, log
-    yy = (np.arange(size, dtype=np.float32) / size - 0.5)[:, None]
-    intensity = (1 + p.heel * yy) * np.exp(-cv.A)
-    k = max(size // 32, 1)
-    small = intensity.reshape(size // k, k, size // k, k).mean(axis=(1, 3))
-    scatter = ndimage.zoom(ndimage.gaussian_filter(small, sigma=small.shape[0] / 10), k, order=1)
-    intensity = intensity + p.scatter * scatter.mean() * 0.5 + p.scatter * scatter
-    intensity = ndimage.gaussian_filter(intensity, sigma=p.blur * size / 512)
-    noise = rng.standard_normal((size, size)).astype(np.float32)
-    intensity = intensity + np.sqrt(np.maximum(intensity, 1e-6) / p.exposure_photons) * noise
-    log = -np.log(np.maximum(intensity, 2e-3))
-    lo, hi = np.percentile(log[::4, ::4], [0.5, 99.7])
-    maxval = 2**p.bits - 1
-    stored = np.round(np.clip((log - lo) / (hi - lo), 0, 1) * maxval).astype(np.uint16)
-    if p.monochrome1:
+    field = shutter_mask(size, acq)
+    A = acq.soft_kv * cv.soft + acq.bone_kv * cv.bone + np.where(field, 0.0, 4.0).astype(np.float32)
+    log = expose(A, acq, rng)
+    display = burn_in(process(log, acq, field), acq, rng)
+    maxval = 2**acq.bits - 1
+    stored = np.round(display * maxval).astype(np.uint16)
+    if acq.monochrome1:
         stored = (maxval - stored).astype(np.uint16)
-    return stored, pts, p
-
-
-def canonical_landmarks(body_width: float) -> np.ndarray:
-    """The 16 landmarks in canonical coordinates (LANDMARK_NAMES order)."""
-    pts = {}
-    for side, tag in ((1, "l"), (-1, "r")):
-        for name, r in (("medial", 0.0), ("mid", 0.5), ("lateral", 1.0)):
-            ax = _CLAV_MEDIAL + r * (_CLAV_LATERAL - _CLAV_MEDIAL)
-            pts[f"clav_{tag}_{name}"] = (0.5 + side * ax * body_width, float(_clavicle_y(np.float64(r))))
-        for k, y in enumerate(_RIB_LEVELS, start=1):
-            rc = float(_ribcage_halfwidth(np.float64(y)))
-            pts[f"rib_{tag}_{k}"] = (0.5 + side * rc * body_width, y)
-    pts["cervical"] = (0.5, _CERVICAL["C7"])
-    pts["t12"] = (0.5, _THORACIC["T12"])
-    return np.array([pts[n] for n in LANDMARK_NAMES], dtype=np.float64)
-
-
-def landmarks(cv: _Canvas) -> np.ndarray:
-    """The 16 landmarks of a rendered case in image pixel coordinates."""
-    return cv.to_image(canonical_landmarks(cv.p.body_width))
+    return stored, pts, acq

@@ -1,6 +1,6 @@
 """The twin cohort's specification: every constant of the generator, versioned and hashed.
 
-``TWIN_VERSION`` names the generator ("twin-v1"). Any change to a constant changes ``spec_hash``,
+``TWIN_VERSION`` names the generator ("twin-v2"). Any change to a constant changes ``spec_hash``,
 which ``oracle.json`` records and the reuse check compares: change constants only on purpose.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from bmd.infra.digests import sha256_bytes
 
-TWIN_VERSION = "twin-v1"
+TWIN_VERSION = "twin-v2"
 
 #: Chest bone families carrying a latent density, in a fixed order.
 BONES: tuple[str, ...] = ("cervi", "clav_l", "clav_r", "rib_l", "rib_r", "t12")
@@ -51,24 +51,37 @@ class TwinSpec:
     shared_sd: float = 0.35  # systemic chest-versus-lumbar discrepancy, common to all chest bones
     specific_sd: dict[str, float] = field(default_factory=lambda: {
         "cervi": 0.35, "clav_l": 0.77, "clav_r": 0.77, "rib_l": 0.86, "rib_r": 0.86, "t12": 0.52})
-    attenuation_noise_sd: float = 0.50  # extra noise of the mean-attenuation channel
-    texture_noise_sd: float = 0.28  # extra noise of the trabecular-texture channel
-    # --- anatomy and pose
-    rotation_deg: float = 8.0  # uniform ±
+    opacity_noise_sd: float = 0.25  # extra noise of the cancellous-opacity channel m
+    cortex_noise_sd: float = 0.55  # extra noise of the cortical-thickness channel c
+    texture_noise_sd: float = 0.60  # extra noise of the trabecular-texture channel tau
+    # --- pose and framing (anatomy's own shape variation: bmd.inputs.twin.anatomy)
+    rotation_deg: float = 6.0  # uniform ±
     translation_frac: float = 0.05  # uniform ± of the image width
-    scale_frac: float = 0.10  # uniform ±
-    body_width_sd: float = 0.05
-    # --- image formation
-    bone_contrast_per_sd: float = 0.25  # relative change of bone attenuation per SD of the attenuation channel
-    bone_size_sd: float = 0.10  # per-person bone thickness factor (confounds mean attenuation)
-    texture_period_px: tuple[float, float] = (4.0, 9.0)  # trabecular pattern period at 512 px (scales with size)
-    texture_amp: float = 0.30  # relative trabecular modulation at the mean
-    texture_amp_per_sd: float = 0.12
+    scale_range: tuple[float, float] = (0.90, 1.22)  # log-uniform: wide field (neck, abdomen) … lungs only
+    shutter_share: float = 0.5  # share of image edges with a visible collimator shutter
+    # --- bone: a cortical tube around a cancellous interior (bmd.inputs.twin.render)
+    marrow_mu: float = 0.45  # cancellous attenuation relative to cortical bone at the mean
+    marrow_per_sd: float = 0.55  # relative change of cancellous attenuation per SD of the opacity channel
+    cortex_mu: float = 1.0
+    cortex_frac: float = 0.24  # cortical thickness as a fraction of the bone's half-width, at the mean
+    cortex_per_sd: float = 0.22  # relative change of that fraction per SD of the cortical channel
+    bone_size_sd: float = 0.07  # per-person bone depth factor (a PA projection cannot see depth)
+    texture_period_px: tuple[float, float] = (3.5, 7.0)  # trabecular pattern period at 512 px (scales with size)
+    texture_amp: float = 0.35  # relative trabecular modulation at the mean
+    texture_amp_per_sd: float = 0.15
+    # --- image formation and processing (bmd.inputs.twin.acquisition)
     soft_tissue_field_sd: float = 0.18  # smooth local soft-tissue thickness variation (relative)
-    scatter_fraction: tuple[float, float] = (0.15, 0.45)
+    bone_kv: tuple[float, float] = (0.75, 1.20)  # beam quality: bone attenuation factor
+    soft_kv: tuple[float, float] = (0.85, 1.10)  # beam quality: soft-tissue attenuation factor
+    scatter_fraction: tuple[float, float] = (0.15, 0.50)
     heel_gradient: tuple[float, float] = (0.05, 0.25)
-    photons: tuple[float, float] = (600.0, 2500.0)  # detected quanta per pixel at open field
-    blur_px: tuple[float, float] = (0.5, 1.0)  # detector blur (sigma, pixels of a 512 image)
+    photons: tuple[float, float] = (4000.0, 20000.0)  # detected quanta per pixel at open field
+    blur_px: tuple[float, float] = (0.6, 1.2)  # detector blur (sigma, pixels of a 512 image)
+    mce_power: tuple[float, float] = (0.55, 1.0)  # multi-scale contrast equalisation exponent (1 = none)
+    unsharp_strength: tuple[float, float] = (0.0, 1.2)
+    unsharp_radius_px: tuple[float, float] = (3.0, 14.0)
+    gamma_max: float = 1.5  # display gamma log-uniform in [1/gamma_max, gamma_max]
+    sigmoid_max: float = 1.0
     monochrome1_share: float = 0.30
     bits_stored: tuple[int, ...] = (12, 14, 16)
     field_width_mm: float = 380.0
