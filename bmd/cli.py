@@ -128,27 +128,50 @@ def _cmd_landmarks_train(args: argparse.Namespace) -> int:
 
 def _cmd_landmarks_predict(args: argparse.Namespace) -> int:
     from bmd.infra.atomic import write_text
+    from bmd.landmarks.annotations import labelme_paths
     from bmd.landmarks.detector import predict_landmarks
 
-    images = _expand_images(args.images)
-    frame = predict_landmarks(args.model, [str(p) for p in images]).to_frame()
-    text = frame.to_csv(index=False, float_format="%.2f")
-    if args.out:
-        write_text(args.out, text)
-        counts = frame["status"].value_counts().to_dict()
-        print(f"{len(frame)} image(s) → {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    else:
-        sys.stdout.write(text)
+    # Labelme files live beside the images they annotate: a folder's .json files are not inputs
+    images = _expand_images(args.images, skip_suffixes=(".json",))
+    targets = None
+    if args.labelme is not None:
+        # refuse a clash or a file that may hold a site's corrections before any detection is run
+        targets = labelme_paths(images, args.labelme)
+        existing = [t for t in targets if t.exists()]
+        if existing and not args.overwrite:
+            raise FileExistsError(17, f"already exists and may hold corrections ({len(existing)} of "
+                                      f"{len(targets)} Labelme file(s)); --overwrite replaces them",
+                                  str(existing[0]))
+    pred = predict_landmarks(args.model, [str(p) for p in images])
+    frame = pred.to_frame()
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(frame["status"].value_counts().to_dict().items()))
+    csv_to_stdout = str(args.out) == "-" or (args.out is None and targets is None)
+    if csv_to_stdout:
+        sys.stdout.write(frame.to_csv(index=False, float_format="%.2f"))
+    elif args.out is not None:
+        write_text(args.out, frame.to_csv(index=False, float_format="%.2f"))
+        print(f"{len(frame)} image(s) → {args.out}: {counts}")
+    if targets is not None:
+        written = pred.write_labelme(targets)
+        report = sys.stderr if csv_to_stdout else sys.stdout  # never mixed into a CSV on stdout
+        n = sum(w is not None for w in written)
+        print(f"{n} Labelme file(s) → {args.labelme}: {counts}", file=report)
+        if args.out is None:  # no CSV tells why an image failed: say it here
+            for image, status, reason in zip(pred.images, pred.status, pred.reason, strict=True):
+                if status == "failed":
+                    print(f"bmd landmarks predict: {image}: no Labelme file: {reason}", file=sys.stderr)
     return 1 if (frame["status"] == "failed").any() else 0
 
 
-def _expand_images(items: Sequence[str]) -> list[Path]:
-    """Files as given; folders expanded to the files they hold (sorted, hidden files skipped)."""
+def _expand_images(items: Sequence[str], skip_suffixes: tuple[str, ...] = ()) -> list[Path]:
+    """Files as given; folders expanded to the files they hold (sorted, hidden files and files with one of
+    ``skip_suffixes`` skipped)."""
     out: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+                              and p.suffix.lower() not in skip_suffixes))
         else:
             out.append(path)
     return out
@@ -271,10 +294,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=None, help="seed (default: the profile's)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_landmarks_train)
-    q = _verb(lsub, "predict", help="detect the 16 landmarks, with a plausibility score, per image (CSV)")
+    q = _verb(lsub,
+        "predict", help="detect the 16 landmarks, with a plausibility score, per image (CSV, Labelme files)",
+        description="One CSV row per input image: image, status (ok|flagged|failed), reason, plausibility, "
+                    "then x_<name>, y_<name> for the 16 landmarks (pixels of the original image, pixel "
+                    "centres at integers). With --labelme DIR, also one Labelme file per image, DIR/<stem>.json, "
+                    "holding the 16 points for a site to correct in Labelme and import back "
+                    "(bmd.landmarks.annotations.import_annotations); a flagged image has its 'flagged' flag "
+                    "ticked. The CSV goes to --out, or to standard output when neither --out nor --labelme "
+                    "is given (--out - sends it there with --labelme too). Exit status 1 when any image "
+                    "failed.")
     q.add_argument("--model", required=True, type=Path, help="landmark detector folder")
-    q.add_argument("images", nargs="+", metavar="IMAGE", help="files or folders")
-    q.add_argument("--out", type=Path, default=None, help="CSV file (default: standard output)")
+    q.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="files or folders (searched recursively; a folder's .json files are skipped)")
+    q.add_argument("--out", type=Path, default=None, metavar="CSV",
+                   help="CSV file, or - for standard output (default: standard output, none with --labelme)")
+    q.add_argument("--labelme", type=Path, default=None, metavar="DIR",
+                   help="write one Labelme JSON per image into DIR, named after the image (<stem>.json); "
+                        "its imagePath is the image's file name, so Labelme finds the image when DIR is the "
+                        "images' folder (Labelme opens PNG/JPEG, not DICOM)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace existing Labelme files in DIR (default: refuse, they may hold corrections)")
     q.set_defaults(func=_cmd_landmarks_predict)
 
     _verb(sub, "train", help="train a model from a config JSON (the torchrun entry point; bmd train --help)")

@@ -14,6 +14,7 @@ _LAZY = {
     "LandmarkPredictions": "bmd.landmarks.detector", "LandmarkEvaluation": "bmd.landmarks.detector",
     "import_annotations": "bmd.landmarks.annotations", "AnnotationError": "bmd.landmarks.annotations",
     "read_landmark_csv": "bmd.landmarks.annotations", "write_landmark_csv": "bmd.landmarks.annotations",
+    "write_labelme": "bmd.landmarks.annotations", "labelme_paths": "bmd.landmarks.annotations",
     "PlausibilityModel": "bmd.landmarks.plausibility", "LandmarkNet": "bmd.landmarks.model",
     "ModelConfig": "bmd.landmarks.model",
 }

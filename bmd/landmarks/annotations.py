@@ -13,6 +13,11 @@ centres at integers). Labelme and CVAT draw on a canvas whose pixel *corners* si
 subtracted from their coordinates (``corner_origin=False`` keeps them as they are).
 Problems raise :class:`AnnotationError` with a one-line message naming the file and listing the points
 that are missing or unknown.
+
+The other way, :func:`write_labelme` writes detected points as a Labelme file (the inverse 0.5 shift,
+so :func:`read_labelme` gives the same coordinates back) for a site to correct rather than place from
+scratch; :func:`labelme_paths` names those files after the images and refuses two images that would
+share one.
 """
 
 from __future__ import annotations
@@ -20,12 +25,25 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
+from bmd.infra.atomic import write_text
+from bmd.infra.jsonvalues import finite_or_null
+
+LABELME_VERSION = "5.5.0"
+"""The Labelme format version written files claim (Labelme warns only when the major version differs)."""
+
+LABELME_DETECTION_KEY = "bmd_detection"
+"""Top-level key of a written Labelme file holding the detector's verdict (Labelme keeps unknown keys
+when it saves)."""
+
+#: suffixes :func:`bmd.io.read_image` reads; other suffixes (``1.2.840.…`` DICOM file names) are kept
+IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
 
 
 class AnnotationError(ValueError):
@@ -219,3 +237,138 @@ def write_landmark_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     df[cols].to_csv(path, index=False, float_format="%.2f")
     return path
+
+
+def labelme_stem(image: str | os.PathLike) -> str:
+    """The name of an image's Labelme file, without ``.json``: the file name less its image suffix.
+
+    ``chest_01.dcm`` → ``chest_01``, as Labelme itself names the file of ``chest_01.png``. A suffix that
+    is not an image type stays: DICOM files are often named by their UID (``1.2.840.113619.2.1.7``), and
+    dropping ``.7`` would make distinct images collide.
+    """
+    path = Path(image)
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
+
+
+def labelme_paths(images: Sequence[str | os.PathLike], folder: str | os.PathLike) -> list[Path]:
+    """``folder/<stem>.json`` for each image (see :func:`labelme_stem`), in input order.
+
+    Raises :class:`AnnotationError` naming both images when two would write the same file (compared
+    without case: on macOS and Windows ``A.json`` and ``a.json`` are one file), instead of letting
+    the second silently replace the first.
+    """
+    folder = Path(folder)
+    seen: dict[str, tuple[str, Path]] = {}
+    out = []
+    for image in images:
+        path = folder / f"{labelme_stem(image)}.json"
+        key = path.name.casefold()
+        if key in seen:
+            first, target = seen[key]
+            raise AnnotationError(
+                f"{first} and {image}: both would be written to {target}; "
+                "rename one or write them into separate folders"
+            )
+        seen[key] = (str(image), path)
+        out.append(path)
+    return out
+
+
+def labelme_document(
+    points: np.ndarray,
+    names: Sequence[str],
+    image_size: tuple[int, int],
+    image_path: str,
+    *,
+    status: str | None = None,
+    reason: str = "",
+    plausibility: float | None = None,
+    score: float | None = None,
+    corner_origin: bool = True,
+    where: str = "labelme",
+) -> dict:
+    """A Labelme document (a JSON-ready dict) holding ``points`` as one ``point`` shape per name.
+
+    ``points`` are (N, 2) project coordinates (pixel centres at integers) of the landmarks ``names``
+    (the 16 :data:`~bmd.columns.LANDMARK_NAMES`, any order); ``image_size`` is (height, width) and
+    ``image_path`` the image's file name, which Labelme looks for beside the JSON file. With
+    ``corner_origin`` (the default) 0.5 is added, the inverse of :func:`read_labelme`'s shift, so the
+    round trip gives the same coordinates. ``status`` (``ok``/``flagged``), ``reason``,
+    ``plausibility`` and ``score`` of a detection go into the image-level flag ``flagged`` (a ticked
+    box in Labelme's Flags panel) and the top-level :data:`LABELME_DETECTION_KEY`. ``where`` names
+    the file in error messages.
+    """
+    names = [str(n) for n in names]
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.shape != (len(names), 2):
+        raise AnnotationError(
+            f"{where}: expected {len(names)} points (x, y) for {len(names)} names, got shape {pts.shape}"
+        )
+    _name_problems(Path(where), "", set(names))
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise AnnotationError(f"{where}: point(s) given more than once: {', '.join(repeated)}")
+    if not np.isfinite(pts).all():
+        bad = [n for n, p in zip(names, pts, strict=True) if not np.isfinite(p).all()]
+        raise AnnotationError(f"{where}: non-finite coordinates for {', '.join(bad)}")
+    height, width = (int(v) for v in image_size)
+    if height <= 0 or width <= 0:
+        raise AnnotationError(f"{where}: image size must be positive, got {height}x{width}")
+    if Path(image_path).name != image_path or not image_path:
+        # a folder could name the patient or the site; Labelme resolves the name beside the JSON anyway
+        raise AnnotationError(f"{where}: imagePath must be a bare file name, got {image_path!r}")
+    shift = 0.5 if corner_origin else 0.0
+    by_name = dict(zip(names, pts, strict=True))
+    shapes = [
+        {
+            "label": n,
+            "points": [[float(by_name[n][0]) + shift, float(by_name[n][1]) + shift]],
+            "group_id": None,
+            "description": "",
+            "shape_type": "point",
+            "flags": {},
+        }
+        for n in LANDMARK_NAMES  # the project's order, whatever order the caller gave
+    ]
+    doc: dict = {
+        "version": LABELME_VERSION,
+        "flags": {} if status is None else {"flagged": status == "flagged"},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": None,
+        "imageHeight": height,
+        "imageWidth": width,
+    }
+    if status is not None:
+        doc[LABELME_DETECTION_KEY] = finite_or_null(
+            {"status": status, "reason": reason, "plausibility": plausibility, "score": score}
+        )
+    return doc
+
+
+def write_labelme(
+    points: np.ndarray,
+    names: Sequence[str],
+    image_size: tuple[int, int],
+    path: str | os.PathLike,
+    *,
+    image_path: str,
+    status: str | None = None,
+    reason: str = "",
+    plausibility: float | None = None,
+    score: float | None = None,
+    corner_origin: bool = True,
+) -> Path:
+    """Write landmarks as one Labelme JSON file, atomically (see :func:`labelme_document`); returns the path.
+
+    The file holds the points, the image's size and file name and the detection's verdict, nothing
+    from the image's header. :func:`read_labelme` reads it back to the same coordinates, with
+    ``case_id`` = the JSON file's stem.
+    """
+    path = Path(path)
+    doc = labelme_document(
+        points, names, image_size, image_path, status=status, reason=reason, plausibility=plausibility,
+        score=score, corner_origin=corner_origin, where=str(path),
+    )
+    # repr-exact floats: the round trip through the file loses nothing
+    return write_text(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")

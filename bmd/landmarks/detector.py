@@ -2,7 +2,8 @@
 
 * :func:`load_landmark_model` reads a detector folder (written by :func:`bmd.landmarks.fit.train_landmark_model`
   through :func:`save_landmark_model`); :func:`predict_landmarks` runs it on files or arrays and returns points
-  in *original* image pixels with a plausibility verdict per image.
+  in *original* image pixels with a plausibility verdict per image;
+  :meth:`LandmarkPredictions.write_labelme` writes them as Labelme files for a site to correct.
 * :func:`evaluate_landmarks` gives per-landmark and overall mean and 95th-percentile radial errors, as a
   percentage of the image width, for the detector and two baselines: the mean training shape placed in the
   letterbox frame, and the global (affine) stage alone.
@@ -32,6 +33,7 @@ import torch
 from bmd.columns import COORD_COLUMNS, LANDMARK_NAMES, N_LANDMARKS
 from bmd.infra.atomic import write_text
 from bmd.io import ImageReadError, read_image
+from bmd.landmarks.annotations import write_labelme
 from bmd.landmarks.data import LandmarkCohort, Letterbox, letterbox_image, load_landmark_cohort, to_uint8
 from bmd.landmarks.model import LandmarkNet, ModelConfig
 from bmd.landmarks.plausibility import PlausibilityModel, PlausibilityResult
@@ -82,7 +84,8 @@ class LandmarkModel:
 class LandmarkPredictions:
     """Predictions for N images: ``points`` (N, 16, 2) original pixels (NaN where reading failed),
     ``stage_points`` (N, stages, 16, 2) the same for every stage (global first), and per image the
-    status (``ok``/``flagged``/``failed``), reason, plausibility and score."""
+    status (``ok``/``flagged``/``failed``), reason, plausibility and score; ``widths`` and ``heights``
+    are the original images' sizes (NaN where reading failed)."""
 
     images: list[str]
     points: np.ndarray
@@ -93,6 +96,7 @@ class LandmarkPredictions:
     score: np.ndarray
     widths: np.ndarray
     details: list[PlausibilityResult | None]
+    heights: np.ndarray
 
     def to_frame(self) -> pd.DataFrame:
         """The prediction CSV layout: ``image, status, reason, plausibility`` then the 32 coordinates."""
@@ -102,6 +106,31 @@ class LandmarkPredictions:
         df.insert(0, "status", self.status)
         df.insert(0, "image", self.images)
         return df
+
+    def write_labelme(self, paths: Sequence[str | os.PathLike]) -> list[Path | None]:
+        """Write each image's points as a Labelme file at ``paths[i]`` (see
+        :func:`bmd.landmarks.annotations.labelme_paths`), for a site to correct instead of placing
+        the points from scratch.
+
+        A file holds the 16 points, the image's size and file name (never its folder or anything
+        from its header) and the verdict: a ``flagged`` image has its ``flagged`` flag ticked.
+        Failed images get no file (None in the returned list).
+        """
+        if len(paths) != len(self.images):
+            raise ValueError(f"{len(paths)} Labelme path(s) for {len(self.images)} image(s)")
+        written: list[Path | None] = []
+        for i, path in enumerate(paths):
+            if self.status[i] == "failed":
+                written.append(None)
+                continue
+            written.append(
+                write_labelme(
+                    self.points[i], LANDMARK_NAMES, (int(self.heights[i]), int(self.widths[i])), path,
+                    image_path=Path(self.images[i]).name, status=self.status[i], reason=self.reason[i],
+                    plausibility=float(self.plausibility[i]), score=float(self.score[i]),
+                )
+            )
+        return written
 
 
 @torch.no_grad()
@@ -278,8 +307,10 @@ def predict_landmarks(
         for j in ok:
             status[j], reason[j] = "ok", ""
     widths = np.array([b.width if b is not None else np.nan for b in boxes], dtype=np.float64)
+    heights = np.array([b.height if b is not None else np.nan for b in boxes], dtype=np.float64)
     return LandmarkPredictions(
-        names, stage_points[:, -1].copy(), stage_points, status, reason, plaus, score, widths, details
+        names, stage_points[:, -1].copy(), stage_points, status, reason, plaus, score, widths, details,
+        heights,
     )
 
 

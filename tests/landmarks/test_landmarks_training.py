@@ -1,5 +1,6 @@
 """Training the detector on the smoke twin, detector folders, prediction, evaluation and plausibility
-(including real non-chest radiographs whose DICOM headers were rewritten to claim a chest)."""
+(including real non-chest radiographs whose DICOM headers were rewritten to claim a chest); detected
+points written as Labelme files for a site to correct (``bmd landmarks predict --labelme``)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,24 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
+from conftest import PLANTED_HEADER_VALUES  # tests/ is on sys.path under pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from bmd.columns import COORD_COLUMNS, N_LANDMARKS
 from bmd.inputs.twin import generate_twin
+from bmd.landmarks.annotations import LABELME_DETECTION_KEY, import_annotations, labelme_paths
 from bmd.landmarks.detector import (
+    LandmarkModel,
+    LandmarkPredictions,
     evaluate_landmarks,
     load_landmark_model,
     predict_landmarks,
     save_landmark_model,
 )
 from bmd.landmarks.fit import train_landmark_model
+from bmd.landmarks.model import LandmarkNet, ModelConfig
 from bmd.study.config import load_profile
 
 torch.set_num_threads(2)
@@ -208,3 +217,158 @@ def test_cli_landmarks_train_uses_the_profile_recipe(smoke_twin, tmp_path):
             "--profile", "smoke", "--epochs", "1", "--quiet"]
     assert main(args) == 0
     assert json.loads((out / "config.json").read_text())["model"]["input_size"] == 128
+
+
+# ------------------------------------------------------------------------ Labelme files for a site to correct
+
+
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory):
+    """An untrained detector (it returns its mean shape): enough to test the wiring, and no training."""
+    mean = torch.rand(N_LANDMARKS, 2, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.6
+    torch.manual_seed(0)
+    net = LandmarkNet(ModelConfig(input_size=64, width=8, channels=16, hidden=32, gcn_layers=2), mean)
+    return save_landmark_model(LandmarkModel(net=net, plausibility=None),
+                               tmp_path_factory.mktemp("tiny") / "detector")
+
+
+def _png(path, shape=(90, 70), seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)).save(path)
+    return path
+
+
+def _planted_dicom(path, shape=(80, 60)):
+    """A small MONOCHROME2 DICOM whose header holds the planted patient identifiers."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+    for key, value in PLANTED_HEADER_VALUES.items():
+        setattr(ds, key, value)
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "CR", shape[0], shape[1], 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.random.default_rng(1).integers(0, 4096, shape).astype("<u2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _identifier_parts() -> set[str]:
+    """Every planted header value and its distinctive parts (a name split at ^ must not leak either)."""
+    parts = set(PLANTED_HEADER_VALUES.values())
+    for value in PLANTED_HEADER_VALUES.values():
+        parts.update(p for p in value.replace("^", " ").split() if len(p) >= 6)
+    return {p.lower() for p in parts}
+
+
+def test_labelme_files_hold_the_verdict_and_skip_failed_images(tmp_path):
+    images = ["site/a.dcm", "site/b.png", "site/c.dcm"]
+    points = np.stack([np.full((N_LANDMARKS, 2), 10.0), np.full((N_LANDMARKS, 2), 20.0),
+                       np.full((N_LANDMARKS, 2), np.nan)])
+    pred = LandmarkPredictions(
+        images, points, points[:, None], ["flagged", "ok", "failed"],
+        ["unlike the training images", "", "unreadable"],
+        np.array([0.01, 0.9, np.nan]), np.array([3.0, 0.2, np.nan]), np.array([70.0, 80.0, np.nan]),
+        [None] * 3, np.array([90.0, 60.0, np.nan]),
+    )
+    written = pred.write_labelme(labelme_paths(images, tmp_path))
+    assert written == [tmp_path / "a.json", tmp_path / "b.json", None]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+    a, b = (json.loads(p.read_text()) for p in written[:2])
+    assert a["flags"] == {"flagged": True} and b["flags"] == {"flagged": False}
+    assert a[LABELME_DETECTION_KEY] == {"status": "flagged", "reason": "unlike the training images",
+                                        "plausibility": 0.01, "score": 3.0}
+    assert (a["imagePath"], a["imageHeight"], a["imageWidth"]) == ("a.dcm", 90, 70)
+    assert (b["imagePath"], b["imageHeight"], b["imageWidth"]) == ("b.png", 60, 80)
+
+
+def test_cli_landmarks_predict_labelme_round_trip_without_identifiers(tiny_detector, tmp_path, capsys):
+    from bmd.cli import main
+
+    site = tmp_path / "Plantedwell site"  # a folder name is no business of the JSON
+    png = _png(site / "chest_01.png")
+    dcm = _planted_dicom(site / "1.2.826.0.1.3680043.8.498.77")  # named by its UID, no suffix
+    bad = site / "bad.dcm"
+    bad.write_text("nope")
+    out = tmp_path / "json"
+    assert main(["landmarks", "predict", "--model", str(tiny_detector), str(png), str(dcm), str(bad),
+                 "--labelme", str(out)]) == 1  # one image failed
+    captured = capsys.readouterr()
+    # no CSV on stdout: only the Labelme files were asked for
+    assert captured.out == f"2 Labelme file(s) → {out}: failed 1, ok 2\n"
+    assert captured.err.count("\n") == 1 and f"{bad}: no Labelme file: " in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["1.2.826.0.1.3680043.8.498.77.json", "chest_01.json"]
+
+    detected = predict_landmarks(tiny_detector, [png, dcm]).points
+    back = import_annotations(out).set_index("case_id")
+    for stem, pts in zip(["chest_01", dcm.name], detected, strict=True):
+        got = back.loc[stem, list(COORD_COLUMNS)].to_numpy(float).reshape(N_LANDMARKS, 2)
+        np.testing.assert_allclose(got, pts, rtol=0, atol=1e-6)
+    assert back.loc["chest_01", "image"] == "chest_01.png"
+    docs = {p.name: json.loads(p.read_text()) for p in out.iterdir()}
+    assert [docs["chest_01.json"][k] for k in ("imageHeight", "imageWidth", "imageData")] == [90, 70, None]
+    uid_doc = docs[f"{dcm.name}.json"]
+    assert [uid_doc[k] for k in ("imagePath", "imageHeight", "imageWidth")] == [dcm.name, 80, 60]
+    text = "".join(p.read_text() for p in out.iterdir()).lower()
+    assert [v for v in _identifier_parts() if v in text] == [] and "plantedwell" not in text
+
+
+def test_cli_labelme_never_replaces_corrections_unasked_and_sends_the_csv_where_asked(
+    tiny_detector, tmp_path, capsys
+):
+    from bmd.cli import main
+
+    png = _png(tmp_path / "img" / "a.png")
+    out = tmp_path / "json"
+    base = ["landmarks", "predict", "--model", str(tiny_detector), str(png), "--labelme", str(out)]
+    assert main(base) == 0
+    detected = (out / "a.json").read_text()
+    doc = json.loads(detected)
+    doc["shapes"][0]["points"] = [[12.0, 34.0]]  # a site's correction
+    (out / "a.json").write_text(json.dumps(doc))
+    corrected = (out / "a.json").read_text()
+    capsys.readouterr()
+    assert main(base) == 1
+    err = capsys.readouterr().err
+    assert err == (f"bmd landmarks predict: {out / 'a.json'}: already exists and may hold corrections "
+                   "(1 of 1 Labelme file(s)); --overwrite replaces them\n")
+    assert (out / "a.json").read_text() == corrected
+
+    assert main([*base, "--overwrite", "--out", "-"]) == 0  # the CSV on stdout, the report on stderr
+    captured = capsys.readouterr()
+    assert captured.out.startswith("image,status,reason,plausibility,x_clav_l_medial")
+    assert captured.err == f"1 Labelme file(s) → {out}: ok 1\n"
+    assert (out / "a.json").read_text() == detected
+
+    # rerun on the folder, where the Labelme files now sit beside the image: they are not inputs
+    beside = ["landmarks", "predict", "--model", str(tiny_detector), str(png.parent), "--labelme", str(png.parent)]
+    assert main(beside) == 0
+    assert main([*beside, "--overwrite"]) == 0
+    assert sorted(p.name for p in png.parent.iterdir()) == ["a.json", "a.png"]
+    capsys.readouterr()
+
+    assert main(base[:-2]) == 0  # without --labelme the CSV goes to stdout, as always
+    assert capsys.readouterr().out.startswith("image,status,reason,plausibility,x_clav_l_medial")
+
+    csv = tmp_path / "lm.csv"
+    assert main([*base, "--overwrite", "--out", str(csv)]) == 0
+    assert capsys.readouterr().out == f"1 image(s) → {csv}: ok 1\n1 Labelme file(s) → {out}: ok 1\n"
+    row = pd.read_csv(csv)[list(COORD_COLUMNS)].to_numpy(float)
+    np.testing.assert_allclose(import_annotations(out)[list(COORD_COLUMNS)].to_numpy(float), row, atol=0.005)
+
+
+def test_cli_labelme_refuses_two_images_with_one_file_name_before_any_work(tmp_path, capsys):
+    from bmd.cli import main
+
+    a, b = _png(tmp_path / "x" / "a.png"), tmp_path / "y" / "A.dcm"
+    out = tmp_path / "json"
+    # the clash is found before the detector is even opened
+    argv = ["landmarks", "predict", "--model", str(tmp_path / "none"), str(a), str(b), "--labelme", str(out)]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == (f"bmd landmarks predict: {a} and {b}: both would be written to "
+                                       f"{out / 'a.json'}; rename one or write them into separate folders\n")
+    assert not out.exists()
