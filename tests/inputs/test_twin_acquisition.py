@@ -7,7 +7,15 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from bmd.inputs.twin.acquisition import blur, burn_in, draw_acquisition, expose, process, shutter_mask, upsample
+from bmd.inputs.twin.acquisition import (
+    blur,
+    burn_in,
+    draw_acquisition,
+    expose,
+    process,
+    shutter_mask,
+    upsample,
+)
 from bmd.inputs.twin.spec import TwinSpec
 
 

@@ -52,7 +52,7 @@ def test_landmarks_sit_on_the_structures_they_name():
     rng = np.random.default_rng(11)
     for _ in range(50):
         a = draw_anatomy(rng, "F")
-        pts = dict(zip(LANDMARK_NAMES, canonical_landmarks(a)))
+        pts = dict(zip(LANDMARK_NAMES, canonical_landmarks(a), strict=True))
         levels = vertebra_levels(a)
         assert np.allclose(pts["t12"], (spine_x(a, levels["T12"]), levels["T12"]))
         assert np.allclose(pts["cervical"], (spine_x(a, levels["C7"]), levels["C7"]))
