@@ -15,9 +15,10 @@ Bone density shows the way a chest film shows it, through three channels per bon
   soft tissue;
 * ``c_k`` — cortical thickness as a fraction of the bone's width: a profile shape (bright rims, thin
   or thick), near the resolution limit, best seen in the local crops;
-* ``tau_k`` — a trabecular pattern of 2.5–5 px period at 512 px (sub-millimetre to 3 mm) whose relative
-  contrast follows the texture channel; blurred by the detector, partly equalised by the vendor's
-  processing, lost in the whole-chest input.
+* ``tau_k`` — a trabecular pattern of 3.5–7 px period at 512 px (2.6–5.2 mm over a 380 mm field: just
+  above the local crops' resolution limit, far below the whole-chest input's) in the cancellous
+  interior, whose relative contrast follows the texture channel; blurred by the detector, buried in
+  quantum noise behind the heart and partly equalised by the vendor's processing.
 """
 
 from __future__ import annotations
