@@ -8,7 +8,7 @@ three steps, each with per-image random settings that confound any absolute grey
    before this step (:attr:`Acquisition.bone_kv`), so bone contrast alone cannot be read as density;
    soft tissue against air (the skin line, the lungs) shows the same beam and lets a model undo it.
 2. **Vendor processing** (:func:`process`): the log image is windowed by its own percentiles, then a
-   multi-scale contrast equalisation (each band of a Laplacian pyramid compressed by a random power)
+   multi-scale contrast equalisation (each of four bands of a Laplacian pyramid compressed by a random power)
    and an unsharp mask of random strength and radius, then a random gamma/sigmoid display curve.
 3. **Marks** (:func:`burn_in`): collimator shutters (unexposed, bright), a side marker and text-like
    blocks burned into the pixel data, as on hospital films.
@@ -126,7 +126,7 @@ def process(log: np.ndarray, acq: Acquisition, exposed: np.ndarray) -> np.ndarra
     if acq.mce_power != 1.0:
         base = x
         bands = []
-        for sigma in (1.0, 2.0, 4.0, 8.0, 16.0):
+        for sigma in (1.0, 2.0, 4.0, 8.0):
             low = blur(base, sigma * f)
             bands.append(base - low)
             base = low

@@ -10,7 +10,7 @@ Layout of ``out``::
 
 ``manifest.csv`` and ``oracle.json`` are written last (atomically), so a killed run is never taken
 as complete; a second call with the same spec hash and seed reuses the folder (its key, from the spec
-hash and seed, is stamped beside the folder: :mod:`bmd.infra.artifacts`). One generation at a time
+hash, seed and drawing code, is stamped beside the folder: :mod:`bmd.infra.artifacts`). One generation at a time
 writes into a folder (``.twin.lock``, holding its pid): a second one waits for it and then reuses its
 cohort (``wait=False``: refuses at once), and a killed one's lock is taken over. Render workers end
 with the generation, even when it is killed.
@@ -32,10 +32,12 @@ import pandas as pd
 from bmd.columns import COORD_COLUMNS, VERTEBRAE
 from bmd.infra.artifacts import Artifact, inputs_key
 from bmd.infra.atomic import write_text
+from bmd.infra.digests import sha256_files
 from bmd.infra.locks import hold_lock
 from bmd.infra.processes import exit_with
 from bmd.inputs.manifest import write_manifest
 from bmd.inputs.tscores import osteoporotic, t_scores_for_manifest
+from bmd.inputs.twin import acquisition, anatomy, dicom, population, render
 from bmd.inputs.twin.dicom import write_dicom
 from bmd.inputs.twin.oracle import ceilings
 from bmd.inputs.twin.population import sample_population
@@ -88,6 +90,11 @@ def twin_lock(out: Path, wait: bool = True, timeout: float | None = None):
                      busy=lambda pid: f"{out}: another twin generation (pid {pid or '?'}) is writing here")
 
 
+def render_code_digest() -> str:
+    """SHA-256 of the modules that draw the cohort (population, anatomy, acquisition, render, DICOM)."""
+    return sha256_files([module.__file__ for module in (population, anatomy, acquisition, render, dicom)])
+
+
 def _render_one(task: tuple) -> tuple[int, np.ndarray, int, bool]:
     index, latents, sex, age, case_id, patient_id, seed, size, spacing, out = task
     stored, points, params = render_case(latents, sex, [seed, 7, index], size)
@@ -130,7 +137,8 @@ def generate_twin(out: str | os.PathLike, profile: TwinSettings, seed: int | Non
     out = Path(out).resolve()
     sizes = _sizes(profile)
     digest = spec_hash(spec, sizes)
-    inputs = {"spec_hash": digest, "seed": seed}
+    # the drawing code is an input too: a changed renderer must not reuse images drawn by the old one
+    inputs = {"spec_hash": digest, "seed": seed, "code": render_code_digest()}
     cohort = Artifact(out, "the twin cohort")
     out.mkdir(parents=True, exist_ok=True)
     cohort.build(inputs_key(inputs), lambda: _generate(out, profile, spec, seed, sizes, digest, workers, progress),

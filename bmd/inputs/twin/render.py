@@ -210,26 +210,32 @@ def _vessels(cv: _Canvas, rng: np.random.Generator, lung: np.ndarray | None) -> 
     a = cv.a
     _, segs = _airways(a)
     size = cv.size
-    classes = (1.0, 2.0, 3.5)  # vessel radius classes, pixels of a 512 image
-    layers = np.zeros((len(classes), size, size), np.float32)
+    classes = (1.0, 2.0, 3.5)  # vessel radius classes, pixels of a 512 image: generations 2+, 1, 0
+    layers = np.zeros((len(classes), size * size), np.float32)
     step = 0.6 / size
-
-    def grow(p: np.ndarray, angle: float, length: float, level: int) -> None:
-        end = p + length * np.array([np.cos(angle), np.sin(angle)])
-        n = max(int(length / step), 2)
-        t = np.linspace(0, 1, n)[:, None]
-        pix = np.round(cv.to_image(p + t * (end - p))).astype(int)
-        ok = (pix >= 0).all(axis=1) & (pix < size).all(axis=1)
-        k = max(2 - level, 0)
-        np.add.at(layers[k], (pix[ok, 1], pix[ok, 0]), step * size)
-        if level < 4:
-            for turn in (-1, 1):
-                grow(end, angle + turn * rng.uniform(0.25, 0.6), length * rng.uniform(0.62, 0.8), level + 1)
-
+    # breadth-first tree: 6 trunks per hilum radiating up, laterally and down, each splitting in two
+    # five times with a random turn and a shorter child
+    starts, angles, lengths = [], [], []
     for hilum, side in ((segs[1][1], -1), (segs[2][1], 1)):
-        for base in (-1.9, -1.2, -0.4, 0.3, 0.9, 1.5):  # radiating up, laterally and down
-            angle = (np.pi - base if side < 0 else base) + rng.uniform(-0.2, 0.2)
-            grow(hilum, angle, rng.uniform(0.05, 0.08) * a.cage_height, 0)
+        for base in (-1.9, -1.2, -0.4, 0.3, 0.9, 1.5):
+            starts.append(hilum)
+            angles.append((np.pi - base if side < 0 else base) + rng.uniform(-0.2, 0.2))
+            lengths.append(rng.uniform(0.05, 0.08) * a.cage_height)
+    p, angle, length = np.asarray(starts), np.asarray(angles), np.asarray(lengths)
+    for level in range(5):
+        end = p + length[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+        n = max(int(length.max() / step), 2)
+        t = np.linspace(0, 1, n)[None, :, None]
+        pix = np.round(cv.to_image(p[:, None] + t * (end - p)[:, None])).astype(int).reshape(-1, 2)
+        ok = (pix >= 0).all(axis=1) & (pix < size).all(axis=1)
+        weight = np.repeat(length * size / (n - 1), n)[ok]  # pixels of vessel length each point stands for
+        layers[max(2 - level, 0)] += np.bincount(pix[ok, 1] * size + pix[ok, 0], weights=weight,
+                                                 minlength=size * size).astype(np.float32)
+        if level < 4:
+            turn = np.tile([-1.0, 1.0], len(angle)) * rng.uniform(0.25, 0.6, 2 * len(angle))
+            p, angle = np.repeat(end, 2, axis=0), np.repeat(angle, 2) + turn
+            length = np.repeat(length, 2) * rng.uniform(0.62, 0.8, 2 * len(length))
+    layers = layers.reshape(len(classes), size, size)
     f = size / 512
     total = np.zeros((size, size), np.float32)
     for k, radius in enumerate(classes):
