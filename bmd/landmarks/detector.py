@@ -56,7 +56,7 @@ def recipe_for_profile(profile) -> dict:
     if profile.profile == "smoke":
         return {"input_size": size, "epochs": 15, "batch_size": 8, "seed": profile.seed}
     if profile.profile == "quick":
-        return {"input_size": size, "epochs": 6, "batch_size": 16, "seed": profile.seed}
+        return {"input_size": size, "epochs": 10, "batch_size": 16, "seed": profile.seed}
     return {"input_size": size, "epochs": 40, "batch_size": 16, "seed": profile.seed}
 
 

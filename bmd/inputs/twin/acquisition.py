@@ -174,7 +174,9 @@ def burn_in(x: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.nda
         out[r0:r0 + unit, c0:c0 + w] = 1.0
         out[r0 + h // 2:r0 + h // 2 + unit, c0:c0 + w] = 1.0
         out[r0:r0 + h // 2, c0 + w - unit:c0 + w] = 1.0
-        out[r0 + h // 2:r0 + h, c0 + w - unit:c0 + w] = 1.0
+        for k in range(h - h // 2):  # the leg: a diagonal from the bowl down to the right
+            cc = c0 + int(round(k * (w - unit) / max(h - h // 2 - 1, 1)))
+            out[r0 + h // 2 + k, cc:cc + unit] = 1.0
     # text: a row of character-sized blocks with gaps (a date or a station name), on the other corner
     corner = acq.text_corner if acq.text_corner != acq.marker_corner else (acq.marker_corner + 1) % 4
     n_chars = int(rng.integers(6, 14))

@@ -5,7 +5,8 @@ acquisition's pose maps it to image pixels; every structure is evaluated on the 
 through the inverse pose, only inside its own bounding box. Two attenuation maps are summed: soft
 tissue and air (torso, breasts, abdomen, mediastinum, heart, aortic knob, lungs with branching vessels,
 trachea and main bronchi) and bone (vertebrae with pedicles, posterior and fainter anterior ribs,
-clavicles, humeral heads and scapulae). The beam weighs them differently (kV), then
+clavicles, humeral heads and scapulae; twelve ribs, the last two short and floating, so T12 is the
+vertebra of the last rib). The beam weighs them differently (kV), then
 :mod:`bmd.inputs.twin.acquisition` exposes, processes and marks the image.
 
 Bone density shows the way a chest film shows it, through three channels per bone:
@@ -275,10 +276,10 @@ def _spine(cv: _Canvas, bones: _Bones) -> None:
 def _ribs(cv: _Canvas, bones: _Bones, rng: np.random.Generator) -> None:
     a = cv.a
     levels = vertebra_levels(a)
-    jitter = 1 + np.clip(0.08 * rng.standard_normal((2, 10, 2)), -0.2, 0.2)  # per rib: slope, thickness
+    jitter = 1 + np.clip(0.08 * rng.standard_normal((2, 12, 2)), -0.2, 0.2)  # per rib: slope, thickness
     for side, tag in SIDES:
         key = f"rib_{tag}"
-        for j in range(10):
+        for j in range(12):  # ribs 11 and 12 are short and float: the last rib marks T12
             slope, thick = jitter[0 if side > 0 else 1, j]
             y0 = levels[f"T{j + 1}"]
             ym = y0 + 0.04 * a.cage_height
@@ -293,11 +294,13 @@ def _ribs(cv: _Canvas, bones: _Bones, rng: np.random.Generator) -> None:
                 rr = np.clip(r, 0, 1)
                 # posterior rib: from the transverse process, up a little, then sloping down to the margin
                 yc = y0 - 0.012 * np.sin(np.pi * rr) + drop * rr**2
-                along = _sig((r - 0.08) / 0.02) * _sig((1.02 - r) / 0.02)
+                tip = 1.02 if j < 10 else (0.62 if j == 10 else 0.42)
+                along = _sig((r - 0.08) / 0.02) * _sig((tip - r) / 0.02)
                 bones.draw(cv, sl, (Y - yc) / half, along, 0.42, key)
             # anterior rib: from the margin down towards the sternum, fainter, fading at the cartilage
             xa0, xa1 = sorted((0.5 + side * 0.3 * rc * a.body_width, 0.5 + side * (rc + 0.03) * a.body_width))
-            region = cv.grid(xa0, xa1, y0 + drop - 0.02, y0 + drop + 0.13 * a.cage_height) if j >= 1 else None
+            anterior = 1 <= j < 10
+            region = cv.grid(xa0, xa1, y0 + drop - 0.02, y0 + drop + 0.13 * a.cage_height) if anterior else None
             if region is not None:
                 sl, X, Y = region
                 r = side * cv.u(X) / rc
