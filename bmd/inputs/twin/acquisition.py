@@ -32,8 +32,8 @@ class Acquisition:
     scale: float  # > 1: tighter framing (lungs only), < 1: wide field with neck and upper abdomen
     shift: tuple[float, float]  # image fraction
     exposure_photons: float
-    bone_kv: float  # bone-to-soft-tissue attenuation factor of the beam (lower at high kV)
-    soft_kv: float  # soft-tissue attenuation factor of the beam
+    bone_kv: float  # bone attenuation factor of the beam (lower at high kV)
+    soft_kv: float  # soft-tissue attenuation factor of the same beam
     heel: float
     scatter: float
     blur: float  # detector sigma in pixels of a 512 image
@@ -60,8 +60,9 @@ def draw_acquisition(rng: np.random.Generator, spec: TwinSpec) -> Acquisition:
         shift=(float(u(-spec.translation_frac, spec.translation_frac)),
                float(u(-spec.translation_frac, spec.translation_frac))),
         exposure_photons=float(np.exp(u(np.log(spec.photons[0]), np.log(spec.photons[1])))),
-        bone_kv=float(u(*spec.bone_kv)),
-        soft_kv=float(u(*spec.soft_kv)),
+        # one tube voltage sets both: harder beams flatten bone more than soft tissue, so the soft tissue
+        # against air (skin line, lungs) tells the beam and lets a model undo its effect on bone
+        **_beam(float(u()), spec),
         heel=float(u(*spec.heel_gradient) * rng.choice([-1, 1])),
         scatter=float(u(*spec.scatter_fraction)),
         blur=float(u(*spec.blur_px)),
@@ -76,6 +77,12 @@ def draw_acquisition(rng: np.random.Generator, spec: TwinSpec) -> Acquisition:
         monochrome1=bool(rng.random() < spec.monochrome1_share),
         bits=int(rng.choice(spec.bits_stored)),
     )
+
+
+def _beam(kv: float, spec: TwinSpec) -> dict[str, float]:
+    """Bone and soft-tissue attenuation factors of a beam at relative tube voltage ``kv`` (0 soft … 1 hard)."""
+    (b_soft, b_hard), (s_soft, s_hard) = spec.bone_kv, spec.soft_kv
+    return {"bone_kv": b_soft + kv * (b_hard - b_soft), "soft_kv": s_soft + kv * (s_hard - s_soft)}
 
 
 def expose(A: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.ndarray:

@@ -71,8 +71,8 @@ class TwinSpec:
     texture_amp_per_sd: float = 0.15
     # --- image formation and processing (bmd.inputs.twin.acquisition)
     soft_tissue_field_sd: float = 0.18  # smooth local soft-tissue thickness variation (relative)
-    bone_kv: tuple[float, float] = (0.75, 1.20)  # beam quality: bone attenuation factor
-    soft_kv: tuple[float, float] = (0.85, 1.10)  # beam quality: soft-tissue attenuation factor
+    bone_kv: tuple[float, float] = (1.15, 0.85)  # bone attenuation factor, softest … hardest beam
+    soft_kv: tuple[float, float] = (1.08, 0.92)  # soft-tissue attenuation factor of the same beams
     scatter_fraction: tuple[float, float] = (0.15, 0.50)
     heel_gradient: tuple[float, float] = (0.05, 0.25)
     photons: tuple[float, float] = (4000.0, 20000.0)  # detected quanta per pixel at open field
