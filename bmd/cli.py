@@ -240,7 +240,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
     try:
         html = build_book(profile=args.profile, manifest=args.manifest, seed=args.seed, out=args.out,
-                          quiet=args.quiet)
+                          quiet=args.quiet, landmark_model=args.landmark_model)
     except ManifestError as exc:  # refused before anything is written
         _print_manifest_errors("book", args.manifest, exc.errors)
         return 1
@@ -366,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, default=None, help="your own manifest instead of the twin")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the profile's)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the repository root)")
+    p.add_argument("--landmark-model", type=Path, default=None, metavar="DIR",
+                   help="use this landmark detector folder instead of training one (a previous build's "
+                        "runs/<profile>/landmark_model, or one from bmd landmarks train); every case's ROIs then "
+                        "come from its points. Needed when the manifest has no landmarks column")
     p.add_argument("--quiet", action="store_true", help="no progress lines (they still go to _build/book.log)")
     p.set_defaults(func=_cmd_book)
     return parser

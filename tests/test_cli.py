@@ -60,6 +60,8 @@ BAD = {
     "book, missing manifest": (["book", "--profile", "smoke", "--manifest", "{tmp}/missing.csv", "--out",
                                 "{tmp}/book"], 1, "missing.csv"),
     "book, unknown profile": (["book", "--profile", "huge"], 2, "huge"),
+    "book, landmark model that is not a detector": (["book", "--profile", "smoke", "--landmark-model",
+                                                     "{not_a_bundle}", "--out", "{tmp}/book"], 1, "not_a_bundle"),
     "predict, missing bundle": (["predict", "{image.png}", "--model", "{tmp}/nonexistent"], 1, "nonexistent"),
     "predict, folder that is not a bundle": (["predict", "{image.png}", "--model", "{not_a_bundle}"], 1,
                                              "not_a_bundle"),
@@ -90,6 +92,42 @@ def test_bad_invocation_is_one_line_naming_it_with_its_exit_status(name, tmp_pat
     assert named in err and "Traceback" not in err + captured.out
     for output in ("lm", "twin", "book", "ev"):  # nothing was started
         assert not (tmp_path / output).exists()
+
+
+def test_book_on_a_manifest_without_landmarks_names_both_ways_out_in_one_line_before_any_work(tmp_path, capsys):
+    from manifests import image_folder, write_csv
+
+    site = tmp_path / "site"
+    site.mkdir()
+    image_folder(site)
+    manifest = write_csv(site, ["c1,p1,img/a.png,0.80,0.85,0.90,0.95,F,66,hologic,train",
+                                "c2,p2,img/b.png,0.70,0.75,0.80,0.82,F,67,hologic,val",
+                                "c3,p3,img/a.png,1.00,1.05,1.10,1.12,M,71,lunar,test"])
+    out = tmp_path / "out"
+    assert main(["book", "--profile", "smoke", "--manifest", str(manifest), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err + captured.out
+    assert captured.err.startswith(f"bmd book: {manifest}: no ground-truth landmarks (no `landmarks` column)")
+    assert "book/appendix/annotations.md" in captured.err and "--landmark-model DIR" in captured.err
+    assert not out.exists()  # refused before the cohort, the detector or anything else
+
+
+def test_book_passes_the_landmark_model_folder_on(tmp_path, monkeypatch, capsys):
+    import bmd.study.book
+
+    seen = {}
+
+    def fake_build(**kwargs):
+        seen.update(kwargs)
+        return tmp_path / "html"
+
+    monkeypatch.setattr(bmd.study.book, "build_book", fake_build)
+    assert main(["book", "--profile", "smoke", "--landmark-model", str(tmp_path / "det"), "--out", str(tmp_path)]) == 0
+    assert seen["landmark_model"] == tmp_path / "det"
+    assert main(["book", "--profile", "smoke", "--out", str(tmp_path)]) == 0 and seen["landmark_model"] is None
+    with pytest.raises(SystemExit):
+        main(["book", "--help"])
+    assert "--landmark-model DIR" in capsys.readouterr().out
 
 
 @pytest.mark.slow

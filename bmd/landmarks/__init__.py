@@ -16,7 +16,8 @@ _LAZY = {
     "read_landmark_csv": "bmd.landmarks.annotations", "write_landmark_csv": "bmd.landmarks.annotations",
     "write_labelme": "bmd.landmarks.annotations", "labelme_paths": "bmd.landmarks.annotations",
     "PlausibilityModel": "bmd.landmarks.plausibility", "LandmarkNet": "bmd.landmarks.model",
-    "ModelConfig": "bmd.landmarks.model",
+    "ModelConfig": "bmd.landmarks.model", "read_detector_config": "bmd.landmarks.folder",
+    "detector_digest": "bmd.landmarks.folder",
 }
 __all__ += list(_LAZY)
 

@@ -8,6 +8,7 @@
   percentage of the image width, for the detector and two baselines: the mean training shape placed in the
   letterbox frame, and the global (affine) stage alone.
 * :func:`recipe_for_profile`: the training arguments a study profile uses.
+* :mod:`bmd.landmarks.folder` checks a detector folder and names it by its content (no torch needed).
 
 Detector folder (``config.json`` is written last, atomically, so a folder with one is complete)::
 
@@ -35,12 +36,16 @@ from bmd.infra.atomic import write_text
 from bmd.io import ImageReadError, read_image
 from bmd.landmarks.annotations import write_labelme
 from bmd.landmarks.data import LandmarkCohort, Letterbox, letterbox_image, load_landmark_cohort, to_uint8
+from bmd.landmarks.folder import (
+    CONFIG_FILE,
+    DETECTOR_FORMAT,
+    PLAUSIBILITY_FILE,
+    WEIGHTS_FILE,
+    read_detector_config,
+)
 from bmd.landmarks.model import LandmarkNet, ModelConfig
 from bmd.landmarks.plausibility import PlausibilityModel, PlausibilityResult
 from bmd.runs.folder import save_checkpoint
-
-DETECTOR_FORMAT = "bmd-landmarks/1"
-CONFIG_FILE, WEIGHTS_FILE, PLAUSIBILITY_FILE = "config.json", "weights.pt", "plausibility.pt"
 
 
 def default_input_size(image_size: int) -> int:
@@ -215,20 +220,7 @@ def save_landmark_model(model: LandmarkModel, out_dir: str | os.PathLike) -> Pat
 def load_landmark_model(detector: str | os.PathLike) -> LandmarkModel:
     """Load a detector folder written by :func:`bmd.landmarks.fit.train_landmark_model`."""
     path = Path(detector)
-    cfg_path = path / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path}: not a landmark detector (no {CONFIG_FILE})")
-    try:
-        info = json.loads(cfg_path.read_text(encoding="utf-8", errors="replace"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg_path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    if not isinstance(info, dict) or info.get("format") != DETECTOR_FORMAT:
-        info = info if isinstance(info, dict) else {}
-        raise ValueError(
-            f"{path}: unsupported detector format {info.get('format')!r} (expected {DETECTOR_FORMAT})"
-        )
-    if tuple(info.get("landmark_names", ())) != LANDMARK_NAMES:
-        raise ValueError(f"{path}: the detector's landmark names differ from this version's")
+    info = read_detector_config(path)  # one line naming the folder when it is not a usable detector
     cfg = ModelConfig.from_dict(info["model"])
     net = LandmarkNet(cfg, torch.tensor(info["mean_shape"], dtype=torch.float32))
     net.load_state_dict(torch.load(path / info["files"]["weights"], map_location="cpu", weights_only=True))

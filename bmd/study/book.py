@@ -7,6 +7,7 @@ Sphinx warning fails the build (``-W``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -20,7 +21,9 @@ import yaml
 from bmd.infra import paths, progress
 from bmd.infra.locks import hold_lock
 from bmd.inputs.manifest import load_manifest
+from bmd.landmarks.folder import read_detector_config
 from bmd.study import summary
+from bmd.study.cohort import LandmarkSourceError, check_landmark_source, load_cohort
 from bmd.study.config import Profile, load_profile
 
 
@@ -195,25 +198,51 @@ def book_lock(root: Path, wait: bool = False, timeout: float | None = None):
 
 
 def build_book(profile: str | Path = "quick", manifest: str | Path | None = None, seed: int | None = None,
-               out: str | Path | None = None, quiet: bool = False) -> Path:
+               out: str | Path | None = None, quiet: bool = False,
+               landmark_model: str | Path | None = None) -> Path:
     """Execute the chapters for a profile and build the book; returns the HTML folder.
 
     ``profile`` is a packaged name or the path of a profile YAML; every field of it is passed to every
     chapter, and the run folder is named by its ``profile`` field. ``manifest`` runs the study on a
     site's own data instead of the twin cohort; ``out`` is where the run folder, executed notebooks and
-    HTML go (default: the repository root). Progress goes to stdout, one line per step and per stage
-    (a bar as well on a terminal), and to ``<out>/_build/book.log``; ``quiet`` keeps only the log.
-    A second build on the same ``out`` while one runs is refused at once (:func:`book_lock`, one line).
+    HTML go (default: the repository root). ``landmark_model``: a landmark detector folder to use instead
+    of training one (the profile's ``landmark_model`` field, passed to the chapters as an absolute path).
+    Progress goes to stdout, one line per step and per stage (a bar as well on a terminal), and to
+    ``<out>/_build/book.log``; ``quiet`` keeps only the log. A second build on the same ``out`` while one
+    runs is refused at once (:func:`book_lock`, one line).
+
+    Refused in one line before anything is written (:class:`BookError`, or the manifest's ManifestError): a
+    bad manifest, a ``landmark_model`` that is not a usable detector, and a manifest without ground-truth
+    landmarks for its train and val cases when no detector is given (nothing could place the regions).
     """
 
     start = time.perf_counter()
-    cfg = load_profile(profile, seed=seed)
+    given = None if landmark_model is None else str(landmark_model)
+    cfg = _with_absolute_detector(load_profile(profile, seed=seed, landmark_model=given))
     if manifest is not None:
 
         load_manifest(manifest)  # a bad manifest is refused (ManifestError) before anything is written
+        if cfg.landmark_model is None:  # the twin always has ground truth; a site's manifest may not
+            try:
+                check_landmark_source(cfg, load_cohort(cfg, manifest=manifest))
+            except LandmarkSourceError as exc:
+                raise BookError(str(exc)) from None
     root = paths.out_root(out)
     with book_lock(root):  # before anything in root is deleted or rewritten
         return _build_book(cfg, manifest, root, quiet, start)
+
+
+def _with_absolute_detector(cfg: Profile) -> Profile:
+    """``cfg`` with its ``landmark_model`` as an absolute path (the chapters run in another folder), once that
+    folder is known to be a usable detector (else :class:`BookError`, one line naming it)."""
+    if cfg.landmark_model is None:
+        return cfg
+    detector = Path(cfg.landmark_model).expanduser().resolve()
+    try:
+        read_detector_config(detector)
+    except (OSError, ValueError) as exc:
+        raise BookError(str(exc)) from None
+    return dataclasses.replace(cfg, landmark_model=str(detector))
 
 
 def _build_book(cfg: Profile, manifest: str | Path | None, root: Path, quiet: bool, start: float) -> Path:

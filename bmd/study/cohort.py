@@ -17,6 +17,7 @@ from bmd.infra import paths
 from bmd.infra.progress import note
 from bmd.inputs.manifest import load_manifest, split_manifest
 from bmd.inputs.twin import generate_twin
+from bmd.landmarks.annotations import manifest_landmarks
 from bmd.study import report, summary
 from bmd.study.config import Profile
 
@@ -60,6 +61,41 @@ def load_cohort(cfg: Profile, manifest: str | Path | None = None, out: str | Pat
     oracle = json.loads((folder / "oracle.json").read_text())
     df = load_manifest(folder / "manifest.csv")
     return Cohort(manifest=df, manifest_path=folder / "manifest.csv", is_twin=True, oracle=oracle)
+
+
+class LandmarkSourceError(ValueError):
+    """The study cannot place its regions: no detector was given and none can be trained (one line)."""
+
+
+#: Where a site finds how to provide landmarks (the appendix page of the book).
+ANNOTATIONS_PAGE = "book/appendix/annotations.md"
+
+
+def check_landmark_source(cfg: Profile, cohort: Cohort) -> None:
+    """Refuse, in one line and before any work, a study that has no way to its landmarks.
+
+    With a given detector (``cfg.landmark_model``) nothing is needed from the manifest. Otherwise the detector
+    is trained on the training split and selected and calibrated on the validation split, so every train and
+    val case needs ground-truth landmarks; the message names the manifest, counts what is missing (never
+    naming a case) and gives both ways out: a ``landmarks`` column, or ``--landmark-model DIR``.
+    """
+    if cfg.landmark_model is not None:
+        return
+    df = cohort.manifest
+    used = df[df["split"].isin(["train", "val"])] if "split" in df.columns else df
+    truth = manifest_landmarks(df)
+    have = set() if truth is None else set(truth["case_id"].astype(str))
+    missing = sum(str(c) not in have for c in used["case_id"])
+    if not missing:
+        return
+    if truth is None:
+        problem = "no ground-truth landmarks (no `landmarks` column)"
+    else:
+        problem = f"{missing} of {len(used)} train/val case(s) without ground-truth landmarks"
+    raise LandmarkSourceError(
+        f"{cohort.manifest_path}: {problem}, so no landmark detector can be trained: add a `landmarks` "
+        f"column pointing at annotation files (see {ANNOTATIONS_PAGE}) or pass --landmark-model DIR "
+        "(papermill: -p landmark_model DIR) to use an existing detector")
 
 
 def cohort_summary(cohort: Cohort) -> dict:

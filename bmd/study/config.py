@@ -39,6 +39,8 @@ class Profile:
     # model inputs: the whole-chest input side and the local ROI side, in pixels
     chest_size: int = 128
     roi_size: int = 64
+    # landmarks: None trains the detector on the training split; a detector folder is used as it is
+    landmark_model: str | None = None
     # training recipe (the paper profile follows the paper; the CPU profiles use a faster recipe)
     train_width: float = 1.0  # backbone width multiplier
     train_batch_norm: bool = False  # batch-norm backbone variants
@@ -177,12 +179,19 @@ def from_parameters(namespace: Mapping[str, Any]) -> Profile:
     return _build({"profile": name, **injected}, "parameters")
 
 
+#: Profile fields that name a folder of the site's: a page shows only its last part (where a site keeps
+#: its files is no business of a published book; summary.json names it by content digest instead).
+FOLDER_FIELDS: tuple[str, ...] = ("landmark_model",)
+
+
 def resolved_table(cfg: Profile):
-    """The profile a chapter ran with as a one-column table (parameter → value) for the page."""
+    """The profile a chapter ran with as a one-column table (parameter → value) for the page
+    (a :data:`FOLDER_FIELDS` value by its last part only)."""
     import pandas as pd
 
-    return pd.DataFrame({"value": [_yaml_text(v) for v in cfg.as_dict().values()]},
-                        index=pd.Index(list(cfg.as_dict()), name="parameter"))
+    values = cfg.as_dict()
+    shown = [f".../{Path(v).name}" if k in FOLDER_FIELDS and v else _yaml_text(v) for k, v in values.items()]
+    return pd.DataFrame({"value": shown}, index=pd.Index(list(values), name="parameter"))
 
 
 #: What each :class:`Profile` field does (the parameters appendix of the book is generated from this).
@@ -199,6 +208,12 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
                        "of it, at most 256.",
     "chest_size": "Side in pixels of the whole-chest input (the 7th, global ROI) of every model.",
     "roi_size": "Side in pixels of each of the six local ROI crops (clavicles, cervical spine, rib cages, T12).",
+    "landmark_model": ("A landmark detector folder to use instead of training one (`bmd book --landmark-model DIR`; "
+                       "with papermill an absolute path): the twin-trained `runs/<profile>/landmark_model` a previous "
+                       "build left, or one trained elsewhere with `bmd landmarks train`. Every case's regions, training "
+                       "cases included, then come from its points. Needed when the manifest has no `landmarks` column; "
+                       "with ground truth as well, the given detector is still used and its error is measured against "
+                       "the ground truth. Named in keys and in summary.json by the SHA-256 of its files, never by path."),
     "train_width": "Width multiplier of the backbones' channels (1.0: the published VGG/ResNet widths).",
     "train_batch_norm": "Use the batch-norm variants of the backbones (VGG-BN); the paper's VGG has none.",
     "train_pretrained": ("Backbone initialisation: none (random), `imagenet` (torchvision's ImageNet weights for "
@@ -228,7 +243,8 @@ NOTEBOOK_PARAMETERS: dict[str, str] = {
 #: What ``bmd book`` passes to every notebook for each notebook parameter.
 BOOK_PASSES: dict[str, str] = {
     "profile": "the profile's `profile` field (`--profile` is a name or a YAML path), and every field of the "
-               "profile as a parameter of its own",
+               "profile as a parameter of its own (`landmark_model`: the absolute path of `--landmark-model` when "
+               "given)",
     "seed": "the resolved seed (`--seed`, else the profile's)",
     "manifest": "the absolute path of `--manifest`, or None",
     "out": "the absolute path of `--out` (default: the repository root)",

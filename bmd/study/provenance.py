@@ -3,7 +3,8 @@
 The reproducibility chapter calls :func:`record`, which gathers everything into the ``provenance``
 block of ``summary.json`` and returns it; the helpers below turn the summary into the chapter's tables.
 Nothing here names a person, a patient or a host: a manifest is identified by its file name and a
-checksum, and paths are given relative to the ``--out`` folder.
+checksum, a given landmark detector by its folder's name and the digest of its files, and paths are given
+relative to the ``--out`` folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bmd.infra import paths
+from bmd.landmarks.folder import detector_digest
 from bmd.study import summary
 from bmd.study.config import Profile
 
@@ -32,7 +34,7 @@ EXECUTION_STAGES: tuple[str, ...] = ("twin", "landmarks", "rois", "training")
 
 _STAGE_NOTES = {
     "twin": "generate (or reuse) the cohort and write its summary",
-    "landmarks": "train (or reuse) the landmark detector",
+    "landmarks": "train (or reuse) the landmark detector, or check the given one",
     "rois": "detect landmarks on every case and cut the ROI cache",
     "training": "train (or reuse) every model of the tables",
     "book": "build the HTML with Jupyter Book",
@@ -133,15 +135,26 @@ def manifest_identity(manifest: str | os.PathLike | None) -> dict[str, Any] | No
     return {"name": path.name, "sha256": digest}
 
 
+def detector_identity(detector: str | os.PathLike | None) -> dict[str, Any] | None:
+    """A given landmark detector's folder name and content digest (never where it lies); None for none."""
+    if detector is None:
+        return None
+    path = Path(detector)
+    return {"name": path.name, "sha256": detector_digest(path) if path.is_dir() else None}
+
+
 def parameters(cfg: Profile, manifest: str | os.PathLike | None = None,
                show_images: bool | None = None) -> dict[str, Any]:
-    """The notebook parameters and the profile's fields the run used (the ``--out`` folder left out)."""
+    """The notebook parameters and the profile's fields the run used (the ``--out`` folder left out; a given
+    landmark detector as :func:`detector_identity`)."""
+    fields = cfg.as_dict()
+    fields["landmark_model"] = detector_identity(cfg.landmark_model)
     return {
         "profile": cfg.profile,
         "seed": cfg.seed,
         "manifest": manifest_identity(manifest),
         "show_images": show_images,
-        "profile_fields": cfg.as_dict(),
+        "profile_fields": fields,
     }
 
 

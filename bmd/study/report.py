@@ -352,3 +352,117 @@ def best_model(avg_rows: dict[str, dict], metric: str = "r", among: list[str] | 
     names = among or list(avg_rows)
     finite = [m for m in names if avg_rows[m][metric] is not None and np.isfinite(avg_rows[m][metric])]
     return max(finite, key=lambda m: avg_rows[m][metric]) if finite else names[0]
+
+
+# ------------------------------------------------------------------------------------ landmark detector
+
+#: The verdicts of the detector's plausibility check (:mod:`bmd.landmarks.plausibility`), in table order.
+PLAUSIBILITY_STATUSES: tuple[str, ...] = ("ok", "flagged", "failed")
+#: The score above which an image is flagged (its calibration's 99th percentile).
+FLAG_SCORE = 1.0
+
+
+def _with_split(detected: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """The detected landmarks with each case's split (joined by case id)."""
+    split_of = dict(zip(manifest["case_id"].astype(str), manifest["split"].astype(str), strict=True))
+    return detected.assign(split=detected["case_id"].astype(str).map(split_of))
+
+
+def plausibility_table(detected: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """How the detector's plausibility check judged each split's images: counts only, no case named.
+
+    ``detected``: the detector's landmarks for every case (``case_id``, ``status``, ``score``; see
+    ``bmd.study.stages.detected_landmarks``); ``manifest``: the cohort (``case_id``, ``split``). One row per
+    split present (train, val, test) and ``all``: ``cases``, ``ok``, ``flagged``, ``failed`` (unreadable),
+    ``flagged_pct`` (% of the split) and ``median_score`` (0 is the median of the detector's own calibration
+    images, above :data:`FLAG_SCORE` is flagged; NaN for a detector without a plausibility model).
+    """
+    frame = _with_split(detected, manifest)
+    scores = pd.to_numeric(frame["score"], errors="coerce") if "score" in frame else pd.Series(np.nan, frame.index)
+    rows: dict[str, dict] = {}
+    for name in [*(s for s in SPLITS if (frame["split"] == s).any()), "all"]:
+        part = frame.index if name == "all" else frame.index[frame["split"] == name]
+        status = frame.loc[part, "status"].astype(str)
+        score = scores.loc[part].to_numpy(dtype=float)
+        n = len(part)
+        row = {"cases": n, **{s: int((status == s).sum()) for s in PLAUSIBILITY_STATUSES}}
+        row["flagged_pct"] = 100.0 * row["flagged"] / n if n else float("nan")
+        row["median_score"] = float(np.median(score[np.isfinite(score)])) if np.isfinite(score).any() else float("nan")
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("split")
+
+
+def plausibility_counts(detected: pd.DataFrame, manifest: pd.DataFrame) -> dict:
+    """:func:`plausibility_table` as the ``landmarks.plausibility`` block of ``summary.json`` (split → counts)."""
+    table = plausibility_table(detected, manifest).round({"flagged_pct": 2, "median_score": 4})
+    return {split: finite_or_null(row) for split, row in table.to_dict(orient="index").items()}
+
+
+def plot_plausibility(detected: pd.DataFrame, manifest: pd.DataFrame, clip: float = 10.0):
+    """Distribution of the plausibility score per split, with the line above which images are flagged.
+
+    Scores above ``clip`` are drawn at ``clip`` (images far from anything the detector was trained on would
+    otherwise squeeze the rest into one bin). Returns the Figure.
+    """
+    plt = pyplot()
+    frame = _with_split(detected, manifest)
+    scores = pd.to_numeric(frame["score"], errors="coerce") if "score" in frame else pd.Series(np.nan, frame.index)
+    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    finite = scores[np.isfinite(scores)]
+    if finite.empty:
+        ax.text(0.5, 0.5, "This detector has no plausibility model: no scores.", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    shown = finite.clip(upper=clip)
+    bins = np.linspace(min(float(shown.min()), -1.0), max(float(shown.max()), 2 * FLAG_SCORE), 31)
+    for i, name in enumerate(s for s in SPLITS if (frame["split"] == s).any()):
+        part = shown[frame.loc[shown.index, "split"] == name]
+        ax.hist(part, bins=bins, histtype="step", linewidth=1.5, color=f"C{i}", label=f"{name} ({len(part)})")
+    ax.axvline(FLAG_SCORE, color="black", linestyle="--", linewidth=1)
+    ax.text(FLAG_SCORE, 1.0, " flagged →", transform=ax.get_xaxis_transform(), va="top", fontsize=9)
+    clipped = f" (drawn at most at {clip:g})" if (finite > clip).any() else ""
+    ax.set_xlabel(f"plausibility score{clipped}: 0 typical of the detector's calibration images")
+    ax.set_ylabel("images")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, borderaxespad=0, title="split")
+    fig.tight_layout()
+    return fig
+
+
+def detector_accuracy_text(evaluation: dict | None, source: str, plausibility: pd.DataFrame) -> str:
+    """The landmarks chapter's paragraph on the detector's accuracy (Markdown).
+
+    ``evaluation``: the test-split summary (``LandmarkEvaluation.summary()``) or None when there is no ground
+    truth to measure against; ``source``: ``trained`` (on this cohort's training split) or ``external`` (given
+    with ``landmark_model``); ``plausibility``: :func:`plausibility_table`. Flagged images are counted, never
+    named.
+    """
+    parts = []
+    if source == "external":
+        parts.append("This study did not train its landmark detector: it uses the one it was given "
+                     "(`landmark_model`), and every case's regions, training cases included, come from that "
+                     "detector's points.")
+    if evaluation is None:
+        parts.append("**The detector's accuracy on this data is unmeasured**: the manifest has no ground-truth "
+                     "landmarks to compare its points with (no `landmarks` column, or none for the test split). "
+                     "What can be checked without them is below: whether each image and its detected points look "
+                     "like the images the detector was calibrated on (the plausibility score), and, where images "
+                     "may be shown, the points themselves. A plausible image is not an accurate one; annotating "
+                     "some test images (see the appendix on landmark annotations) measures the error.")
+    else:
+        own = "its own training" if source == "external" else "the training"
+        parts.append(
+            f"On the {evaluation['n']} test images with ground-truth landmarks the detector's mean radial error is "
+            f"{evaluation['mean_error_pct']:.2f} % of the image width (95th percentile "
+            f"{evaluation['p95_error_pct']:.2f} %). The mean shape of {own} images placed in the image frame is "
+            f"off by {evaluation['baselines']['mean_shape']['mean_error_pct']:.2f} %, and the global stage alone "
+            "(the affine alignment before the local stages) by "
+            f"{evaluation['baselines']['global_only']['mean_error_pct']:.2f} %.")
+    if "all" in plausibility.index:
+        all_ = plausibility.loc["all"]
+        per = ", ".join(f"{split} {int(row['flagged'])} of {int(row['cases'])}"
+                        for split, row in plausibility.iterrows() if split != "all")
+        failed = int(all_["failed"])
+        parts.append(f"The plausibility check flagged {int(all_['flagged'])} of {int(all_['cases'])} images ({per})"
+                     + (f"; {failed} could not be read" if failed else "") + ".")
+    return " ".join(parts)

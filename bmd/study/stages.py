@@ -39,23 +39,42 @@ from bmd.landmarks.detector import (
     recipe_for_profile,
 )
 from bmd.landmarks.fit import train_landmark_model
+from bmd.landmarks.folder import detector_digest, read_detector_config
 from bmd.rois.cache import build_roi_cache
 from bmd.study import ablation, report, summary
 from bmd.study.ablation import attention_study
-from bmd.study.cohort import Cohort
+from bmd.study.cohort import Cohort, check_landmark_source
 from bmd.study.config import Profile
 from bmd.study.experiments import ENSEMBLES, table_models, train_config, train_model
 
 
-def landmark_detector(cfg: Profile, cohort: Cohort, out: str | Path | None = None) -> Path:
-    """Train the landmark detector on the cohort's train split (or reuse it); returns the detector's folder.
+def detector_folder(cfg: Profile, out: str | Path | None = None) -> Path:
+    """The detector the study uses: the given one (``cfg.landmark_model``), else the one it trains in its run
+    folder (``runs/<profile>/landmark_model``)."""
+    if cfg.landmark_model is not None:
+        return Path(cfg.landmark_model).expanduser().resolve()
+    return paths.run_dir(cfg.profile, out) / "landmark_model"
 
-    Reused while its key (:func:`detector_inputs`) is unchanged; a process training the same detector is
-    waited for and its detector reused.
+
+def detector_source(cfg: Profile) -> str:
+    """``external`` for a given detector (``cfg.landmark_model``), ``trained`` for one the study trains."""
+    return "external" if cfg.landmark_model is not None else "trained"
+
+
+def landmark_detector(cfg: Profile, cohort: Cohort, out: str | Path | None = None) -> Path:
+    """The landmark detector's folder: the given one (``cfg.landmark_model``, used as it is), else the one
+    trained on the cohort's train split (or reused).
+
+    A trained detector is reused while its key (:func:`detector_inputs`) is unchanged; a process training the
+    same detector is waited for and its detector reused. Without a given detector, a cohort whose train and
+    val cases lack ground-truth landmarks is refused in one line before any training
+    (:func:`bmd.study.cohort.check_landmark_source`).
     """
 
-    run = paths.run_dir(cfg.profile, out)
-    detector = run / "landmark_model"
+    if cfg.landmark_model is not None:
+        return _given_detector(cfg, out)
+    check_landmark_source(cfg, cohort)
+    detector = detector_folder(cfg, out)
     recipe = recipe_for_profile(cfg)
     start = time.perf_counter()
     inputs = detector_inputs(cohort, recipe)
@@ -71,7 +90,22 @@ def landmark_detector(cfg: Profile, cohort: Cohort, out: str | Path | None = Non
         progress.note("landmark detector: reused")
     path = summary.summary_path(cfg.profile, out)
     summary.record_timing(path, "landmarks", time.perf_counter() - start)
-    summary.update(path, artifacts={"landmark_model": str(detector.relative_to(paths.out_root(out)))})
+    summary.update(path, artifacts={"landmark_model": str(detector.relative_to(paths.out_root(out)))},
+                   landmarks={"source": "trained", "detector_sha256": None})
+    return detector
+
+
+def _given_detector(cfg: Profile, out: str | Path | None = None) -> Path:
+    """A detector given as ``cfg.landmark_model``: checked (one line when unusable), recorded in ``summary.json``
+    by its content digest (never its path: the run's results do not depend on where it lies), not trained."""
+
+    start = time.perf_counter()
+    detector = detector_folder(cfg, out)
+    read_detector_config(detector)
+    progress.note("landmark detector: the given one (landmark_model), nothing trained")
+    path = summary.summary_path(cfg.profile, out)
+    summary.record_timing(path, "landmarks", time.perf_counter() - start)
+    summary.update(path, landmarks={"source": "external", "detector_sha256": detector_digest(detector)})
     return detector
 
 
@@ -103,9 +137,20 @@ def _detector_matches(detector: Path, manifest: Path, recipe: dict) -> bool:
 class LandmarkResults:
     """Detector accuracy on the test split and the landmark tables the ROI stage uses."""
 
-    evaluation: object  # bmd.landmarks.detector.LandmarkEvaluation
-    detected: pd.DataFrame  # case_id + 32 coordinates, status and image width: detector output for every case
+    evaluation: LandmarkEvaluation | None  # None: not asked for, or no ground truth to measure against
+    detected: pd.DataFrame  # case_id, 32 coordinates, status, plausibility, score, width: every case
     ground_truth: pd.DataFrame | None  # case_id + 32 coordinates from the manifest's landmark files
+    source: str = "trained"  # "trained" here, or "external" (a given detector, cfg.landmark_model)
+
+    def plausibility(self, manifest: pd.DataFrame) -> pd.DataFrame:
+        """Per split: images passed, flagged and failed by the detector's plausibility check (counts only)."""
+        return report.plausibility_table(self.detected, manifest)
+
+    def accuracy_text(self, manifest: pd.DataFrame) -> str:
+        """What the book says about the detector's accuracy on this data (Markdown): the test-split errors, or
+        plainly that they are unmeasured for want of ground truth."""
+        return report.detector_accuracy_text(None if self.evaluation is None else self.evaluation.summary(),
+                                             self.source, self.plausibility(manifest))
 
 
 def ground_truth_landmarks(cohort: Cohort) -> pd.DataFrame | None:
@@ -116,15 +161,20 @@ def ground_truth_landmarks(cohort: Cohort) -> pd.DataFrame | None:
     return manifest_landmarks(cohort.manifest)
 
 
+#: The columns of the detected landmarks besides ``case_id`` and the 32 coordinates.
+DETECTED_EXTRA_COLUMNS: tuple[str, ...] = ("status", "plausibility", "score", "width")
+
+
 def detected_landmarks(cfg: Profile, cohort: Cohort, detector: Path, out: str | Path | None = None) -> pd.DataFrame:
-    """Detector landmarks for every case (case_id, 32 coordinates, status, width), computed once per detector
-    and list of images."""
+    """Detector landmarks for every case (case_id, 32 coordinates, then :data:`DETECTED_EXTRA_COLUMNS`),
+    computed once per detector (its content digest, not its folder) and list of images."""
 
     saved = paths.run_dir(cfg.profile, out) / "landmarks_detected.csv"
     weights = detector / "weights.pt"
     cases = [str(c) for c in cohort.manifest["case_id"]]
-    inputs = {"weights": sha256_file(weights), "cases": sha256_json(cases),
-              "images": sha256_json([str(p) for p in cohort.manifest["image_path"]])}
+    inputs = {"detector": detector_digest(detector), "cases": sha256_json(cases),
+              "images": sha256_json([str(p) for p in cohort.manifest["image_path"]]),
+              "columns": list(DETECTED_EXTRA_COLUMNS)}
 
     made: list[pd.DataFrame] = []
 
@@ -133,13 +183,16 @@ def detected_landmarks(cfg: Profile, cohort: Cohort, detector: Path, out: str | 
         detected = pd.DataFrame(pred.points.reshape(len(cohort.manifest), -1), columns=list(COORD_COLUMNS))
         detected.insert(0, "case_id", cohort.manifest["case_id"].to_numpy())
         detected["status"] = pred.status
+        detected["plausibility"] = pred.plausibility
+        detected["score"] = pred.score
         detected["width"] = pred.widths
         write_text(saved, detected.to_csv(index=False))
         made.append(detected)
 
-    def legacy() -> bool:  # the rule before stamps: newer than the weights, the same cases
-        ids = pd.read_csv(saved, dtype={"case_id": str}, usecols=["case_id"])["case_id"]
-        return saved.stat().st_mtime_ns >= weights.stat().st_mtime_ns and list(ids) == cases
+    def legacy() -> bool:  # the rule before stamps: newer than the weights, the same cases (and today's columns)
+        table = pd.read_csv(saved, dtype={"case_id": str})
+        return (saved.stat().st_mtime_ns >= weights.stat().st_mtime_ns and list(table["case_id"]) == cases
+                and set(DETECTED_EXTRA_COLUMNS) <= set(table.columns))
 
     Artifact(saved, "the detector's landmarks", folder=False).build(inputs_key(inputs), make, inputs=inputs,
                                                                     legacy=legacy)
@@ -149,25 +202,46 @@ def detected_landmarks(cfg: Profile, cohort: Cohort, detector: Path, out: str | 
 
 def evaluate_detector(cfg: Profile, cohort: Cohort, detector: Path, out: str | Path | None = None,
                       evaluate: bool = True) -> LandmarkResults:
-    """Test-split errors (model, mean shape, global stage) and detector landmarks for every case."""
+    """Detector landmarks for every case and, with ``evaluate``, what the landmarks chapter reports.
+
+    ``evaluate`` measures the test-split errors (model, mean shape, global stage) against the ground truth of
+    the test cases that have some, for a trained and a given detector alike, and records in ``summary.json``'s
+    ``landmarks`` block: the errors (null, with ``accuracy`` saying why, when no test case has ground truth),
+    the detector's ``source`` and the plausibility counts per split (:func:`bmd.study.report.plausibility_table`;
+    counts only, no case named).
+    """
 
     truth = ground_truth_landmarks(cohort)
+    detected = detected_landmarks(cfg, cohort, detector, out)
+    source = detector_source(cfg)
     evaluation = None
-    if truth is not None and evaluate:
-        saved = paths.run_dir(cfg.profile, out) / "landmark_eval_test.json"
-        with _evaluation_artifact(saved).holding():  # one process evaluates, the others wait and read it
-            evaluation = _saved_evaluation(saved, detector, cohort)
-            if evaluation is None:
-                evaluation = evaluate_landmarks(detector, cohort.manifest_path, split="test")
-                _save_evaluation(saved, evaluation, detector, cohort)
-        summary.update(summary.summary_path(cfg.profile, out), landmarks=evaluation.summary())
-    return LandmarkResults(evaluation, detected_landmarks(cfg, cohort, detector, out), truth)
+    if evaluate:
+        test = cohort.manifest[cohort.manifest["split"] == "test"]
+        if truth is not None:
+            test = test[test["case_id"].astype(str).isin(set(truth["case_id"].astype(str)))]
+        if truth is not None and len(test):
+            saved = paths.run_dir(cfg.profile, out) / "landmark_eval_test.json"
+            with _evaluation_artifact(saved).holding():  # one process evaluates, the others wait and read it
+                evaluation = _saved_evaluation(saved, detector, cohort)
+                if evaluation is None:
+                    # the loaded manifest (its split assigned when the file has none), annotated test cases only
+                    evaluation = evaluate_landmarks(detector, test, split="test")
+                    _save_evaluation(saved, evaluation, detector, cohort)
+            block = evaluation.summary()
+        else:
+            block = {"mean_error_pct": None, "p95_error_pct": None}
+        block["accuracy"] = ("measured on the test split against ground-truth landmarks" if evaluation is not None
+                             else "unmeasured: no ground-truth landmarks for the test split")
+        block["source"] = source
+        block["plausibility"] = report.plausibility_counts(detected, cohort.manifest)
+        summary.update(summary.summary_path(cfg.profile, out), landmarks=block)
+    return LandmarkResults(evaluation, detected, truth, source)
 
 
 def _evaluation_key(detector: Path, cohort: Cohort) -> str:
-    """The key of a saved detector evaluation: the weights, the manifest and its landmark files
-    (path, size, mtime), and the landmark code that scores them."""
-    inputs = {"weights": file_stamp(detector / "weights.pt"), "manifest": file_stamp(cohort.manifest_path),
+    """The key of a saved detector evaluation: the detector's content digest, the manifest and its landmark
+    files (path, size, mtime), and the landmark code that scores them."""
+    inputs = {"detector": detector_digest(detector), "manifest": file_stamp(cohort.manifest_path),
               "landmarks": [file_stamp(p) for p in _truth_files(cohort)],
               "code": sha256_files(sorted((paths.package_dir() / "landmarks").glob("*.py")))}
     return inputs_key(inputs)
@@ -198,14 +272,19 @@ def roi_cache(cfg: Profile, cohort: Cohort, results: LandmarkResults, detector: 
     """Crop every case once: detector landmarks for val/test, ground truth jittered like the detector for train.
 
     Training crops come from ground truth plus Gaussian jitter with the detector's validation error, so
-    that train and test crops are alike (without ground truth every split uses the detector).
+    that train and test crops are alike (without ground truth every split uses the detector). A given
+    detector (``cfg.landmark_model``) crops every split at its own points, ground truth or not: it never saw
+    this cohort, so its points on training cases are as good as on test cases, and the crops are then those
+    it would give in use.
     """
 
     start = time.perf_counter()
     progress.note("ROI crops: building or checking the cache")
     marks = results.detected[["case_id", *COORD_COLUMNS]].set_index("case_id")
     source = "detector"
-    if results.ground_truth is not None:
+    if cfg.landmark_model is not None:
+        source = f"all:external_detector(sha256:{detector_digest(detector)[:16]})"
+    elif results.ground_truth is not None:
         truth = results.ground_truth.set_index("case_id")
         train_ids = [c for c in cohort.manifest.loc[cohort.manifest["split"] == "train", "case_id"] if c in truth.index]
         width = results.detected.set_index("case_id").loc[train_ids, "width"].to_numpy(dtype=float)
@@ -448,16 +527,18 @@ def export_model(cfg: Profile, table2: TableResults, out: str | Path | None = No
 
     The exported model is the multi-ROI model, or the attention model when its validation R is higher
     (:func:`choose_exported_model`). Written to ``runs/<profile>/bundles/<model>`` (re-exported only when
-    the run's or the detector's weights changed) and named in ``summary.json``'s ``artifacts.multi_roi_model`` (the key the results
-    contract keeps); ``exported_model`` records which model it is and the validation R behind the choice.
+    the run's weights or the detector's content changed) and named in ``summary.json``'s
+    ``artifacts.multi_roi_model`` (the key the results contract keeps); ``exported_model`` records which model
+    it is and the validation R behind the choice. The bundle carries the detector the crops were cut with: the
+    one trained in the run folder, or the given one (``cfg.landmark_model``).
     """
 
     label, scores = choose_exported_model(table2)
     run = table2.runs[label]
     run_root = paths.run_dir(cfg.profile, out)
     dest = run_root / "bundles" / label
-    detector = run_root / "landmark_model"
-    inputs = {"model": label, "run": file_stamp(run / "best.pt"), "detector": file_stamp(detector / "weights.pt")}
+    detector = detector_folder(cfg, out)  # the detector the crops were cut with, trained here or given
+    inputs = {"model": label, "run": file_stamp(run / "best.pt"), "detector": detector_digest(detector)}
 
     def legacy() -> bool:  # the rule before stamps: exported after the run and the detector were last written
         made = (dest / "bundle.json").stat().st_mtime_ns

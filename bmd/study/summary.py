@@ -4,8 +4,12 @@ Chapters add their blocks with :func:`update` as they run; the book build stamps
 creation time and total timing with :func:`stamp`. Layout (keys kept stable, more may be added)::
 
     profile, commit, created, timings_s {twin, landmarks, rois, training, book, total},
-    oracle [{roi, vertebra, r, auc}], cohort {...}, landmarks {...}, tables {table1, table2, table3},
-    artifacts {landmark_model, multi_roi_model (the exported model's bundle: multi-ROI or attention)},
+    oracle [{roi, vertebra, r, auc}], cohort {...},
+    landmarks {source (trained|external), detector_sha256 (a given detector's content digest, else null),
+               mean_error_pct, p95_error_pct (null when unmeasured), accuracy, plausibility {split: counts}, ...},
+    tables {table1, table2, table3},
+    artifacts {landmark_model (only when trained in the run folder),
+               multi_roi_model (the exported model's bundle: multi-ROI or attention)},
     exported_model {model, val_r, rule}, attention {mean_weights, weights, roi_ablation}
 """
 

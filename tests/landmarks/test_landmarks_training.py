@@ -13,6 +13,7 @@ import pydicom
 import pytest
 import torch
 from conftest import PLANTED_HEADER_VALUES  # tests/ is on sys.path under pytest
+from detectors import tiny_detector as untrained_detector
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
@@ -21,7 +22,6 @@ from bmd.columns import COORD_COLUMNS, N_LANDMARKS
 from bmd.inputs.twin import generate_twin
 from bmd.landmarks.annotations import LABELME_DETECTION_KEY, import_annotations, labelme_paths
 from bmd.landmarks.detector import (
-    LandmarkModel,
     LandmarkPredictions,
     evaluate_landmarks,
     load_landmark_model,
@@ -29,7 +29,6 @@ from bmd.landmarks.detector import (
     save_landmark_model,
 )
 from bmd.landmarks.fit import train_landmark_model
-from bmd.landmarks.model import LandmarkNet, ModelConfig
 from bmd.study.config import load_profile
 
 torch.set_num_threads(2)
@@ -225,11 +224,7 @@ def test_cli_landmarks_train_uses_the_profile_recipe(smoke_twin, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_detector(tmp_path_factory):
     """An untrained detector (it returns its mean shape): enough to test the wiring, and no training."""
-    mean = torch.rand(N_LANDMARKS, 2, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.6
-    torch.manual_seed(0)
-    net = LandmarkNet(ModelConfig(input_size=64, width=8, channels=16, hidden=32, gcn_layers=2), mean)
-    return save_landmark_model(LandmarkModel(net=net, plausibility=None),
-                               tmp_path_factory.mktemp("tiny") / "detector")
+    return untrained_detector(tmp_path_factory.mktemp("tiny") / "detector")
 
 
 def _png(path, shape=(90, 70), seed=0):

@@ -82,6 +82,56 @@ def test_book_passes_describes_what_bmd_book_passes(tmp_path, monkeypatch):
     assert seen == {**load_profile("smoke").as_dict(), "manifest": None, "out": str(tmp_path.resolve())}
 
 
+def _fake_detector(folder):
+    """A folder that passes the detector check (a config of this version and a weights file)."""
+    import json
+
+    from bmd.columns import LANDMARK_NAMES
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"format": "bmd-landmarks/1", "landmark_names": LANDMARK_NAMES}))
+    (folder / "weights.pt").write_bytes(b"weights")
+    return folder
+
+
+def test_landmark_model_flows_from_bmd_book_to_every_chapter_as_an_absolute_path(tmp_path, monkeypatch):
+    from bmd.study import book
+    from bmd.study.config import from_parameters
+
+    assert all(load_profile(name).landmark_model is None for name in PROFILES)  # trained unless given
+    _fake_detector(tmp_path / "det")
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, console=None: seen.update(parameters))
+    monkeypatch.setattr(book, "build_html", lambda build_src, out_root: out_root / "_build" / "html")
+    book.build_book(profile="smoke", out=tmp_path / "out", quiet=True, landmark_model="det")
+    assert seen["landmark_model"] == str((tmp_path / "det").resolve())  # chapters run in another folder
+    cfg = from_parameters(seen)  # what a chapter builds from its parameters
+    assert cfg.landmark_model == seen["landmark_model"] and cfg == load_profile("smoke", landmark_model=seen[
+        "landmark_model"])
+
+
+def test_pages_show_a_given_detector_by_its_folder_name_only():
+    from bmd.study.config import resolved_table
+
+    table = resolved_table(load_profile("smoke", landmark_model="/data/site storage/detectors/site_a"))
+    assert table.loc["landmark_model", "value"] == ".../site_a"
+    assert resolved_table(load_profile("smoke")).loc["landmark_model", "value"] == "—"
+
+
+def test_landmark_model_is_checked_and_typed_like_every_parameter(tmp_path):
+    from bmd.study.book import BookError, build_book
+
+    with pytest.raises(BookError) as info:
+        build_book(profile="smoke", out=tmp_path / "out", landmark_model=tmp_path / "nothing")
+    assert str(info.value) == f"{tmp_path / 'nothing'}: not a landmark detector (no config.json)"
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+    path = tmp_path / "bad.yaml"
+    path.write_text("profile: bad\nlandmark_model: 3\n")
+    with pytest.raises(ProfileError, match="landmark_model: expected a string or null, got 3"):
+        load_profile(path)
+
+
 def _edited_smoke(tmp_path, name="mine", **changes):
     import yaml
 

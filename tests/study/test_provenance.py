@@ -49,6 +49,21 @@ def test_record_writes_a_provenance_block_without_paths_or_dates(tmp_path):
     assert str(manifest.parent) not in json.dumps(block)  # the manifest's folder is not recorded
 
 
+def test_a_given_landmark_detector_is_recorded_by_name_and_digest_never_by_path(tmp_path):
+    import dataclasses
+
+    from detectors import tiny_detector
+
+    from bmd.landmarks.folder import detector_digest
+
+    detector = tiny_detector(tmp_path / "site storage" / "detector")
+    cfg = dataclasses.replace(load_profile("smoke"), landmark_model=str(detector))
+    fields = provenance.record(cfg, out=tmp_path / "out")["provenance"]["parameters"]["profile_fields"]
+    assert fields["landmark_model"] == {"name": "detector", "sha256": detector_digest(detector)}
+    assert "site storage" not in json.dumps(fields)
+    assert provenance.parameters(load_profile("smoke"))["profile_fields"]["landmark_model"] is None
+
+
 def test_twin_run_records_no_manifest_and_same_inputs_give_the_same_block(tmp_path):
     cfg = load_profile("smoke")
     first = provenance.record(cfg, out=tmp_path)["provenance"]

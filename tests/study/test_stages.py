@@ -1,17 +1,29 @@
-"""Reuse rules of the study's stages: saved results are reused only when made from the same inputs."""
+"""Reuse rules of the study's stages (saved results are reused only when made from the same inputs), and the
+study with a landmark detector it is given instead of one it trains (`landmark_model`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
+from detectors import tiny_detector
 from frames import predictions_frame
+from images import chest_points, texture
+from PIL import Image
 
-from bmd.landmarks.detector import LandmarkEvaluation
+from bmd.columns import COORD_COLUMNS, SPLITS
+from bmd.landmarks.detector import LandmarkEvaluation, predict_landmarks
+from bmd.landmarks.folder import detector_digest
 from bmd.study import stages
+from bmd.study.cohort import LandmarkSourceError, check_landmark_source, load_cohort
+from bmd.study.config import load_profile
 
 
 def _evaluation() -> LandmarkEvaluation:
@@ -243,11 +255,12 @@ def test_ground_truth_landmarks_from_a_file_keyed_by_image(tmp_path):
 
 
 def test_the_detector_is_trained_once_per_manifest_and_recipe_and_an_older_one_is_adopted(tmp_path, monkeypatch):
-    cfg = SimpleNamespace(profile="smoke", seed=0, twin_image_size=256)
+    cfg = SimpleNamespace(profile="smoke", seed=0, twin_image_size=256, landmark_model=None)
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("case_id\n001\n")
     cohort = SimpleNamespace(manifest_path=manifest, manifest=pd.DataFrame({"case_id": ["001"]}))
     trained = []
+    monkeypatch.setattr(stages, "check_landmark_source", lambda cfg, cohort: None)  # no ground truth here
 
     def fake_training(manifest_path, bundle, progress, log, **recipe):
         trained.append(recipe)
@@ -263,17 +276,19 @@ def test_the_detector_is_trained_once_per_manifest_and_recipe_and_an_older_one_i
     manifest.write_text("case_id\n001\n002\n")  # other training data: trained again
     stages.landmark_detector(cfg, cohort, tmp_path)
     assert len(trained) == 2
-    stages.landmark_detector(SimpleNamespace(profile="smoke", seed=1, twin_image_size=256), cohort, tmp_path)
+    stages.landmark_detector(SimpleNamespace(profile="smoke", seed=1, twin_image_size=256, landmark_model=None),
+                             cohort, tmp_path)
     assert len(trained) == 3 and trained[-1]["seed"] == 1  # another recipe: trained again
     bundle.with_name(f".{bundle.name}.artifact.json").unlink()  # a detector made before stamps ...
-    stages.landmark_detector(SimpleNamespace(profile="smoke", seed=1, twin_image_size=256), cohort, tmp_path)
+    stages.landmark_detector(SimpleNamespace(profile="smoke", seed=1, twin_image_size=256, landmark_model=None),
+                             cohort, tmp_path)
     assert len(trained) == 3  # ... whose config matches: adopted
     summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
     assert summary["artifacts"]["landmark_model"] == "runs/smoke/landmark_model"
 
 
 def test_the_bundle_is_exported_again_only_when_the_run_or_the_detector_changed(tmp_path, monkeypatch):
-    cfg = SimpleNamespace(profile="smoke", seed=0)
+    cfg = SimpleNamespace(profile="smoke", seed=0, landmark_model=None)
     root = tmp_path / "runs" / "smoke"
     run = root / "models" / "multi_roi-vgg16"
     run.mkdir(parents=True)
@@ -303,3 +318,189 @@ def test_the_bundle_is_exported_again_only_when_the_run_or_the_detector_changed(
     dest.with_name(f".{dest.name}.artifact.json").unlink()  # exported before stamps, after both weights
     stages.export_model(cfg, table2, tmp_path)
     assert len(exported) == 3
+
+
+# ------------------------------------------------------------------ a given detector (landmark_model)
+
+#: The untrained test detectors' mean shape: the hand-made chest of tests/images.py, normalised.
+CHEST_SHAPE = (chest_points((64, 64)) + 0.5) / 64 * 2 - 1
+
+
+def _site(folder: Path, n: int = 9, landmarks: bool = False, odd: int | None = None) -> Path:
+    """A site's manifest of ``n`` small PNG radiographs, split train/val/test in turn; no ``landmarks``
+    column unless ``landmarks`` (then a landmark file for every case). Case ``odd`` is a striped image
+    unlike anything the test detectors were calibrated on (the plausibility check flags it)."""
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows, marks = [], []
+    for i in range(n):
+        image = texture((128, 96), seed=i)
+        if i == odd:
+            image = np.tile(np.repeat([0.05, 0.95], 4), (128, 12))
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / "images" / f"c{i}.png")
+        bmd = 0.8 + 0.1 * rng.random()
+        row = (f"SITECASE{i:02d},SITEPAT{i:02d},images/c{i}.png,{bmd:.3f},{bmd + 0.05:.3f},{bmd + 0.1:.3f},"
+               f"{bmd + 0.12:.3f},F,{60 + i},hologic,{('train', 'val', 'test')[i % 3]}")
+        rows.append(row + (",landmarks.csv" if landmarks else ""))
+        marks.append([f"SITECASE{i:02d}", *(chest_points((128, 96)) + rng.normal(0, 1.0, (16, 2))).ravel()])
+    header = "case_id,patient_id,image,bmd_l1,bmd_l2,bmd_l3,bmd_l4,sex,age,reference,split"
+    if landmarks:
+        header += ",landmarks"
+        pd.DataFrame(marks, columns=["case_id", *COORD_COLUMNS]).to_csv(folder / "landmarks.csv", index=False)
+    (folder / "manifest.csv").write_text("\n".join([header, *rows]) + "\n")
+    return folder / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def calibration_images() -> np.ndarray:
+    """Images the test detectors' plausibility models are fitted and calibrated on."""
+    return np.stack([texture((64, 64), seed=100 + i) for i in range(12)])
+
+
+def _detector(folder: Path, calibration_images: np.ndarray, shift: float = 0.0) -> Path:
+    """A calibrated untrained detector whose points sit at the chest shape (moved right by ``shift``)."""
+    return tiny_detector(folder, mean_shape=CHEST_SHAPE + [shift, 0.0], calibrate_on=calibration_images)
+
+
+def _never_trained(*args, **kwargs):
+    raise AssertionError("a detector was trained")
+
+
+def test_without_ground_truth_or_a_detector_the_study_stops_in_one_line_before_any_training(tmp_path, monkeypatch):
+    manifest = _site(tmp_path / "site")
+    cfg = load_profile("smoke")
+    cohort = load_cohort(cfg, manifest=manifest)
+    monkeypatch.setattr(stages, "train_landmark_model", _never_trained)
+    with pytest.raises(LandmarkSourceError) as info:
+        stages.landmark_detector(cfg, cohort, tmp_path / "out")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{manifest}: no ground-truth landmarks")
+    # both ways out: annotations in a landmarks column, or a detector
+    assert "`landmarks` column" in message and "book/appendix/annotations.md" in message
+    assert "--landmark-model DIR" in message and "landmark_model" in message
+    assert "SITECASE" not in message  # counted, never named
+    assert not (tmp_path / "out").exists()  # nothing started
+
+    marked = _site(tmp_path / "marked", landmarks=True)
+    table = pd.read_csv(marked.parent / "landmarks.csv")
+    table[table["case_id"] != "SITECASE01"].to_csv(marked.parent / "landmarks.csv", index=False)  # a val case
+    with pytest.raises(LandmarkSourceError, match=r"1 of 6 train/val case\(s\) without ground-truth landmarks"):
+        check_landmark_source(cfg, load_cohort(cfg, manifest=marked))
+    check_landmark_source(dataclasses.replace(cfg, landmark_model="/any/detector"), cohort)  # a detector: fine
+
+
+def test_a_given_detector_places_every_cases_regions_on_a_manifest_without_landmarks(tmp_path, monkeypatch,
+                                                                                     calibration_images):
+    manifest = _site(tmp_path / "site", odd=5)
+    det = _detector(tmp_path / "det", calibration_images)
+    cfg = load_profile("smoke", landmark_model=str(det), roi_size=16, chest_size=32)
+    out = tmp_path / "out"
+    cohort = load_cohort(cfg, manifest=manifest)
+    monkeypatch.setattr(stages, "train_landmark_model", _never_trained)
+
+    detector = stages.landmark_detector(cfg, cohort, out)
+    assert detector == det.resolve()
+    results = stages.evaluate_detector(cfg, cohort, detector, out)
+    assert results.source == "external" and results.ground_truth is None and results.evaluation is None
+    assert list(results.detected["case_id"]) == list(cohort.manifest["case_id"])
+    cache = stages.roi_cache(cfg, cohort, results, detector, out)
+    # every split, the training cases included, is cut at the detector's own points
+    expected = predict_landmarks(det, list(cohort.manifest["image_path"])).points
+    assert cache.case_ids == list(cohort.manifest["case_id"]) and set(cohort.manifest["split"]) == set(SPLITS)
+    np.testing.assert_allclose(np.asarray(cache.landmarks), expected, atol=1e-3)
+    assert cache.meta["landmark_source"] == f"all:external_detector(sha256:{detector_digest(det)[:16]})"
+
+    text = (out / "runs" / "smoke" / "summary.json").read_text()
+    landmarks = json.loads(text)["landmarks"]
+    assert landmarks["source"] == "external" and landmarks["detector_sha256"] == detector_digest(det)
+    assert landmarks["mean_error_pct"] is None and landmarks["accuracy"].startswith("unmeasured")
+    counts = landmarks["plausibility"]
+    assert set(counts) == {"train", "val", "test", "all"} and counts["all"]["cases"] == 9
+    assert all(c["ok"] + c["flagged"] + c["failed"] == c["cases"] for c in counts.values())
+    assert counts["test"]["flagged"] >= 1 and counts["all"]["flagged"] == sum(counts[s]["flagged"] for s in SPLITS)
+    assert "landmark_model" not in json.loads(text).get("artifacts", {})  # nothing of this run folder
+    assert str(tmp_path) not in text and "SITECASE" not in text  # the detector by digest, cases by count
+
+    paragraph = results.accuracy_text(cohort.manifest)
+    assert "accuracy on this data is unmeasured" in paragraph and "no ground-truth landmarks" in paragraph
+    assert f"flagged {counts['all']['flagged']} of 9 images" in paragraph and "SITECASE" not in paragraph
+    table = results.plausibility(cohort.manifest)
+    assert list(table.index) == ["train", "val", "test", "all"] and table.loc["all", "cases"] == 9
+
+
+def test_with_ground_truth_too_the_given_detector_is_used_and_measured_against_it(tmp_path, monkeypatch,
+                                                                                  calibration_images):
+    manifest = _site(tmp_path / "site", landmarks=True)
+    det = _detector(tmp_path / "det", calibration_images, shift=0.1)  # off the ground truth by 5% of 64 px
+    cfg = load_profile("smoke", landmark_model=str(det), roi_size=16, chest_size=32)
+    out = tmp_path / "out"
+    cohort = load_cohort(cfg, manifest=manifest)
+    monkeypatch.setattr(stages, "train_landmark_model", _never_trained)
+    results = stages.evaluate_detector(cfg, cohort, stages.landmark_detector(cfg, cohort, out), out)
+    assert results.ground_truth is not None and results.evaluation.split == "test"
+    assert results.evaluation.case_ids == list(cohort.manifest.loc[cohort.manifest["split"] == "test", "case_id"])
+    cache = stages.roi_cache(cfg, cohort, results, det, out)
+    # the training crops too come from the detector, not from jittered ground truth
+    np.testing.assert_allclose(np.asarray(cache.landmarks), predict_landmarks(det, list(
+        cohort.manifest["image_path"])).points, atol=1e-3)
+    landmarks = json.loads((out / "runs" / "smoke" / "summary.json").read_text())["landmarks"]
+    assert landmarks["source"] == "external" and landmarks["accuracy"].startswith("measured")
+    assert landmarks["mean_error_pct"] > 1 and landmarks["n"] == 3
+    assert "mean radial error" in results.accuracy_text(cohort.manifest)
+
+
+def test_a_new_detector_rebuilds_its_landmarks_and_crops_and_a_copied_one_nothing(tmp_path, monkeypatch,
+                                                                                  calibration_images):
+    manifest = _site(tmp_path / "site")
+    out = tmp_path / "out"
+    detections = []
+    real_predict = stages.predict_landmarks
+
+    def counting_predict(detector, images):
+        detections.append(Path(detector).name)
+        return real_predict(detector, images)
+
+    monkeypatch.setattr(stages, "predict_landmarks", counting_predict)
+    monkeypatch.setattr(stages, "train_landmark_model", _never_trained)
+
+    def crops(detector: Path):
+        cfg = load_profile("smoke", landmark_model=str(detector), roi_size=16, chest_size=32)
+        cohort = load_cohort(cfg, manifest=manifest)
+        found = stages.landmark_detector(cfg, cohort, out)
+        return stages.roi_cache(cfg, cohort, stages.evaluate_detector(cfg, cohort, found, out), found, out)
+
+    first = crops(_detector(tmp_path / "a", calibration_images))
+    assert first.built and detections == ["a"]
+    shutil.copytree(tmp_path / "a", tmp_path / "copy_of_a")  # the same detector, elsewhere
+    again = crops(tmp_path / "copy_of_a")
+    assert not again.built and again.path == first.path and detections == ["a"]  # nothing detected or cut
+    other = crops(_detector(tmp_path / "b", calibration_images, shift=0.05))  # another detector
+    assert other.built and other.path != first.path and detections == ["a", "b"]
+    assert not np.allclose(np.asarray(other.landmarks), np.asarray(first.landmarks))
+
+
+def test_the_bundle_carries_the_given_detector_and_is_exported_again_only_when_it_changes(tmp_path, monkeypatch,
+                                                                                         calibration_images):
+    det = _detector(tmp_path / "det", calibration_images)
+    cfg = SimpleNamespace(profile="smoke", seed=0, landmark_model=str(det))
+    run = tmp_path / "runs" / "smoke" / "models" / "multi_roi-vgg16"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"model")
+    table2 = SimpleNamespace(runs={"multi_roi": run}, frames={"multi_roi": _predictions().assign(split="val")})
+    exported = []
+
+    def fake_export(run_dir, detector, dest):
+        exported.append(detector)
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "bundle.json").write_text("{}")
+
+    monkeypatch.setattr(stages, "export_bundle", fake_export)
+    stages.export_model(cfg, table2, tmp_path)
+    assert exported == [det.resolve()]
+    shutil.copytree(det, tmp_path / "moved")
+    stages.export_model(SimpleNamespace(profile="smoke", seed=0, landmark_model=str(tmp_path / "moved")), table2,
+                        tmp_path)
+    assert len(exported) == 1  # the same content elsewhere: nothing to export again
+    _detector(det, calibration_images, shift=0.05)  # retrained in place
+    stages.export_model(cfg, table2, tmp_path)
+    assert len(exported) == 2
