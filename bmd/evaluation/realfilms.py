@@ -6,7 +6,7 @@ The public sample films live outside the repository (:func:`bmd.infra.paths.real
 has none), so every function here takes the folder, a file that is missing is left out, and the summary
 block is all nulls when the folder is absent. Nothing here reads DICOM headers beyond what
 :func:`bmd.io.read_image` whitelists (the pixel spacing), and nothing here runs the detector: callers
-(:mod:`bmd.study.realfilms`) pass the detector's points and scores in, which keeps this module free of
+(:mod:`bmd.study.realdata`) pass the detector's points and scores in, which keeps this module free of
 torch.
 
 Choices, stated once:
@@ -187,7 +187,8 @@ def read_chexmask_contours(folder: str | os.PathLike | None) -> dict[str, np.nda
 # ------------------------------------------------------------------------------------- intensities
 
 
-def normalise_percentiles(image: np.ndarray, percentiles: tuple[float, float] = NORMALISE_PERCENTILES) -> np.ndarray:
+def normalise_percentiles(image: np.ndarray,
+                          percentiles: tuple[float, float] = NORMALISE_PERCENTILES) -> np.ndarray:
     """``image`` mapped linearly so that its own low/high percentiles become 0 and 1, clipped to [0, 1]
     (float64). A flat image gives zeros."""
     img = np.asarray(image, dtype=np.float64)
@@ -412,7 +413,8 @@ def inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     px, py = p[:, :1], p[:, 1:]
     spans = (a[None, :, 1] > py) != (b[None, :, 1] > py)  # the edge straddles the ray's height
     with np.errstate(divide="ignore", invalid="ignore"):
-        x_cross = a[None, :, 0] + (py - a[None, :, 1]) * (b[None, :, 0] - a[None, :, 0]) / (b[None, :, 1] - a[None, :, 1])
+        dx_dy = (b[:, 0] - a[:, 0]) / (b[:, 1] - a[:, 1])  # inf on horizontal edges, which never span
+        x_cross = a[None, :, 0] + (py - a[None, :, 1]) * dx_dy[None]
     return (np.sum(spans & (px < x_cross), axis=1) % 2) == 1
 
 
@@ -518,15 +520,18 @@ def slope_sentence(slopes: Mapping[str, float | bool | None]) -> str:
     if twin is None:
         return "The twin's lung-field spectral slope could not be computed."
     if lo is None or hi is None:
-        return f"The twin's lung-field spectral slope is {num(twin, 2)}; no real chest film gave a slope to compare."
+        return (f"The twin's lung-field spectral slope is {num(twin, 2)}; no real chest film gave a slope to "
+                f"compare it with.")
     if slopes.get("twin_within_real"):
         return (f"The twin's lung-field spectral slope ({num(twin, 2)}) lies within the range of the real chest "
-                f"films ({num(lo, 2)} to {num(hi, 2)}): its texture shares power between coarse and fine "
-                f"scales as real lungs do.")
-    side = "steeper than" if twin < lo else "flatter than"
+                f"films ({num(lo, 2)} to {num(hi, 2)}): by this one measure its lung texture shares power "
+                f"between coarse and fine scales as real lung texture does.")
+    if twin < lo:
+        how = "steeper than real lung texture (too much coarse, too little fine structure)"
+    else:
+        how = "flatter than real lung texture (too little coarse, too much fine structure)"
     return (f"The twin's lung-field spectral slope ({num(twin, 2)}) lies outside the range of the real chest "
-            f"films ({num(lo, 2)} to {num(hi, 2)}): its texture is {side} real lung texture "
-            f"({'too much coarse, too little fine structure' if twin < lo else 'too little coarse, too much fine structure'}).")
+            f"films ({num(lo, 2)} to {num(hi, 2)}): its texture is {how}.")
 
 
 def plausibility_sentence(table: pd.DataFrame) -> str:

@@ -179,7 +179,8 @@ def test_plausibility_counts_and_sentence():
     table = _verdicts()
     assert list(table["expected"]) == ["ok", "ok", "flagged", "flagged", ""]
     assert list(table["as_expected"]) == [True, False, True, False, False]
-    assert rf.plausibility_counts(table) == {"chest_pass": {"n": 1, "of": 2}, "non_chest_flagged": {"n": 1, "of": 2}}
+    assert rf.plausibility_counts(table) == {"chest_pass": {"n": 1, "of": 2},
+                                             "non_chest_flagged": {"n": 1, "of": 2}}
     text = rf.plausibility_sentence(table)
     assert text.startswith("The twin-trained detector passed 1 of 2 real chest films and flagged 1 of 2")
     assert "b.png (chest: flagged)" in text and "pattern.dcm (pattern: ok)" in text and "own.dcm" not in text
@@ -193,7 +194,7 @@ def test_slope_summary_and_sentence():
     assert "outside the range" in rf.slope_sentence(s) and "steeper" in rf.slope_sentence(s)
     inside = rf.slope_summary([-2.8], [-2.5, -3.1])
     assert inside["twin_within_real"] is True and "within the range" in rf.slope_sentence(inside)
-    assert rf.slope_summary([], []) == {"twin": None, "real_min": None, "real_max": None, "twin_within_real": None}
+    assert rf.slope_summary([], []) == dict.fromkeys(("twin", "real_min", "real_max", "twin_within_real"))
 
 
 BLOCK_KEYS = {"present", "chest_pass", "non_chest_flagged", "plausibility_score", "chexmask_rib_margin_pct",

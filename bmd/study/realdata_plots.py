@@ -1,6 +1,6 @@
-"""Figures of the twin against real radiographs (:mod:`bmd.study.realfilms`): the images at one physical
+"""Figures of the twin against real radiographs (:mod:`bmd.study.realdata`): the images at one physical
 scale, intensity histograms, lung-field power spectra, the detector on real chest films and the CheXmask
-rib-margin check. Each function takes a :class:`~bmd.study.realfilms.RealFilmStudy` and returns a Figure.
+rib-margin check. Each function takes a :class:`~bmd.study.realdata.RealFilmStudy` and returns a Figure.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 from bmd.evaluation import realfilms as rf
 from bmd.infra.plotting import pyplot
 from bmd.rois.draw import draw_rois
-from bmd.study.realfilms import Film, RealFilmStudy
+from bmd.study.realdata import Film, RealFilmStudy
 
 _SQUARE_COLOUR = "gold"
 
@@ -31,7 +31,7 @@ def plot_same_scale(study: RealFilmStudy, n_twin: int = 3):
     rows = -(-len(films) // cols)
     width_mm = max(f.image.shape[1] * f.spacing_mm for f in films)
     height_mm = max(f.image.shape[0] * f.spacing_mm for f in films)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows * height_mm / width_mm + 0.4),
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, rows * (3.2 * height_mm / width_mm + 0.7)),
                              squeeze=False, sharex=True, sharey=True)
     for ax in axes.flat[len(films):]:
         ax.set_visible(False)
@@ -63,7 +63,8 @@ def plot_histograms(study: RealFilmStudy):
         centres = study.twin[0].histogram[0]
         dens = np.array([f.histogram[1] for f in study.twin])
         ax.fill_between(centres, dens.min(axis=0), dens.max(axis=0), color="0.6", alpha=0.4, lw=0)
-        ax.plot(centres, dens.mean(axis=0), color="k", lw=2, label=f"twin (mean of {len(study.twin)}, range shaded)")
+        ax.plot(centres, dens.mean(axis=0), color="k", lw=2,
+                label=f"twin (mean of {len(study.twin)}, range shaded)")
     for i, film in enumerate(study.real):
         ax.plot(*film.histogram, color=f"C{i}", lw=1.2, label=film.label)
     ax.set_xlabel("intensity (0.5th–99.5th percentile → 0–1)")

@@ -1,4 +1,5 @@
-"""Real radiographs as the yardstick for the twin: one call that both chapters make.
+"""Real radiographs as the yardstick for the twin (the ``realdata`` block of summary.json): one call that both
+chapters make.
 
 :func:`real_film_study` reads the public sample films (:func:`bmd.infra.paths.realdata_dir`, or a folder
 given), runs the cohort's landmark detector on every film, and measures with
@@ -14,7 +15,6 @@ Without the folder (a user's clone) nothing is read, the detector is not even as
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,12 +91,13 @@ class RealFilmStudy:
         rows = []
         for film in [*self.twin, *self.real]:
             band = rf.slope_band(film.spectrum) if film.spectrum is not None else (np.nan, np.nan)
+            square_mm = film.squares[0].side * film.spacing_mm if film.squares else np.nan
             rows.append({"source": film.source, "image": film.label, "spacing_mm": round(film.spacing_mm, 3),
-                         "spacing": film.spacing_source,
-                         "square_mm": round(film.squares[0].side * film.spacing_mm, 1) if film.squares else np.nan,
+                         "spacing": film.spacing_source, "square_mm": round(square_mm, 1),
                          "band": f"{band[0]:.3f}–{band[1]:.3f}" if np.isfinite(band[0]) else "n/a",
                          "slope": round(film.slope, 2) if np.isfinite(film.slope) else np.nan})
-        return pd.DataFrame(rows, columns=["source", "image", "spacing_mm", "spacing", "square_mm", "band", "slope"])
+        columns = ["source", "image", "spacing_mm", "spacing", "square_mm", "band", "slope"]
+        return pd.DataFrame(rows, columns=columns)
 
     def availability_sentence(self) -> str:
         """What is compared: the number of real chest films and twin images, and how much of the CheXmask
@@ -107,14 +108,15 @@ class RealFilmStudy:
                 else "no twin images (this cohort is not the twin, or has no landmarks)")
         text = f"Here {len(self.real)} real chest films are compared with {twin}."
         if np.isfinite(self.chexmask_inside):
-            text += (f" On the CheXmask film, whose lungs are outlined, {100 * self.chexmask_inside:.0f} % of the "
-                     f"lung-square pixels placed from the detector's points lie inside the outlined lungs.")
+            text += (f" On the CheXmask film, whose lungs are outlined, {100 * self.chexmask_inside:.0f} % of "
+                     f"the lung-square pixels placed from the detector's points lie inside the outlined lungs.")
         return text
 
     def slope_sentence(self) -> str:
-        """The computed sentence on the twin's slope against the real range (or why there is none)."""
+        """The computed sentence on the twin's slope against the real range; empty without real films (the
+        chapter says once that they are absent, :meth:`availability_sentence`)."""
         if not self.present:
-            return absent_sentence()
+            return ""
         return rf.slope_sentence(self.slopes)
 
     def plausibility_sentence(self) -> str:
@@ -128,8 +130,8 @@ class RealFilmStudy:
         if self.rib_margin is None or not len(self.rib_margin):
             return ""
         d = self.rib_margin["distance_pct"]
-        return (f"On the CheXmask film the detector's eight rib-cage points lie on average {d.mean():.1f} % of the "
-                f"image width (at most {d.max():.1f} %) from the annotated lung outline of the same side.")
+        return (f"On the CheXmask film the detector's eight rib-cage points lie on average {d.mean():.1f} % of "
+                f"the image width (at most {d.max():.1f} %) from the annotated lung outline of the same side.")
 
 
 def absent_sentence() -> str:
@@ -187,7 +189,7 @@ def _read_films(folder: Path) -> tuple[pd.DataFrame, list[np.ndarray], list[tupl
 
 
 def real_film_study(cfg: Profile, cohort: Cohort, out: str | Path | None = None, folder: str | Path | None = None,
-                    detector: Path | Callable[[], Path] | None = None) -> RealFilmStudy:
+                    detector: Path | None = None) -> RealFilmStudy:
     """Measure the twin against the real films and the detector on them; record ``summary.json``'s
     ``realdata`` block.
 
@@ -203,8 +205,6 @@ def real_film_study(cfg: Profile, cohort: Cohort, out: str | Path | None = None,
         films, images, spacings = _read_films(folder)
         if detector is None:
             detector = stages.landmark_detector(cfg, cohort, out)
-        elif callable(detector):
-            detector = detector()
         pred = predict_landmarks(detector, images)
         study.plausibility = rf.plausibility_table(films, pred.status, pred.plausibility, pred.score, pred.reason)
         for i, (name, role) in enumerate(zip(films["file"], films["role"], strict=True)):

@@ -18,7 +18,8 @@ from PIL import Image  # noqa: E402
 
 from bmd.columns import COORD_COLUMNS  # noqa: E402
 from bmd.evaluation import realfilms as rf  # noqa: E402
-from bmd.study import realfilm_plots, realfilms, stages, summary  # noqa: E402
+from bmd.study import realdata as realdata_study  # noqa: E402  (realdata is the real-data folder fixture)
+from bmd.study import realdata_plots, stages, summary  # noqa: E402
 
 KEYS = {"present", "chest_pass", "non_chest_flagged", "plausibility_score", "chexmask_rib_margin_pct",
         "spectral_slope"}
@@ -51,21 +52,22 @@ def test_without_real_films_the_block_is_null_and_no_detector_is_asked_for(tmp_p
     monkeypatch.setenv("BMD_REALDATA", str(tmp_path / "absent"))
     monkeypatch.setattr(stages, "landmark_detector", lambda *a: pytest.fail("the detector is not needed"))
     cfg = SimpleNamespace(profile="smoke")
-    study = realfilms.real_film_study(cfg, _cohort(tmp_path), out=tmp_path)
+    study = realdata_study.real_film_study(cfg, _cohort(tmp_path), out=tmp_path)
     assert not study.present and study.real == [] and len(study.twin) == 2
     block = summary.read(summary.summary_path("smoke", tmp_path))["realdata"]
     assert set(block) == KEYS and block["present"] is False
     assert all(block[k] is None for k in KEYS - {"present", "spectral_slope"})
     assert block["spectral_slope"]["twin"] < 0 and block["spectral_slope"]["real_min"] is None
-    assert study.slope_sentence() == study.plausibility_sentence() == realfilms.absent_sentence()
+    assert study.availability_sentence() == study.plausibility_sentence() == realdata_study.absent_sentence()
+    assert study.slope_sentence() == study.rib_margin_sentence() == ""
 
 
 def test_with_real_films_every_film_is_scored_and_the_block_recorded(realdata, tmp_path, monkeypatch):
-    monkeypatch.setattr(realfilms, "predict_landmarks", _fake_detector)
+    monkeypatch.setattr(realdata_study, "predict_landmarks", _fake_detector)
     cfg = SimpleNamespace(profile="smoke")
     path = summary.summary_path("smoke", tmp_path)
     summary.update(path, realdata={"plausibility_score": {"gone.png": 1.0}})  # an earlier build's block
-    study = realfilms.real_film_study(cfg, _cohort(tmp_path), out=tmp_path, detector=tmp_path / "detector")
+    study = realdata_study.real_film_study(cfg, _cohort(tmp_path), out=tmp_path, detector=tmp_path / "detector")
     chest = rf.film_table(realdata, roles=("chest",))
     assert [f.name for f in study.real] == list(chest["file"])
     assert all(f.squares and np.isfinite(f.slope) for f in study.real)
@@ -80,6 +82,25 @@ def test_with_real_films_every_film_is_scored_and_the_block_recorded(realdata, t
     table = study.texture_table()
     assert list(table["source"]) == ["twin"] * 2 + ["real"] * 5
     for name in ("same_scale", "histograms", "spectra", "detections", "rib_margin"):
-        fig = getattr(realfilm_plots, f"plot_{name}")(study)
+        fig = getattr(realdata_plots, f"plot_{name}")(study)
         assert fig is not None, name
         plt.close(fig)
+
+
+def test_the_smoke_book_shows_real_films_and_records_the_block(smoke_book):
+    import json
+
+    from bmd.infra import paths
+
+    block = json.loads((smoke_book / "runs" / "smoke" / "summary.json").read_text())["realdata"]
+    assert set(block) == KEYS and block["present"] is (paths.realdata_dir() is not None)
+    assert block["spectral_slope"]["twin"] < 0  # the twin's slope needs no real films
+    html = smoke_book / "_build" / "html"
+    cohort = " ".join((html / "cohort.html").read_text().split())
+    landmarks = " ".join((html / "landmarks.html").read_text().split())
+    assert "The twin against real radiographs" in cohort
+    if block["present"]:
+        assert block["chest_pass"]["of"] == 5 and "spectral slope" in cohort
+        assert "The twin-trained detector passed" in landmarks and "CheXmask film" in landmarks
+    else:
+        assert realdata_study.absent_sentence() in cohort and realdata_study.absent_sentence() in landmarks
