@@ -1,80 +1,222 @@
-"""Real radiographs as the yardstick: roles, spectra and slopes, histograms, lung boxes, rib-margin distance."""
+"""Real radiographs as the twin's yardstick: the film table, spectra and slopes, lung squares, the rib-margin
+distance, plausibility counts and the ``realdata`` summary block."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+from images import chest_points  # tests/ is on sys.path under pytest
 
 from bmd.columns import LANDMARK_NAMES
-from bmd.evaluation import realfilms
+from bmd.evaluation import realfilms as rf
+from bmd.io import read_image
+
+INDEX = {n: i for i, n in enumerate(LANDMARK_NAMES)}
 
 
-def _power_law_noise(beta: float, n: int = 256, seed: int = 0) -> np.ndarray:
+def power_law_noise(n: int, beta: float, seed: int = 0) -> np.ndarray:
+    """An n × n image whose power spectrum falls as f^(−β) (white noise shaped in the Fourier domain)."""
     rng = np.random.default_rng(seed)
-    fy = np.fft.fftfreq(n)[:, None]
-    fx = np.fft.fftfreq(n)[None, :]
-    f = np.sqrt(fx**2 + fy**2)
-    f[0, 0] = 1.0
-    spectrum = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))) * f ** (-beta / 2)
-    return np.real(np.fft.ifft2(spectrum))
+    fy, fx = np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij")
+    f = np.hypot(fx, fy)
+    f[0, 0] = np.inf  # no DC term
+    return np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(n, n))) * f ** (-beta / 2)))
 
 
-@pytest.mark.parametrize("beta", [2.0, 3.0])
-def test_the_slope_of_power_law_noise_is_recovered(beta):
-    spacing = 0.5  # mm: 1 cycle/mm Nyquist, the slope band well inside
-    slopes = [realfilms.spectral_slope(*realfilms.radial_power_spectrum(_power_law_noise(beta, seed=s), spacing))
-              for s in range(3)]
-    assert abs(np.mean(slopes) + beta) < 0.3, slopes
+@pytest.mark.parametrize("beta", [1.5, 2.5, 3.5])
+def test_the_slope_of_power_law_noise_is_minus_beta(beta):
+    spacing = 0.5  # mm: the slope band 0.03–0.25 cycles/mm lies well inside 256 px (Nyquist 1 cycle/mm)
+    slopes = [rf.spectral_slope(rf.radial_power_spectrum(power_law_noise(256, beta, seed), spacing))
+              for seed in range(3)]
+    assert np.mean(slopes) == pytest.approx(-beta, abs=0.15)
 
 
-def test_spectrum_frequencies_follow_the_spacing():
-    noise = _power_law_noise(2.0)
-    f1, _ = realfilms.radial_power_spectrum(noise, 1.0)
-    f2, _ = realfilms.radial_power_spectrum(noise, 0.5)
-    assert np.isclose(f2.max(), 2 * f1.max()) and f1.max() <= 0.5
+def test_the_radial_spectrum_puts_a_sinusoid_at_its_frequency_in_cycles_per_mm():
+    n, spacing, cycles = 128, 0.25, 16  # 16 cycles across 32 mm: 0.5 cycles/mm
+    x = np.arange(n)
+    image = np.tile(np.sin(2 * np.pi * cycles * x / n), (n, 1))
+    spec = rf.radial_power_spectrum(image, spacing)
+    assert spec.frequency[0] == pytest.approx(1 / (n * spacing)) and spec.nyquist == pytest.approx(2.0)
+    assert len(spec.frequency) == n // 2 and spec.frequency[-1] == pytest.approx(spec.nyquist)
+    assert spec.frequency[np.argmax(spec.power)] == pytest.approx(cycles / (n * spacing))
 
 
-def test_histogram_is_a_distribution_of_the_normalised_image():
-    image = np.random.default_rng(1).uniform(10, 20, (64, 64))
-    hist = realfilms.intensity_histogram(image, bins=16)
-    assert hist.shape == (16,) and np.isclose(hist.sum(), 1) and (hist > 0.03).all()
+def test_the_spectrum_ignores_a_plane_and_averages_patches_of_one_side():
+    noise = power_law_noise(64, 2.0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    plain = rf.radial_power_spectrum(noise, 1.0)
+    tilted = rf.radial_power_spectrum(noise + 0.05 * xx - 0.02 * yy, 1.0)
+    np.testing.assert_allclose(tilted.power, plain.power, rtol=1e-9)
+    other = rf.radial_power_spectrum(2 * noise, 1.0)
+    mean = rf.radial_power_spectrum([noise, 2 * noise], 1.0)
+    np.testing.assert_allclose(mean.power, (plain.power + other.power) / 2)
+    with pytest.raises(ValueError, match="one side"):
+        rf.radial_power_spectrum([noise, noise[:32, :32]], 1.0)
 
 
-def _points() -> np.ndarray:
-    p = {"cervical": (100, 40), "t12": (100, 160)}
-    for tag, side in (("l", 1), ("r", -1)):
-        for k in range(1, 5):
-            p[f"rib_{tag}_{k}"] = (100 + side * (40 + 5 * k), 50 + 25 * k)
-        for j, name in enumerate(("medial", "mid", "lateral")):
-            p[f"clav_{tag}_{name}"] = (100 + side * (10 + 20 * j), 45)
-    return np.array([p[n] for n in LANDMARK_NAMES], dtype=float)
+def test_the_slope_band_narrows_to_what_the_square_and_its_pixels_allow():
+    coarse = rf.radial_power_spectrum(power_law_noise(32, 2.0), 2.0)  # Nyquist 0.25, 64 mm across
+    lo, hi = rf.slope_band(coarse)
+    assert lo == pytest.approx(2 / 64) and hi == pytest.approx(0.8 * 0.25)
+    assert rf.slope_band(rf.radial_power_spectrum(power_law_noise(256, 2.0), 0.5)) == rf.SLOPE_BAND_CYCLES_PER_MM
+    tiny = rf.radial_power_spectrum(power_law_noise(8, 2.0), 1.5)
+    assert np.isnan(rf.spectral_slope(tiny))  # fewer than MIN_SLOPE_BINS bins in the band
 
 
-def test_lung_boxes_lie_between_the_spine_and_the_rib_margin_of_each_side():
-    (rx0, ry0, rx1, ry1), (lx0, ly0, lx1, ly1) = realfilms.lung_boxes(_points())
-    assert 50 < rx0 < rx1 < 100 - 10 and 100 + 10 < lx0 < lx1 < 150
-    assert (ry0, ry1) == (75, 125) and (ly0, ly1) == (75, 125)
+def test_images_are_normalised_by_their_own_percentiles_and_histograms_integrate_to_one():
+    image = np.linspace(-3, 7, 10_000).reshape(100, 100)
+    norm = rf.normalise_percentiles(image)
+    assert norm.min() == 0 and norm.max() == 1 and np.mean(norm == 0) == pytest.approx(0.005, abs=0.001)
+    assert not rf.normalise_percentiles(np.full((5, 5), 0.3)).any()
+    centres, density = rf.intensity_histogram(norm)
+    assert len(centres) == rf.HISTOGRAM_BINS and np.sum(density) / rf.HISTOGRAM_BINS == pytest.approx(1.0)
 
 
-def test_rib_margin_distance_is_measured_to_the_contour_of_the_same_side():
-    pts = _points()
-    # each lung contour a vertical line 3 px lateral to its side's rib points' x at k = 2 (a closed thin box)
-    right = np.array([[47, 0], [47, 300], [46, 300], [46, 0]], dtype=float)
-    left = np.array([[153, 0], [153, 300], [154, 300], [154, 0]], dtype=float)
-    out = realfilms.rib_margin_distance(pts, {"r": right, "l": left}, width_px=200)
-    # rib x at k = 1..4: 55, 50, 45, 40 from the midline → distances 8, 3, 1, 6 (the box's far edge is 1 px away)
-    assert np.isclose(out["max"], 100 * 8 / 200) and np.isclose(out["mean"], 100 * (8 + 3 + 1 + 6) / 4 / 200)
-    swapped = realfilms.rib_margin_distance(pts, {"r": left, "l": right}, width_px=200)
-    assert swapped["mean"] > 10 * out["mean"]
+def test_a_spacing_is_the_headers_or_assumed_from_a_350_mm_field():
+    assert rf.pixel_spacing_mm((0.2, 0.15), 1000) == (0.15, "header")
+    assert rf.pixel_spacing_mm(None, 500) == (pytest.approx(0.7), "assumed")
 
 
-def test_every_listed_real_file_is_present_in_the_real_data_folder(realdata):
-    found = realfilms.available_files(realdata)
-    assert {f.relative for f in found} == set(realfilms.ROLES)
-    assert sum(f.role == "chest" for f in found) == 5
-    for contour in realfilms.CHEXMASK_CONTOURS.values():
-        assert realfilms.read_contour(realdata / contour).shape[1] == 2
+def test_lung_squares_sit_between_spine_and_rib_margin_on_each_side():
+    pts = chest_points((200, 240))
+    squares = rf.lung_squares(pts, (200, 240))
+    assert [s.side_name for s in squares] == ["left", "right"] and squares[0].side == squares[1].side >= 16
+    left, right = squares
+    spine = (pts[INDEX["cervical"], 0] + pts[INDEX["t12"], 0]) / 2
+    assert right.x0 + right.side <= spine <= left.x0  # the patient's left lung is on the image's right
+    assert left.x0 + left.side <= pts[INDEX["rib_l_2"], 0] and right.x0 >= pts[INDEX["rib_r_2"], 0]
+    for sq in squares:
+        assert pts[INDEX["clav_l_mid"], 1] <= sq.y0 and sq.y0 + sq.side <= pts[INDEX["rib_l_3"], 1] + 1
+        assert sq.cut(np.zeros((200, 240))).shape == (sq.side, sq.side)
+    assert rf.lung_squares(np.full((16, 2), np.nan), (200, 240)) == []
+    assert rf.lung_squares(pts * 0.05, (200, 240)) == []  # a shape too small for a square
 
 
-def test_no_files_without_the_folder(tmp_path):
-    assert realfilms.available_files(None) == [] and realfilms.available_files(tmp_path / "absent") == []
+def test_the_distance_to_a_closed_polyline_counts_segments_and_the_closing_one():
+    square = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]])
+    points = np.array([[5.0, -2.0], [13.0, 5.0], [-1.0, 5.0], [5.0, 5.0], [12.0, 13.0]])
+    dist, nearest = rf.nearest_on_polyline(points, square)
+    np.testing.assert_allclose(dist, [2.0, 3.0, 1.0, 5.0, np.hypot(2, 3)])
+    np.testing.assert_allclose(nearest[2], [0.0, 5.0])  # on the closing segment
+    # without the closing segment the nearest point is the open end (0, 0)
+    assert rf.polyline_distances(points[2:3], square, closed=False)[0] == pytest.approx(np.hypot(1, 5))
+
+
+def test_rib_margin_distances_pair_each_side_with_its_own_lung_in_percent_of_width():
+    pts = np.zeros((16, 2))
+    right = np.array([[10.0, 10.0], [40.0, 10.0], [40.0, 90.0], [10.0, 90.0]])  # image left
+    left = right + [50.0, 0.0]  # image right
+    for k, y in enumerate((20, 40, 60, 80), start=1):
+        pts[INDEX[f"rib_r_{k}"]] = (10.0 - k, y)  # k px outside the right lung's lateral edge
+        pts[INDEX[f"rib_l_{k}"]] = (90.0 + 2 * k, y)  # 2k px outside the left lung's lateral edge
+    table = rf.rib_margin_distances(pts, {"left": left, "right": right}, width=200)
+    got = table.set_index("landmark")["distance_pct"]
+    assert list(table["landmark"]) == [*rf.RIB_POINTS["left"], *rf.RIB_POINTS["right"]]
+    assert got["rib_r_3"] == pytest.approx(1.5) and got["rib_l_4"] == pytest.approx(4.0)
+    assert table["distance_pct"].mean() == pytest.approx((10 + 20) / 8 / 2)
+    np.testing.assert_allclose(table[["nearest_x", "nearest_y"]].iloc[0], [90.0, 20.0])
+
+
+def test_the_fraction_of_a_square_inside_its_lung():
+    contour = {"left": np.array([[0.0, 0.0], [19.5, 0.0], [19.5, 40.0], [0.0, 40.0]])}
+    assert rf.fraction_inside([rf.Square("left", 10, 10, 20)], contour) == pytest.approx(0.5)  # columns 10–19
+    assert np.isnan(rf.fraction_inside([], contour))
+    triangle = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    assert list(rf.inside_polygon([[1, 1], [6, 6], [4, 4], [-1, 2], [2, 11]], triangle)) == [True, False, True,
+                                                                                              False, False]
+
+
+def test_no_folder_lists_no_films(tmp_path):
+    for folder in (None, tmp_path / "absent"):
+        table = rf.film_table(folder)
+        assert table.empty and list(table.columns) == ["file", "role", "what", "path"]
+        assert rf.unlisted_files(folder) == [] and rf.read_chexmask_contours(folder) is None
+
+
+def test_missing_files_are_left_out_and_unlisted_ones_found(tmp_path):
+    (tmp_path / "torchxrayvision").mkdir()
+    (tmp_path / "torchxrayvision" / "00000001_000.png").write_bytes(b"x")
+    (tmp_path / "own.dcm").write_bytes(b"x")
+    (tmp_path / "LICENSE").write_text("x")
+    (tmp_path / "SOURCES.md").write_text("x")
+    table = rf.film_table(tmp_path, roles=("chest",))
+    assert list(table["file"]) == ["torchxrayvision/00000001_000.png"] and list(table["role"]) == ["chest"]
+    assert rf.unlisted_files(tmp_path) == [tmp_path / "own.dcm"]
+
+
+def test_swapped_chexmask_sides_are_refused(tmp_path):
+    folder = tmp_path / "CheXmask-Database" / "Example"
+    folder.mkdir(parents=True)
+    np.savetxt(folder / "RL_landmarks.txt", [[600, 100], [700, 500], [650, 800]])
+    np.savetxt(folder / "LL_landmarks.txt", [[100, 100], [200, 500], [150, 800]])
+    with pytest.raises(ValueError, match="swapped"):
+        rf.read_chexmask_contours(tmp_path)
+
+
+def test_the_real_data_folder_holds_the_listed_films(realdata):
+    table = rf.film_table(realdata)
+    roles = table.groupby("role")["file"].apply(list).to_dict()
+    assert len(roles["chest"]) == 5 and "pydicom-data/vlut_04.dcm" in roles["pattern"]
+    assert {"pydicom-data/RG3_J2KR.dcm", "fo-dicom/GH133.dcm"} <= set(roles["non_chest"])
+    assert all(p.is_file() for p in table["path"])
+    assert rf.unlisted_files(realdata) == []  # everything there is listed (or documentation)
+    contours = rf.read_chexmask_contours(realdata)
+    image, _ = read_image(realdata / rf.CHEXMASK_IMAGE)
+    for c in contours.values():  # contours are (x, y) pixels of that film
+        assert c.shape[1] == 2 and (c[:, 0] < image.shape[1]).all() and (c[:, 1] < image.shape[0]).all()
+    assert contours["right"][:, 0].mean() < image.shape[1] / 2 < contours["left"][:, 0].mean()
+
+
+def _verdicts() -> pd.DataFrame:
+    films = pd.DataFrame({"file": ["a.png", "b.png", "tibia.dcm", "pattern.dcm", "own.dcm"],
+                          "role": ["chest", "chest", "non_chest", "pattern", rf.UNLISTED]})
+    return rf.plausibility_table(films, ["ok", "flagged", "flagged", "ok", "ok"], [0.5, 0.001, 0.002, 0.3, 0.4],
+                                [0.0, 1.5, 1.3, 0.2, 0.1])
+
+
+def test_plausibility_counts_and_sentence():
+    table = _verdicts()
+    assert list(table["expected"]) == ["ok", "ok", "flagged", "flagged", ""]
+    assert list(table["as_expected"]) == [True, False, True, False, False]
+    assert rf.plausibility_counts(table) == {"chest_pass": {"n": 1, "of": 2},
+                                             "non_chest_flagged": {"n": 1, "of": 2}}
+    text = rf.plausibility_sentence(table)
+    assert text.startswith("The twin-trained detector passed 1 of 2 real chest films and flagged 1 of 2")
+    assert "b.png (chest: flagged)" in text and "pattern.dcm (pattern: ok)" in text and "own.dcm" not in text
+    with pytest.raises(ValueError, match="one verdict"):
+        rf.plausibility_table(table[["file", "role"]], ["ok"], [0.5], [0.0])
+
+
+def test_slope_summary_and_sentence():
+    s = rf.slope_summary([-3.0, -3.2, np.nan, -3.4], [-2.5, -3.1, np.nan])
+    assert s == {"twin": pytest.approx(-3.2), "real_min": -3.1, "real_max": -2.5, "twin_within_real": False}
+    assert "outside the range" in rf.slope_sentence(s) and "steeper" in rf.slope_sentence(s)
+    inside = rf.slope_summary([-2.8], [-2.5, -3.1])
+    assert inside["twin_within_real"] is True and "within the range" in rf.slope_sentence(inside)
+    assert rf.slope_summary([], []) == dict.fromkeys(("twin", "real_min", "real_max", "twin_within_real"))
+
+
+BLOCK_KEYS = {"present", "chest_pass", "non_chest_flagged", "plausibility_score", "chexmask_rib_margin_pct",
+              "spectral_slope"}
+
+
+def test_the_summary_block_is_null_without_real_films():
+    block = rf.realdata_block(False, slopes=rf.slope_summary([-3.0], []))
+    assert set(block) == BLOCK_KEYS and block["present"] is False
+    assert all(block[k] is None for k in BLOCK_KEYS - {"present", "spectral_slope"})
+    assert block["spectral_slope"] == {"twin": -3.0, "real_min": None, "real_max": None, "twin_within_real": None}
+    assert rf.realdata_block(False)["spectral_slope"]["twin"] is None
+
+
+def test_the_summary_block_with_real_films():
+    rib = pd.DataFrame({"distance_pct": [1.0, 2.0, 6.0]})
+    table = _verdicts()
+    table.loc[4, "score"] = np.nan  # a film that failed to read has no score
+    block = rf.realdata_block(True, table, rib, rf.slope_summary([-2.8], [-2.5, -3.1]))
+    assert set(block) == BLOCK_KEYS and block["present"] is True
+    assert block["chest_pass"] == {"n": 1, "of": 2} and block["non_chest_flagged"] == {"n": 1, "of": 2}
+    assert block["plausibility_score"] == {"a.png": 0.0, "b.png": 1.5, "tibia.dcm": 1.3, "pattern.dcm": 0.2,
+                                           "own.dcm": None}
+    assert block["chexmask_rib_margin_pct"] == {"mean": 3.0, "max": 6.0}
+    assert block["spectral_slope"]["twin_within_real"] is True
