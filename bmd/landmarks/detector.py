@@ -45,7 +45,7 @@ from bmd.landmarks.folder import (
 )
 from bmd.landmarks.model import LandmarkNet, ModelConfig
 from bmd.landmarks.plausibility import PlausibilityModel, PlausibilityResult
-from bmd.runs.folder import save_checkpoint
+from bmd.training.folder import save_checkpoint
 
 
 def default_input_size(image_size: int) -> int:

@@ -3,7 +3,7 @@
 Training uses the manifest's **train** split only, selects the epoch with the lowest validation error, fits
 the plausibility model (train features, calibrated on val) and writes the detector folder
 (:mod:`bmd.landmarks.detector`). The resumable state lives in the folder as ``.train_state.pt``
-(:class:`bmd.runs.folder.RunFolder`, the run-folder machinery the BMD models' training shares) and is removed
+(:class:`bmd.training.folder.RunFolder`, the run-folder machinery the BMD models' training shares) and is removed
 once the detector's ``config.json``, written last, says the detector is complete.
 """
 
@@ -36,7 +36,7 @@ from bmd.landmarks.detector import (
 )
 from bmd.landmarks.model import LandmarkNet, ModelConfig, landmark_loss
 from bmd.landmarks.plausibility import PlausibilityModel
-from bmd.runs.folder import RunFolder, signature
+from bmd.training.folder import RunFolder, signature
 
 STATE_FILE = ".train_state.pt"  # resumable training state, removed when the detector is complete
 

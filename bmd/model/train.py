@@ -9,7 +9,7 @@ evenly over the ranks; augmentation draws are seeded by (seed, epoch, case), so 
 see the same global batches and the same crops. BatchNorm statistics are per rank on CPU (SyncBatchNorm
 needs CUDA), so exact 1-vs-N equivalence holds for backbones without batch norm.
 
-A run folder (written through :class:`bmd.runs.folder.RunFolder`, which the landmark detector's training
+A run folder (written through :class:`bmd.training.folder.RunFolder`, which the landmark detector's training
 shares) holds ``config.json``, ``checkpoint.pt`` (every epoch, atomic; ``--resume`` continues from it),
 ``best.pt`` (best validation epoch, with the target scaler fitted on the training split: :func:`run_scaler`
 reads it back), ``log.csv`` (one line per epoch), ``predictions.csv`` (val and test: case and patient id,
@@ -73,7 +73,7 @@ from bmd.model.networks import (
     multi_roi_loss,
 )
 from bmd.rois.cache import load_cache
-from bmd.runs.folder import CheckpointError, RunFolder, load_checkpoint, save_checkpoint
+from bmd.training.folder import CheckpointError, RunFolder, load_checkpoint, save_checkpoint
 
 BEST_FILE = "best.pt"  # the selected epoch's weights and the target scaler they predict in
 

@@ -11,7 +11,6 @@ Locking a folder against a second run is the caller's business (:func:`bmd.model
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bmd.runs.folder import CheckpointError, RunFolder, load_checkpoint, save_checkpoint, signature
+from bmd.training.folder import CheckpointError, RunFolder, load_checkpoint, save_checkpoint, signature
 
 
 def test_a_checkpoint_resumes_only_under_its_own_signature(tmp_path):

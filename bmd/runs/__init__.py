@@ -1,1 +1,0 @@
-"""Training run folders: the machinery both training loops share (:mod:`bmd.runs.folder`)."""
