@@ -1,13 +1,13 @@
-"""Real radiographs as the yardstick for the twin (the ``realdata`` block of summary.json): one call that both
-chapters make.
+"""Real radiographs as the yardstick for the twin (the ``realdata`` block of summary.json): one call, made
+once per build by the cohort chapter.
 
 :func:`real_film_study` reads the public sample films (:func:`bmd.infra.paths.realdata_dir`, or a folder
 given), runs the cohort's landmark detector on every film, and measures with
 :mod:`bmd.evaluation.realfilms`: intensity histograms and lung-field power spectra of twin images (ground-truth
 landmarks) and real chest films (the detector's points), the detector's verdicts, and the distance of its
 rib-cage points to the CheXmask lung outline. It records the ``realdata`` block of ``summary.json``. The
-cohort chapter shows the twin-against-real comparison, the landmarks chapter the detector's side; both call
-this function, which is deterministic, so either may run first (or alone).
+cohort chapter shows both the twin-against-real comparison and the detector's side from the one result
+(reading the films and running the detector once per build).
 
 Without the folder (a user's clone) nothing is read, the detector is not even asked for, and the block says
 ``present: false`` with nulls where real films are needed.
