@@ -110,11 +110,12 @@ class _Bones:
         return self.lat[f"m_{key}"], self.lat[f"c_{key}"], self.lat[f"tau_{key}"]
 
     def draw(self, cv: _Canvas, sl, x: np.ndarray, along: np.ndarray, base: float, key: str | None,
-             y_outer: np.ndarray | None = None, y_inner: np.ndarray | None = None) -> None:
+             end_plates: tuple[np.ndarray, float] | None = None) -> None:
         """Add a bone whose cross-section across ``x`` (−1..1, the bone's half-width) is a cortical tube.
 
-        ``along`` (0..1) fades the bone along its length; ``y_outer``/``y_inner`` (0..1), when given, make
-        it a short body with cortical end plates (a vertebra) instead of a long bone.
+        ``along`` (0..1) fades the bone along its length; ``end_plates`` = (distance from the body's centre
+        line, half-height), when given, make it a short body with cortical end plates of the same
+        thickness as its walls (a vertebra) instead of a long bone.
         """
         m, c, tau = self.channels(key)
         s = self.spec
@@ -123,7 +124,10 @@ class _Bones:
         amp = float(np.clip(s.texture_amp + s.texture_amp_per_sd * tau, 0.02, 0.8))
         outer = np.sqrt(np.clip(1 - x * x, 0, 1))
         inner = np.sqrt(np.clip((1 - t) ** 2 - x * x, 0, 1))
-        if y_outer is not None:
+        if end_plates is not None:
+            dist, half = end_plates
+            y_outer = _sig((half - dist) / 0.0025)
+            y_inner = _sig((half * (1 - t) - dist) / 0.0025)
             cortex, inner = outer * y_outer - inner * y_inner, inner * y_inner
         else:
             cortex = outer - inner
@@ -260,12 +264,7 @@ def _spine(cv: _Canvas, bones: _Bones) -> None:
             key, hh, hw = None, 0.019 * a.cage_height, 0.036
         hw *= a.body_width
         x = (X - xc) / hw
-        ydist = np.abs(Y - yc)
-        m, c, tau = bones.channels(key)
-        t = float(np.clip(bones.spec.cortex_frac * (1 + bones.spec.cortex_per_sd * c), 0.05, 0.6))
-        y_outer = _sig((hh - ydist) / 0.0025)
-        y_inner = _sig((hh * (1 - t) - ydist) / 0.0025)
-        bones.draw(cv, sl, x, np.ones_like(x), 1.0, key, y_outer, y_inner)
+        bones.draw(cv, sl, x, np.ones_like(x), 1.0, key, end_plates=(np.abs(Y - yc), hh))
         # pedicles: two cortical rings in the upper half of the body
         for s in (-1, 1):
             r = np.hypot((X - xc - s * 0.62 * hw) / (0.2 * hw), (Y - yc + 0.3 * hh) / (0.35 * hh))
