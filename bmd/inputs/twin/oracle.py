@@ -54,12 +54,6 @@ def family_observables(family: str, spec: TwinSpec) -> list[dict[str, float]]:
     return local + chest if family == "all" else local
 
 
-def family_predictors(family: str, spec: TwinSpec | None = None) -> list[str]:
-    """Latent columns a ROI family's observables draw on."""
-    spec = spec or TwinSpec()
-    return sorted({col for obs in family_observables(family, spec) for col in obs})
-
-
 def _design(df: pd.DataFrame, observables: list[dict[str, float]]) -> np.ndarray:
     return np.column_stack([np.ones(len(df))] + [sum(w * df[c].to_numpy() for c, w in obs.items())
                                                  for obs in observables])
