@@ -55,6 +55,9 @@ from bmd.infra.formatting import num
 ROLES: tuple[str, ...] = ("chest", "non_chest", "pattern", "annotation", "header_only")
 #: Roles whose films the detector should flag.
 FLAG_ROLES: tuple[str, ...] = ("non_chest", "pattern")
+#: The detector's plausibility components (:data:`bmd.landmarks.plausibility.COMPONENTS`, repeated here so
+#: that this module stays free of torch).
+PLAUSIBILITY_COMPONENTS: tuple[str, ...] = ("appearance", "local", "shape")
 #: Role of a readable image found in a folder that the table does not list.
 UNLISTED = "unlisted"
 #: Prefix of files that ship with pydicom's own test data rather than with the real-data folder.
@@ -434,25 +437,36 @@ def fraction_inside(squares: Sequence[Square], contours: Mapping[str, np.ndarray
 
 
 def plausibility_table(films: pd.DataFrame, status: Sequence[str], plausibility: Sequence[float],
-                       score: Sequence[float], reason: Sequence[str] | None = None) -> pd.DataFrame:
+                       score: Sequence[float], reason: Sequence[str] | None = None,
+                       components: Sequence[Mapping[str, float] | None] | None = None) -> pd.DataFrame:
     """The detector's verdict on each film beside what it should be.
 
     ``films``: rows of :func:`film_table` (``file``, ``role``); the other arguments: the detector's
-    outputs for those films in the same order (:func:`bmd.landmarks.detector.predict_landmarks`). Columns:
-    ``file``, ``role``, ``status`` (``ok``/``flagged``/``failed``), ``plausibility``, ``score`` (> 1 is
-    flagged), ``reason``, ``expected`` (``ok`` for chest films, ``flagged`` for :data:`FLAG_ROLES`, empty
-    otherwise) and ``as_expected`` (bool; False where nothing is expected).
+    outputs for those films in the same order (:func:`bmd.landmarks.detector.predict_landmarks`;
+    ``components``: each verdict's per-component scores, None for a film without one). Columns: ``file``,
+    ``role``, ``status`` (``ok``/``flagged``/``failed``), ``plausibility``, ``score`` (> 1 is flagged),
+    ``reason``, one column per component of :data:`PLAUSIBILITY_COMPONENTS` (NaN without components),
+    ``worst`` (the component with the largest score; empty without one), ``expected`` (``ok`` for chest
+    films, ``flagged`` for :data:`FLAG_ROLES`, empty otherwise) and ``as_expected`` (bool; False where
+    nothing is expected).
     """
     n = len(films)
-    if not (len(status) == len(plausibility) == len(score) == n):
+    components = list(components) if components is not None else [None] * n
+    if not (len(status) == len(plausibility) == len(score) == len(components) == n):
         raise ValueError("one verdict per film is needed")
     expected = ["ok" if r == "chest" else "flagged" if r in FLAG_ROLES else "" for r in films["role"]]
     table = pd.DataFrame({
         "file": list(films["file"]), "role": list(films["role"]), "status": list(status),
         "plausibility": np.asarray(plausibility, dtype=np.float64),
         "score": np.asarray(score, dtype=np.float64),
-        "reason": list(reason) if reason is not None else [""] * n, "expected": expected,
+        "reason": list(reason) if reason is not None else [""] * n,
     })
+    for k in PLAUSIBILITY_COMPONENTS:
+        table[k] = [float(c[k]) if c else np.nan for c in components]
+    comp = table[list(PLAUSIBILITY_COMPONENTS)].to_numpy(dtype=np.float64)
+    table["worst"] = [PLAUSIBILITY_COMPONENTS[int(np.argmax(row))] if np.isfinite(row).all() else ""
+                      for row in comp]
+    table["expected"] = expected
     table["as_expected"] = [bool(e) and s == e for s, e in zip(table["status"], expected, strict=True)]
     return table
 
@@ -464,6 +478,51 @@ def plausibility_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     other = table[table["role"].isin(FLAG_ROLES)]
     return {"chest_pass": {"n": int((chest["status"] == "ok").sum()), "of": len(chest)},
             "non_chest_flagged": {"n": int((other["status"] == "flagged").sum()), "of": len(other)}}
+
+
+def worst_component_counts(table: pd.DataFrame, role: str = "chest") -> dict[str, int]:
+    """How often each plausibility component is a film's largest, over the films of one ``role`` that have
+    components (:func:`plausibility_table`); every component is a key, zeros included."""
+    worst = table.loc[(table["role"] == role) & (table["worst"] != ""), "worst"]
+    return {k: int((worst == k).sum()) for k in PLAUSIBILITY_COMPONENTS}
+
+
+# ------------------------------------------------------------------------------------ thorax shape
+
+
+def thorax_aspect(points: np.ndarray) -> np.ndarray:
+    """Height over width of the thorax from the 16 landmarks, ``(…, 16, 2)`` → ``(…)``.
+
+    Height: from the mid-point of the two medial clavicle ends down to T12; width: between the two
+    third rib-cage points. A taller, narrower chest gives a larger ratio; it is unchanged by translation
+    and scale (the image's size, the framing), so twin and real films compare directly (square pixels
+    assumed).
+    """
+    p = np.asarray(points, dtype=np.float64)
+    top = 0.5 * (p[..., _INDEX["clav_l_medial"], 1] + p[..., _INDEX["clav_r_medial"], 1])
+    height = p[..., _INDEX["t12"], 1] - top
+    width = np.abs(p[..., _INDEX["rib_l_3"], 0] - p[..., _INDEX["rib_r_3"], 0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(width > 0, height / width, np.nan)
+
+
+def aspect_comparison(twin_aspects: Sequence[float], real_aspects: Mapping[str, float]) -> dict | None:
+    """The real chest films' thorax aspect (:func:`thorax_aspect`) within the twin's distribution.
+
+    ``{"twin": {"p05", "median", "p95", "n"}, "real": {file: {"aspect", "twin_percentile"}},
+    "above_twin_p95": {"n", "of"}, "below_twin_p05": {"n", "of"}}``; ``twin_percentile`` is the percentage
+    of twin images with a smaller aspect. None without twin aspects; ``real`` empty without real films.
+    """
+    tw = np.asarray([a for a in twin_aspects if np.isfinite(a)], dtype=np.float64)
+    if not tw.size:
+        return None
+    p05, med, p95 = (float(v) for v in np.percentile(tw, [5, 50, 95]))
+    real = {str(f): {"aspect": float(a), "twin_percentile": float(100.0 * np.mean(tw < a))}
+            for f, a in real_aspects.items() if np.isfinite(a)}
+    values = [r["aspect"] for r in real.values()]
+    return {"twin": {"p05": p05, "median": med, "p95": p95, "n": int(tw.size)}, "real": real,
+            "above_twin_p95": {"n": int(sum(a > p95 for a in values)), "of": len(values)},
+            "below_twin_p05": {"n": int(sum(a < p05 for a in values)), "of": len(values)}}
 
 
 # ------------------------------------------------------------------------------ summary and text
@@ -483,19 +542,28 @@ def slope_summary(twin_slopes: Sequence[float], real_slopes: Sequence[float]) ->
 
 def realdata_block(present: bool, plausibility: pd.DataFrame | None = None,
                    rib_margin: pd.DataFrame | None = None,
-                   slopes: Mapping[str, float | bool | None] | None = None) -> dict:
+                   slopes: Mapping[str, float | bool | None] | None = None,
+                   aspect: Mapping | None = None) -> dict:
     """The ``realdata`` block of ``summary.json``.
 
     Keys: ``present`` (the real-data folder was found); ``chest_pass`` and ``non_chest_flagged``
     (``{"n", "of"}``, :func:`plausibility_counts`); ``plausibility_score`` (file → the detector's combined
-    score, > 1 flagged, for every film it ran on); ``chexmask_rib_margin_pct`` (``{mean, max}`` of
-    :func:`rib_margin_distances`, % of the image width); ``spectral_slope`` (:func:`slope_summary`).
-    Whatever cannot be computed (no folder, no CheXmask files, no twin) is None (JSON null).
+    score, > 1 flagged, for every film it ran on); ``plausibility_components`` (file → its per-component
+    scores, or None); ``chest_worst_component`` (:func:`worst_component_counts` of the chest films);
+    ``chexmask_rib_margin_pct`` (``{mean, max}`` of :func:`rib_margin_distances`, % of the image width);
+    ``spectral_slope`` (:func:`slope_summary`); ``thorax_aspect`` (:func:`aspect_comparison`). Whatever
+    cannot be computed (no folder, no CheXmask files, no twin) is None (JSON null).
     """
     counts = plausibility_counts(plausibility) if present and plausibility is not None else None
-    scores = ({str(f): (float(s) if np.isfinite(s) else None) for f, s in zip(plausibility["file"],
-                                                                           plausibility["score"], strict=True)}
-              if present and plausibility is not None else None)
+    scores = components = worst = None
+    if present and plausibility is not None:
+        scores = {str(f): (float(s) if np.isfinite(s) else None)
+                  for f, s in zip(plausibility["file"], plausibility["score"], strict=True)}
+        comp = plausibility[list(PLAUSIBILITY_COMPONENTS)].to_numpy(dtype=np.float64)
+        components = {str(f): ({k: float(v) for k, v in zip(PLAUSIBILITY_COMPONENTS, row, strict=True)}
+                               if np.isfinite(row).all() else None)
+                      for f, row in zip(plausibility["file"], comp, strict=True)}
+        worst = worst_component_counts(plausibility)
     rib = None
     if present and rib_margin is not None and len(rib_margin):
         d = rib_margin["distance_pct"].to_numpy(dtype=np.float64)
@@ -509,9 +577,23 @@ def realdata_block(present: bool, plausibility: pd.DataFrame | None = None,
         "chest_pass": counts["chest_pass"] if counts else None,
         "non_chest_flagged": counts["non_chest_flagged"] if counts else None,
         "plausibility_score": scores,
+        "plausibility_components": components,
+        "chest_worst_component": worst,
         "chexmask_rib_margin_pct": rib,
         "spectral_slope": slope,
+        "thorax_aspect": _aspect_block(present, aspect),
     }
+
+
+def _aspect_block(present: bool, aspect: Mapping | None) -> dict | None:
+    """The twin side of :func:`aspect_comparison` always (when there is a twin), the real side only with
+    the folder present."""
+    if aspect is None:
+        return None
+    block = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in aspect.items()}
+    if not present:
+        block.update(real=None, above_twin_p95=None, below_twin_p05=None)
+    return block
 
 
 def slope_sentence(slopes: Mapping[str, float | bool | None]) -> str:
@@ -547,3 +629,37 @@ def plausibility_sentence(table: pd.DataFrame) -> str:
     names = ", ".join(f"{Path(str(f)).name} ({r.replace('_', '-')}: {s})"
                       for f, r, s in zip(missed["file"], missed["role"], missed["status"], strict=True))
     return text + f"; against expectation: {names}."
+
+
+_COMPONENT_WORDS = {"appearance": "the image's overall content", "local": "the content at the detected points",
+                    "shape": "the configuration of the detected points"}
+
+
+def shape_sentence(table: pd.DataFrame | None, aspect: Mapping | None) -> str:
+    """What still differs, computed: which plausibility component scores the real chest films worst, and
+    where their thorax aspect (:func:`thorax_aspect`) falls in the twin's distribution. Empty when neither
+    can be said."""
+    parts = []
+    if table is not None:
+        worst = worst_component_counts(table)
+        n = sum(worst.values())
+        if n:
+            top = max(worst, key=worst.get)
+            parts.append(f"For {worst[top]} of {n} real chest films the largest part of the plausibility score is "
+                         f"{top} ({_COMPONENT_WORDS[top]}), against the twin's validation images.")
+    if aspect is not None and aspect.get("real"):
+        tw = aspect["twin"]
+        real = sorted(r["aspect"] for r in aspect["real"].values())
+        up, down = aspect["above_twin_p95"], aspect["below_twin_p05"]
+        text = (f"The real films' thorax aspect (clavicle-to-T12 height over the rib-cage width at the third rib "
+                f"point, from the detector's points) is {num(real[0], 2)}–{num(real[-1], 2)}, against the twin's "
+                f"median {num(tw['median'], 2)} (5th–95th percentile {num(tw['p05'], 2)}–{num(tw['p95'], 2)}, "
+                f"ground truth)")
+        if up["n"] or down["n"]:
+            text += (f": {up['n']} of {up['of']} lie above the twin's 95th percentile and {down['n']} below its "
+                     f"5th — real thoraces are {'taller for their width' if up['n'] >= down['n'] else 'wider for their height'}"
+                     f" than most of the twin's.")
+        else:
+            text += ": all lie within the twin's 5th–95th percentile."
+        parts.append(text)
+    return " ".join(parts)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bmd.columns import N_LANDMARKS
 from bmd.evaluation import realfilms as rf
 from bmd.infra import paths
 from bmd.io import ImageReadError, read_image
@@ -67,7 +68,8 @@ class RealFilmStudy:
     (chest, non-chest, pattern, unlisted); ``rib_margin``: :func:`~bmd.evaluation.realfilms.rib_margin_distances`
     on the CheXmask film (None without it); ``chexmask_inside``: the fraction of that film's lung squares
     inside its annotated lungs; ``slopes``: :func:`~bmd.evaluation.realfilms.slope_summary`; ``block``: the
-    ``realdata`` block written to ``summary.json``.
+    ``realdata`` block written to ``summary.json``; ``aspect``: :func:`~bmd.evaluation.realfilms.aspect_comparison`
+    of the real chest films' thorax aspect against every twin image's (None without a twin).
     """
 
     folder: Path | None
@@ -77,6 +79,7 @@ class RealFilmStudy:
     rib_margin: pd.DataFrame | None = None
     chexmask_inside: float = float("nan")
     slopes: dict = field(default_factory=dict)
+    aspect: dict | None = None
     block: dict = field(default_factory=dict)
 
     @property
@@ -125,6 +128,13 @@ class RealFilmStudy:
             return absent_sentence()
         return rf.plausibility_sentence(self.plausibility)
 
+    def shape_sentence(self) -> str:
+        """The computed sentence on what still differs in shape: the chest films' worst plausibility
+        component and their thorax aspect against the twin's (empty without real films)."""
+        if not self.present:
+            return ""
+        return rf.shape_sentence(self.plausibility, self.aspect)
+
     def rib_margin_sentence(self) -> str:
         """The computed sentence on the CheXmask rib-margin distance (empty when not measured)."""
         if self.rib_margin is None or not len(self.rib_margin):
@@ -149,6 +159,15 @@ def _film(name: str, source: str, role: str, image: np.ndarray, spacing: tuple[f
     slope = rf.spectral_slope(spectrum) if spectrum is not None else float("nan")
     return Film(name, source, role, norm, np.asarray(points, dtype=np.float64), spacing_mm, spacing_source,
                 squares, spectrum, slope, rf.intensity_histogram(norm))
+
+
+def twin_aspects(cohort: Cohort) -> np.ndarray:
+    """The thorax aspect (:func:`bmd.evaluation.realfilms.thorax_aspect`) of every twin image, from its
+    ground-truth landmarks; empty for a site's manifest or a cohort without landmarks."""
+    truth = manifest_landmarks(cohort.manifest) if cohort.is_twin else None
+    if truth is None:
+        return np.zeros(0)
+    return rf.thorax_aspect(truth.drop(columns="case_id").to_numpy(dtype=np.float64).reshape(-1, N_LANDMARKS, 2))
 
 
 def twin_films(cohort: Cohort, n: int = N_TWIN_IMAGES) -> list[Film]:
@@ -206,7 +225,8 @@ def real_film_study(cfg: Profile, cohort: Cohort, out: str | Path | None = None,
         if detector is None:
             detector = stages.landmark_detector(cfg, cohort, out)
         pred = predict_landmarks(detector, images)
-        study.plausibility = rf.plausibility_table(films, pred.status, pred.plausibility, pred.score, pred.reason)
+        study.plausibility = rf.plausibility_table(films, pred.status, pred.plausibility, pred.score, pred.reason,
+                                                   [d.components if d is not None else None for d in pred.details])
         for i, (name, role) in enumerate(zip(films["file"], films["role"], strict=True)):
             if role == "chest":
                 study.real.append(_film(name, "real", role, images[i], spacings[i], pred.points[i]))
@@ -217,7 +237,10 @@ def real_film_study(cfg: Profile, cohort: Cohort, out: str | Path | None = None,
             study.rib_margin = rf.rib_margin_distances(chex[0].points, contours, chex[0].image.shape[1])
             study.chexmask_inside = rf.fraction_inside(chex[0].squares, contours)
     study.slopes = rf.slope_summary([f.slope for f in study.twin], real_slopes)
-    study.block = rf.realdata_block(study.present, study.plausibility, study.rib_margin, study.slopes)
+    study.aspect = rf.aspect_comparison(twin_aspects(cohort),
+                                        {f.name: float(rf.thorax_aspect(f.points)) for f in study.real})
+    study.block = rf.realdata_block(study.present, study.plausibility, study.rib_margin, study.slopes,
+                                    study.aspect)
     record(summary.summary_path(cfg.profile, out), study.block)
     return study
 

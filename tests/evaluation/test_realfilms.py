@@ -171,8 +171,55 @@ def test_the_real_data_folder_holds_the_listed_films(realdata):
 def _verdicts() -> pd.DataFrame:
     films = pd.DataFrame({"file": ["a.png", "b.png", "tibia.dcm", "pattern.dcm", "own.dcm"],
                           "role": ["chest", "chest", "non_chest", "pattern", rf.UNLISTED]})
+    components = [{"appearance": 0.0, "local": -0.2, "shape": -0.5}, {"appearance": 0.4, "local": 0.1, "shape": 1.5},
+                  {"appearance": 1.3, "local": 0.2, "shape": 0.3}, None, {"appearance": 0.1, "local": 0, "shape": 0}]
     return rf.plausibility_table(films, ["ok", "flagged", "flagged", "ok", "ok"], [0.5, 0.001, 0.002, 0.3, 0.4],
-                                [0.0, 1.5, 1.3, 0.2, 0.1])
+                                [0.0, 1.5, 1.3, 0.2, 0.1], components=components)
+
+
+def test_the_components_of_each_verdict_and_the_worst_one():
+    table = _verdicts()
+    assert list(table["worst"]) == ["appearance", "shape", "appearance", "", "appearance"]
+    assert np.isnan(table.loc[3, "shape"]) and table.loc[1, "shape"] == 1.5
+    assert rf.worst_component_counts(table) == {"appearance": 1, "local": 0, "shape": 1}
+    assert rf.worst_component_counts(table, "pattern") == {"appearance": 0, "local": 0, "shape": 0}
+
+
+def test_the_components_are_the_detectors():
+    plausibility = pytest.importorskip("bmd.landmarks.plausibility")
+    assert rf.PLAUSIBILITY_COMPONENTS == plausibility.COMPONENTS
+
+
+def test_thorax_aspect_is_height_over_width_and_free_of_position_and_scale():
+    p = chest_points((400, 300))
+    a = float(rf.thorax_aspect(p))
+    top = (p[INDEX["clav_l_medial"], 1] + p[INDEX["clav_r_medial"], 1]) / 2
+    width = abs(p[INDEX["rib_l_3"], 0] - p[INDEX["rib_r_3"], 0])
+    assert a == pytest.approx((p[INDEX["t12"], 1] - top) / width)
+    assert rf.thorax_aspect(2.5 * p + 40) == pytest.approx(a)
+    taller = p.copy()
+    taller[:, 1] *= 1.2
+    assert rf.thorax_aspect(np.stack([p, taller])) == pytest.approx([a, 1.2 * a])
+    flat = p.copy()
+    flat[:, 0] = 0.0  # no width: no aspect, not an infinity
+    assert np.isnan(rf.thorax_aspect(flat))
+
+
+def test_aspect_comparison_places_real_films_in_the_twins_distribution():
+    twin = np.linspace(0.5, 0.9, 101)
+    c = rf.aspect_comparison([*twin, np.nan], {"a.png": 0.95, "b.png": 0.7, "c.png": np.nan})
+    assert c["twin"]["n"] == 101 and c["twin"]["median"] == pytest.approx(0.7)
+    assert c["twin"]["p95"] == pytest.approx(0.88) and c["twin"]["p05"] == pytest.approx(0.52)
+    assert c["real"] == {"a.png": {"aspect": 0.95, "twin_percentile": 100.0},
+                         "b.png": {"aspect": 0.7, "twin_percentile": pytest.approx(50.0, abs=1)}}
+    assert c["above_twin_p95"] == {"n": 1, "of": 2} and c["below_twin_p05"] == {"n": 0, "of": 2}
+    assert rf.aspect_comparison([], {"a.png": 0.9}) is None
+    text = rf.shape_sentence(_verdicts(), c)
+    assert "For 1 of 2 real chest films the largest part" in text
+    assert "1 of 2 lie above the twin's 95th percentile" in text and "taller for their width" in text
+    inside = rf.aspect_comparison(twin, {"b.png": 0.7})
+    assert "all lie within" in rf.shape_sentence(None, inside)
+    assert rf.shape_sentence(None, None) == ""
 
 
 def test_plausibility_counts_and_sentence():
@@ -197,8 +244,8 @@ def test_slope_summary_and_sentence():
     assert rf.slope_summary([], []) == dict.fromkeys(("twin", "real_min", "real_max", "twin_within_real"))
 
 
-BLOCK_KEYS = {"present", "chest_pass", "non_chest_flagged", "plausibility_score", "chexmask_rib_margin_pct",
-              "spectral_slope"}
+BLOCK_KEYS = {"present", "chest_pass", "non_chest_flagged", "plausibility_score", "plausibility_components",
+              "chest_worst_component", "chexmask_rib_margin_pct", "spectral_slope", "thorax_aspect"}
 
 
 def test_the_summary_block_is_null_without_real_films():
@@ -220,3 +267,11 @@ def test_the_summary_block_with_real_films():
                                            "own.dcm": None}
     assert block["chexmask_rib_margin_pct"] == {"mean": 3.0, "max": 6.0}
     assert block["spectral_slope"]["twin_within_real"] is True
+    assert block["plausibility_components"]["pattern.dcm"] is None
+    assert block["plausibility_components"]["b.png"] == {"appearance": 0.4, "local": 0.1, "shape": 1.5}
+    assert block["chest_worst_component"] == {"appearance": 1, "local": 0, "shape": 1}
+    assert block["thorax_aspect"] is None
+    aspect = rf.aspect_comparison([0.6, 0.7], {"a.png": 0.9})
+    assert rf.realdata_block(True, table, aspect=aspect)["thorax_aspect"]["real"] == aspect["real"]
+    assert rf.realdata_block(False, aspect=aspect)["thorax_aspect"] == {**aspect, "real": None,
+                                                                         "above_twin_p95": None, "below_twin_p05": None}

@@ -21,8 +21,8 @@ from bmd.evaluation import realfilms as rf  # noqa: E402
 from bmd.study import realdata as realdata_study  # noqa: E402  (realdata is the real-data folder fixture)
 from bmd.study import realdata_plots, stages, summary  # noqa: E402
 
-KEYS = {"present", "chest_pass", "non_chest_flagged", "plausibility_score", "chexmask_rib_margin_pct",
-        "spectral_slope"}
+KEYS = {"present", "chest_pass", "non_chest_flagged", "plausibility_score", "plausibility_components",
+        "chest_worst_component", "chexmask_rib_margin_pct", "spectral_slope", "thorax_aspect"}
 
 
 def _cohort(tmp_path, n: int = 2):
@@ -44,8 +44,9 @@ def _fake_detector(model, images):
     points = np.stack([chest_points(np.shape(im)) for im in images])
     status = ["ok" if min(np.shape(im)) >= 400 else "flagged" for im in images]
     score = np.array([0.2 if s == "ok" else 1.5 for s in status])
+    details = [SimpleNamespace(components={"appearance": 0.1, "local": 0.2, "shape": s + 0.5}) for s in score]
     return SimpleNamespace(points=points, status=status, plausibility=0.5 * 50.0 ** -score, score=score,
-                           reason=["" if s == "ok" else "unlike" for s in status])
+                           reason=["" if s == "ok" else "unlike" for s in status], details=details)
 
 
 def test_without_real_films_the_block_is_null_and_no_detector_is_asked_for(tmp_path, monkeypatch):
@@ -56,10 +57,11 @@ def test_without_real_films_the_block_is_null_and_no_detector_is_asked_for(tmp_p
     assert not study.present and study.real == [] and len(study.twin) == 2
     block = summary.read(summary.summary_path("smoke", tmp_path))["realdata"]
     assert set(block) == KEYS and block["present"] is False
-    assert all(block[k] is None for k in KEYS - {"present", "spectral_slope"})
+    assert all(block[k] is None for k in KEYS - {"present", "spectral_slope", "thorax_aspect"})
     assert block["spectral_slope"]["twin"] < 0 and block["spectral_slope"]["real_min"] is None
+    assert block["thorax_aspect"]["twin"]["n"] == 2 and block["thorax_aspect"]["real"] is None
     assert study.availability_sentence() == study.plausibility_sentence() == realdata_study.absent_sentence()
-    assert study.slope_sentence() == study.rib_margin_sentence() == ""
+    assert study.slope_sentence() == study.rib_margin_sentence() == study.shape_sentence() == ""
 
 
 def test_with_real_films_every_film_is_scored_and_the_block_recorded(realdata, tmp_path, monkeypatch):
@@ -79,6 +81,10 @@ def test_with_real_films_every_film_is_scored_and_the_block_recorded(realdata, t
     assert block["chexmask_rib_margin_pct"]["max"] >= block["chexmask_rib_margin_pct"]["mean"] > 0
     assert block["spectral_slope"]["real_min"] <= block["spectral_slope"]["real_max"]
     assert "CheXmask film" in study.rib_margin_sentence()
+    assert block["chest_worst_component"] == {"appearance": 0, "local": 0, "shape": 5}
+    assert block["plausibility_components"][chest["file"].iloc[0]] == {"appearance": 0.1, "local": 0.2, "shape": 0.7}
+    assert set(block["thorax_aspect"]["real"]) == set(chest["file"])
+    assert "For 5 of 5 real chest films" in study.shape_sentence() and "thorax aspect" in study.shape_sentence()
     table = study.texture_table()
     assert list(table["source"]) == ["twin"] * 2 + ["real"] * 5
     for name in ("same_scale", "histograms", "spectra", "detections", "rib_margin"):

@@ -33,8 +33,8 @@ def _differences(a, b, where: str = "") -> list[str]:
 
 
 def _as_site_data(data: dict) -> dict:
-    """What a build on a site's manifest cannot have or states differently: the twin's oracle ceilings and
-    lung-field slope, the cohort's source, the manifest parameter and the image default that follows from it."""
+    """What a build on a site's manifest cannot have or states differently: the twin's oracle ceilings,
+    lung-field slope and thorax shapes, the cohort's source, the manifest parameter and the image default that follows from it."""
     data = {k: v for k, v in data.items() if k not in VOLATILE | {"oracle"}}
     data["cohort"] = {k: v for k, v in data["cohort"].items() if k != "source"}
     params = data["provenance"]["parameters"]
@@ -46,6 +46,7 @@ def _as_site_data(data: dict) -> dict:
     slope = (data.get("realdata") or {}).get("spectral_slope") or {}
     for key in ("twin", "twin_within_real"):  # the twin's own lung-field slope: a site has no twin images
         slope.pop(key, None)
+    (data.get("realdata") or {}).pop("thorax_aspect", None)  # compared with the twin's shapes: twin only
     return data
 
 
