@@ -5,12 +5,7 @@ Everything is in *canonical* coordinates: x, y in [0, 1] of a standard field, x 
 to image pixels. Shape varies per person beyond pose, so that the landmarks are not one template under
 an affine map: rib-cage width (per side) and height, the level of T1 (neck length), clavicle tilt and
 length per side, shoulder height per side, a lateral curve of the thoracic spine, inspiration depth
-(diaphragm level) and heart size. Beyond these smooth factors each person's bones have their own
-irregularity, which real chests show and a low-dimensional shape family lacks: the rib-cage margin bulges
-and narrows along its height (three smooth modes per side), each clavicle has its own bow and
-sternoclavicular level, and the spine's vertebral height varies independently of the thorax height (so
-T12 and C7 move against the ribs). Without them every real chest's landmark configuration lay outside the
-twin's (the detector's plausibility check flagged the real films on shape).
+(diaphragm level) and heart size.
 """
 
 from __future__ import annotations
@@ -25,14 +20,6 @@ LEVEL = 0.048  # vertebral level height (canonical units, before the thorax-heig
 RIB_LEVELS = (0.09, 0.21, 0.33, 0.45)  # rib-cage margin landmarks: depth below T1 (canonical units)
 CLAV_MEDIAL, CLAV_LATERAL = 0.045, 0.33  # |u| of the clavicle ends at unit length (body-width units)
 SIDES = ((1, "l"), (-1, "r"))  # +1: image right = the patient's left
-# Bone irregularity (standard deviations): margin modes as a fraction of the cage half-width, clavicle bow and
-# sternoclavicular level in canonical units, vertebral height as a factor.
-CAGE_MODE_SD = 0.02
-CAGE_TAPER = 0.24  # depth below the apex at which the rib cage reaches its full width (canonical units)
-CAGE_TAPER_SD = 0.12
-CLAV_BOW_SD = 0.008
-CLAV_MEDIAL_SD = 0.006
-SPINE_LENGTH_SD = 0.03
 
 
 @dataclass(frozen=True)
@@ -55,11 +42,6 @@ class Anatomy:
     soft_thickness: float
     aortic_knob: float  # size factor
     dome_offset: tuple[float, float]  # diaphragm dome apex below the base level (patient's right, left)
-    cage_modes: tuple[tuple[float, float, float], tuple[float, float, float]]  # margin bulges (left, right)
-    clav_bow: tuple[float, float]  # downward bow of the clavicle shaft at its middle (left, right)
-    clav_medial: tuple[float, float]  # sternoclavicular level offset (left, right; + = lower)
-    spine_length: float  # vertebral height factor, independent of the thorax height
-    cage_taper: float  # how far down the upper cage widens to its full width (factor)
 
 
 def draw_anatomy(rng: np.random.Generator, sex: str) -> Anatomy:
@@ -85,21 +67,7 @@ def draw_anatomy(rng: np.random.Generator, sex: str) -> Anatomy:
         soft_thickness=float(np.clip(1.0 + 0.12 * rng.standard_normal(), 0.7, 1.4)),
         aortic_knob=float(rng.uniform(0.7, 1.3)),
         dome_offset=(float(rng.uniform(-0.01, 0.015)), float(rng.uniform(0.01, 0.045))),
-        **_irregularity(rng),
     )
-
-
-def _irregularity(rng: np.random.Generator) -> dict:
-    """Each person's own bone irregularity (see the module docstring); a fixed number of draws."""
-    m = np.clip(CAGE_MODE_SD * rng.standard_normal((2, 3)), -2.5 * CAGE_MODE_SD, 2.5 * CAGE_MODE_SD)
-    c = np.clip(rng.standard_normal((2, 2)), -2.5, 2.5)
-    return {
-        "cage_modes": (tuple(float(v) for v in m[0]), tuple(float(v) for v in m[1])),
-        "clav_bow": (float(CLAV_BOW_SD * c[0, 0]), float(CLAV_BOW_SD * c[0, 1])),
-        "clav_medial": (float(CLAV_MEDIAL_SD * c[1, 0]), float(CLAV_MEDIAL_SD * c[1, 1])),
-        "spine_length": float(np.clip(1.0 + SPINE_LENGTH_SD * rng.standard_normal(), 0.9, 1.1)),
-        "cage_taper": float(np.clip(1.0 + CAGE_TAPER_SD * rng.standard_normal(), 0.75, 1.25)),
-    }
 
 
 def spine_x(a: Anatomy, y: np.ndarray | float) -> np.ndarray:
@@ -110,10 +78,9 @@ def spine_x(a: Anatomy, y: np.ndarray | float) -> np.ndarray:
 
 def vertebra_levels(a: Anatomy) -> dict[str, float]:
     """Body centre y of C4–C7, T1–T12 and L1–L4."""
-    step = LEVEL * a.spine_length
-    levels = {f"C{7 - i}": a.t1_y - (i + 1) * step for i in range(4)}
-    levels.update({f"T{i + 1}": a.t1_y + i * step * a.cage_height for i in range(12)})
-    levels.update({f"L{i + 1}": a.t1_y + (12 + i) * step * 1.05 * a.cage_height for i in range(4)})
+    levels = {f"C{7 - i}": a.t1_y - (i + 1) * LEVEL for i in range(4)}
+    levels.update({f"T{i + 1}": a.t1_y + i * LEVEL * a.cage_height for i in range(12)})
+    levels.update({f"L{i + 1}": a.t1_y + (12 + i) * LEVEL * 1.05 * a.cage_height for i in range(4)})
     return levels
 
 
@@ -121,13 +88,9 @@ def cage_halfwidth(a: Anatomy, y: np.ndarray, side: int) -> np.ndarray:
     """Half-width of the rib cage's lateral margin (body-width units) at height ``y`` on one side."""
     w = a.cage_width[0 if side > 0 else 1]
     top = a.t1_y - 0.05
-    rel = np.clip((y - top) / (CAGE_TAPER * a.cage_taper * a.cage_height), 0, 1)
+    rel = np.clip((y - top) / (0.24 * a.cage_height), 0, 1)
     waist = 1 - 0.08 * np.clip((y - (a.t1_y + 0.58 * a.cage_height)) / 0.2, 0, 1)
-    # the person's own bulges along the margin, from the apex to the lowest rib
-    t = np.clip((y - top) / (0.7 * a.cage_height), 0, 1)
-    modes = a.cage_modes[0 if side > 0 else 1]
-    bulge = 1 + sum(b * np.sin((k + 1) * np.pi * t) for k, b in enumerate(modes))
-    return 0.385 * w * np.sqrt(rel) * waist * bulge
+    return 0.385 * w * np.sqrt(rel) * waist
 
 
 def diaphragm_y(a: Anatomy, u: np.ndarray) -> np.ndarray:
@@ -142,8 +105,8 @@ def clavicle_curve(a: Anatomy, r: np.ndarray, side: int) -> tuple[np.ndarray, np
     """(|u|, y) of the clavicle's centre line at fraction ``r`` (0 medial, 1 lateral) on one side."""
     i = 0 if side > 0 else 1
     ax = CLAV_MEDIAL + r * (CLAV_LATERAL - CLAV_MEDIAL) * a.clav_length[i]
-    y = (a.t1_y + 0.008 + a.clav_medial[i] * (1 - r) + a.shoulder[i] * r - (0.045 + a.clav_tilt[i]) * r
-         + 0.012 * np.sin(2 * np.pi * r) + a.clav_bow[i] * np.sin(np.pi * r))
+    y = (a.t1_y + 0.008 + a.shoulder[i] * r - (0.045 + a.clav_tilt[i]) * r
+         + 0.012 * np.sin(2 * np.pi * r))
     return ax, y
 
 
