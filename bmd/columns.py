@@ -21,6 +21,10 @@ LANDMARK_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 N_LANDMARKS: int = len(LANDMARK_NAMES)
 
+PLAUSIBILITY_COMPONENTS: tuple[str, ...] = ("appearance", "local", "shape")
+"""The parts of the landmark detector's plausibility score (:mod:`bmd.landmarks.plausibility`): the image's
+overall content, the content at the detected points, the configuration of the points."""
+
 COORD_COLUMNS: tuple[str, ...] = tuple(c for n in LANDMARK_NAMES for c in (f"x_{n}", f"y_{n}"))
 """The 32 coordinate columns of a landmark CSV, in order (x then y for each point)."""
 

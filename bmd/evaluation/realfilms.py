@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bmd.columns import LANDMARK_NAMES
+from bmd.columns import LANDMARK_NAMES, PLAUSIBILITY_COMPONENTS
 from bmd.infra.formatting import num
 
 #: Roles of the files in the real-data folder. ``chest``: frontal chest radiographs; ``non_chest``:
@@ -55,9 +55,6 @@ from bmd.infra.formatting import num
 ROLES: tuple[str, ...] = ("chest", "non_chest", "pattern", "annotation", "header_only")
 #: Roles whose films the detector should flag.
 FLAG_ROLES: tuple[str, ...] = ("non_chest", "pattern")
-#: The detector's plausibility components (:data:`bmd.landmarks.plausibility.COMPONENTS`, repeated here so
-#: that this module stays free of torch).
-PLAUSIBILITY_COMPONENTS: tuple[str, ...] = ("appearance", "local", "shape")
 #: Role of a readable image found in a folder that the table does not list.
 UNLISTED = "unlisted"
 #: Prefix of files that ship with pydicom's own test data rather than with the real-data folder.

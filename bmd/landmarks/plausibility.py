@@ -28,7 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-COMPONENTS: tuple[str, ...] = ("appearance", "local", "shape")
+from bmd.columns import PLAUSIBILITY_COMPONENTS
+
+COMPONENTS: tuple[str, ...] = PLAUSIBILITY_COMPONENTS
 _REASONS = {
     "appearance": "image content unlike the training chest radiographs",
     "local": "image content at the detected landmarks unlike the training anatomy",
