@@ -161,19 +161,23 @@ def _film(name: str, source: str, role: str, image: np.ndarray, spacing: tuple[f
                 squares, spectrum, slope, rf.intensity_histogram(norm))
 
 
-def twin_aspects(cohort: Cohort) -> np.ndarray:
-    """The thorax aspect (:func:`bmd.evaluation.realfilms.thorax_aspect`) of every twin image, from its
-    ground-truth landmarks; empty for a site's manifest or a cohort without landmarks."""
-    truth = manifest_landmarks(cohort.manifest) if cohort.is_twin else None
+def twin_truth(cohort: Cohort) -> pd.DataFrame | None:
+    """The twin's ground-truth landmarks (``case_id`` + 32 columns, :func:`manifest_landmarks`), read once
+    for both twin measurements; None for a site's manifest (it is no twin) or a cohort without landmarks."""
+    return manifest_landmarks(cohort.manifest) if cohort.is_twin else None
+
+
+def twin_aspects(truth: pd.DataFrame | None) -> np.ndarray:
+    """The thorax aspect (:func:`bmd.evaluation.realfilms.thorax_aspect`) of every twin image with ground
+    truth (:func:`twin_truth`); empty without any."""
     if truth is None:
         return np.zeros(0)
     return rf.thorax_aspect(truth.drop(columns="case_id").to_numpy(dtype=np.float64).reshape(-1, N_LANDMARKS, 2))
 
 
-def twin_films(cohort: Cohort, n: int = N_TWIN_IMAGES) -> list[Film]:
-    """The first ``n`` test-split twin images with ground-truth landmarks, measured; empty for a site's
-    manifest (it is no twin) or a cohort without landmarks."""
-    truth = manifest_landmarks(cohort.manifest) if cohort.is_twin else None
+def twin_films(cohort: Cohort, truth: pd.DataFrame | None, n: int = N_TWIN_IMAGES) -> list[Film]:
+    """The first ``n`` test-split twin images with ground-truth landmarks (:func:`twin_truth`), measured;
+    empty without any."""
     if truth is None:
         return []
     truth = truth.set_index("case_id")
@@ -218,7 +222,8 @@ def real_film_study(cfg: Profile, cohort: Cohort, out: str | Path | None = None,
     """
     folder = Path(folder) if folder is not None else paths.realdata_dir()
     folder = folder if folder is not None and folder.is_dir() else None
-    study = RealFilmStudy(folder=folder, twin=twin_films(cohort))
+    truth = twin_truth(cohort)
+    study = RealFilmStudy(folder=folder, twin=twin_films(cohort, truth))
     real_slopes: list[float] = []
     if folder is not None:
         films, images, spacings = _read_films(folder)
@@ -237,7 +242,7 @@ def real_film_study(cfg: Profile, cohort: Cohort, out: str | Path | None = None,
             study.rib_margin = rf.rib_margin_distances(chex[0].points, contours, chex[0].image.shape[1])
             study.chexmask_inside = rf.fraction_inside(chex[0].squares, contours)
     study.slopes = rf.slope_summary([f.slope for f in study.twin], real_slopes)
-    study.aspect = rf.aspect_comparison(twin_aspects(cohort),
+    study.aspect = rf.aspect_comparison(twin_aspects(truth),
                                         {f.name: float(rf.thorax_aspect(f.points)) for f in study.real})
     study.block = rf.realdata_block(study.present, study.plausibility, study.rib_margin, study.slopes,
                                     study.aspect)
