@@ -565,10 +565,7 @@ def realdata_block(present: bool, plausibility: pd.DataFrame | None = None,
     if present and rib_margin is not None and len(rib_margin):
         d = rib_margin["distance_pct"].to_numpy(dtype=np.float64)
         rib = {"mean": float(np.mean(d)), "max": float(np.max(d))}
-    slope = dict(slopes) if slopes is not None else {"twin": None}
-    slope = {"twin": slope.get("twin"), "real_min": slope.get("real_min") if present else None,
-             "real_max": slope.get("real_max") if present else None,
-             "twin_within_real": slope.get("twin_within_real") if present else None}
+    slope = {key: (slopes or {}).get(key) for key in ("twin", "real_min", "real_max", "twin_within_real")}
     return {
         "present": bool(present),
         "chest_pass": counts["chest_pass"] if counts else None,
@@ -577,20 +574,16 @@ def realdata_block(present: bool, plausibility: pd.DataFrame | None = None,
         "plausibility_components": components,
         "chest_worst_component": worst,
         "chexmask_rib_margin_pct": rib,
-        "spectral_slope": slope,
-        "thorax_aspect": _aspect_block(present, aspect),
+        "spectral_slope": _twin_side_only(slope, present, ("real_min", "real_max", "twin_within_real")),
+        "thorax_aspect": (None if aspect is None else
+                          _twin_side_only(aspect, present, ("real", "above_twin_p95", "below_twin_p05"))),
     }
 
 
-def _aspect_block(present: bool, aspect: Mapping | None) -> dict | None:
-    """The twin side of :func:`aspect_comparison` always (when there is a twin), the real side only with
-    the folder present."""
-    if aspect is None:
-        return None
-    block = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in aspect.items()}
-    if not present:
-        block.update(real=None, above_twin_p95=None, below_twin_p05=None)
-    return block
+def _twin_side_only(block: Mapping, present: bool, real_keys: Sequence[str]) -> dict:
+    """A block comparing the twin with real films, its real side nulled when the real-data folder is absent
+    (whatever was passed for it then describes no real film)."""
+    return {**block, **({} if present else dict.fromkeys(real_keys))}
 
 
 def slope_sentence(slopes: Mapping[str, float | bool | None]) -> str:
