@@ -30,12 +30,12 @@ book: $(STAMP)
 	$(BIN)/bmd book --profile $(PROFILE)
 
 test: $(STAMP)
-	$(BIN)/ruff check bmd tests benchmarks
+	$(BIN)/ruff check bmd tests benchmarks book
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check bmd tests benchmarks
+	$(BIN)/ruff check bmd tests benchmarks book
 	$(BIN)/lint-imports
 
 clean:

@@ -244,13 +244,17 @@ def strip_paths(obj: Any) -> Any:
 
 
 def _portable_config(cfg) -> dict:
-    """The training config with its run folder, cache, manifest and weights file reduced to names."""
+    """The training config with its run folder, cache, manifest, weights file and warm-start source reduced
+    to names."""
 
     out = dataclasses.asdict(cfg)
     for key in ("run_dir", "cache", "manifest"):
         out[key] = Path(str(out[key])).name
     if out.get("pretrained") and str(out["pretrained"]).strip().lower() != IMAGENET:
         out["pretrained"] = Path(str(out["pretrained"])).name
+    if out.get("init_from"):  # a warm start: the source run's folder name and file (its SHA-256 stays)
+        source = Path(str(out["init_from"]))
+        out["init_from"] = f"{source.parent.name}/{source.name}"
     return out
 
 

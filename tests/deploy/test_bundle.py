@@ -465,3 +465,16 @@ def test_the_multi_roi_family_is_all_in_old_runs_and_bundles_too(study, bundle_c
     _edit_json(run / "config.json", family="chest")
     exported = json.loads((export_bundle(run, study["detector"], tmp_path / "b") / BUNDLE_FILE).read_text())
     assert exported["model"]["family"] == "all"
+
+
+def test_a_warm_started_runs_source_is_named_by_its_run_and_digest_not_its_path():
+    """The attention model's config names the multi-ROI checkpoint it started from: in a bundle, by run
+    folder name, file name and SHA-256 only."""
+    from bmd.deploy.bundle import _portable_config
+    from bmd.model.train import TrainConfig
+
+    cfg = TrainConfig(run_dir="/site/runs/attention-vgg16", cache="/site/cache", manifest="/site/m.csv",
+                      model="attention", init_from="/site/runs/multi_roi-vgg16/best.pt", init_sha256="ab" * 32)
+    out = _portable_config(cfg)
+    assert out["init_from"] == "multi_roi-vgg16/best.pt" and out["init_sha256"] == "ab" * 32
+    assert not any(str(v).startswith("/") for v in out.values())

@@ -246,3 +246,55 @@ def test_the_target_scaler_is_read_from_the_run(tmp_path):
     (tmp_path / "checkpoint.pt").unlink()
     torch.save({"model": {}, "epoch": 0, "scaler": scaler.to_dict()}, tmp_path / "best.pt")
     np.testing.assert_array_equal(run_scaler(tmp_path).mean, scaler.mean)
+
+
+@pytest.mark.slow
+def test_ddp_final_batch_norm_statistics_come_from_the_whole_training_split(tiny, tmp_path):
+    """The selected epoch's statistics are recomputed over every training case (not the per-epoch sample)."""
+    from bmd.model.dataset import RoiDataset
+    from bmd.model.train import build_model, load_arrays, recompute_batch_norm
+
+    cfg = _cfg(tiny, tmp_path / "bn", batch_norm=True, precise_bn_cases=4)
+    run = launch(cfg, nproc=1)
+    saved = torch.load(run / "best.pt", weights_only=False)["model"]
+    chest, local, _ = load_arrays(tiny)
+    model = build_model(cfg)
+    model.load_state_dict(saved)
+    train = np.arange(16)  # the tiny manifest's training cases
+    recompute_batch_norm(model, RoiDataset(chest, local, np.zeros((32, 4), np.float32), train), cfg,
+                         torch.device("cpu"))
+    recompute_sample = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    for k, v in recompute_sample.items():
+        torch.testing.assert_close(saved[k], v)
+    recompute_batch_norm(model, RoiDataset(chest, local, np.zeros((32, 4), np.float32), train[:4]), cfg,
+                         torch.device("cpu"))
+    assert any(not torch.allclose(saved[k], v) for k, v in model.state_dict().items() if "running_mean" in k)
+
+
+def test_warm_start_copies_the_shared_parts_and_checks_the_source(tmp_path):
+    """An attention model started from a multi-ROI checkpoint: backbone and per-ROI head copied, the rest
+    its own; a changed, missing or unfitting source is one line naming the file."""
+    from bmd.infra.digests import sha256_file
+    from bmd.model.train import WarmStartError, build_model, save_checkpoint, warm_start
+
+    base = dict(run_dir="r", cache="c", manifest="m", backbone="vgg11", width=0.125, batch_norm=True)
+    torch.manual_seed(0)
+    source = build_model(TrainConfig(**base, model="multi_roi"))
+    path = save_checkpoint({"model": source.state_dict()}, tmp_path / "best.pt")
+    torch.manual_seed(1)
+    target = build_model(TrainConfig(**base, model="attention"))
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    copied = warm_start(target, path, sha256_file(path))
+    assert copied and all(k.startswith(("backbone.", "roi_head.")) for k in copied)
+    state = target.state_dict()
+    for k in copied:
+        torch.testing.assert_close(state[k], source.state_dict()[k])
+    torch.testing.assert_close(state["readout"], before["readout"])
+    with pytest.raises(WarmStartError, match="changed since"):
+        warm_start(target, path, "0" * 64)
+    with pytest.raises(WarmStartError, match="not found"):
+        warm_start(target, tmp_path / "missing.pt")
+    other = build_model(TrainConfig(**{**base, "backbone": "vgg16"}, model="attention"))
+    with pytest.raises(WarmStartError, match="do not fit") as err:
+        warm_start(other, path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)

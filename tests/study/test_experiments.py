@@ -3,7 +3,17 @@
 import dataclasses
 
 from bmd.study.config import load_profile
-from bmd.study.experiments import ENSEMBLES, all_models, table_models, train_config
+from bmd.study.experiments import (
+    ENSEMBLES,
+    RESNET_EPOCH_FACTOR,
+    all_models,
+    backbone_recipe,
+    model_recipe_text,
+    recipe_text,
+    run_key,
+    table_models,
+    train_config,
+)
 
 
 def test_tables_name_the_papers_rows_and_share_the_chest_model():
@@ -28,7 +38,34 @@ def test_configs_follow_the_profile_recipe(tmp_path):
     b = train_config(spec, quick, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs")
     assert b.batch_norm and b.optimizer == "adamw" and b.schedule == "onecycle" and b.width < 1
     assert b.run_dir.endswith("multi_roi-vgg16") and b.model == "multi_roi"
-    # the attention model: the multi-ROI model's recipe, only the model kind and the run folder differ
+    # the attention model: the multi-ROI model's recipe, started from its weights for half the epochs
     c = train_config(table_models()["table2"]["attention"], quick, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs")
     assert c.model == "attention" and c.run_dir.endswith("attention-vgg16")
-    assert dataclasses.replace(c, model="multi_roi", run_dir=b.run_dir) == b
+    assert c.epochs == 7 and c.init_from == str(tmp_path / "runs" / "multi_roi-vgg16" / "best.pt")
+    assert c.init_sha256 is None  # the multi-ROI model is not trained yet
+    assert dataclasses.replace(c, model="multi_roi", run_dir=b.run_dir, epochs=b.epochs, init_from=None) == b
+    assert "7 epochs" in model_recipe_text(table_models()["table2"]["attention"], quick)
+
+
+def test_the_attention_run_is_keyed_by_the_multi_roi_weights_it_starts_from(tmp_path):
+    """A retrained multi-ROI model changes the attention model's config (so its run is retrained)."""
+    quick, spec = load_profile("quick"), table_models()["table2"]["attention"]
+    source = tmp_path / "runs" / "multi_roi-vgg16" / "best.pt"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"first")
+    first = train_config(spec, quick, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs")
+    source.write_bytes(b"second")
+    second = train_config(spec, quick, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs")
+    assert first.init_sha256 and second.init_sha256 and first.init_sha256 != second.init_sha256
+    assert run_key(first) != run_key(second)
+
+
+def test_resnets_trained_from_scratch_get_more_epochs():
+    """The per-backbone recipe: ResNets from scratch train RESNET_EPOCH_FACTOR × longer; pretrained ones
+    (the paper profile) and VGGs keep the profile's epochs."""
+    quick, paper = load_profile("quick"), load_profile("paper")
+    assert backbone_recipe("resnet34", quick) == {"zero_init_residual": True,
+                                                  "epochs": RESNET_EPOCH_FACTOR * quick.train_epochs}
+    assert backbone_recipe("resnet34", paper) == {"zero_init_residual": True}
+    assert backbone_recipe("vgg16", quick) == {}
+    assert f"epochs {RESNET_EPOCH_FACTOR * quick.train_epochs}" in recipe_text("resnet18", quick)
