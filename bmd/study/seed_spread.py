@@ -9,7 +9,9 @@ test-split R, AUC, bias and MAE of the models that carry the study's claim. The 
 exists. Nothing in the default build or the tests runs this: it is ``benchmarks/seeds.py``.
 
 Seed ``s`` is built under ``<root>/seeds/seed-<s>``, except the profile's own seed, which reuses the
-book's folders under ``<root>`` (so after ``make book`` that seed costs nothing).
+book's folders under ``<root>`` (so after ``make book`` that seed costs nothing), and a seed whose book was
+already built elsewhere (``bmd book --seed s --out DIR``), which reuses that folder when it is named in
+``books``.
 """
 
 from __future__ import annotations
@@ -40,15 +42,18 @@ def seed_root(root: str | Path | None, profile_seed: int, seed: int) -> Path:
     return base if seed == profile_seed else base / "seeds" / f"seed-{seed}"
 
 
-def study_on_seed(profile: str | Path, seed: int, root: str | Path | None = None) -> dict[str, dict]:
+def study_on_seed(profile: str | Path, seed: int, root: str | Path | None = None,
+                  book: str | Path | None = None) -> dict[str, dict]:
     """Build (or reuse) the quick study's Table 2 and 3 models on one twin seed; model → avg metrics.
 
     Each value holds ``r``, ``auc``, ``bias``, ``mae`` (test split, mean over L1–L4) and ``converged``.
+    ``book``: the ``--out`` folder of a book already built on this seed and profile, used instead of
+    :func:`seed_root` (its finished runs are reused).
     """
 
     base = load_profile(profile)
     cfg = load_profile(profile, seed=seed)
-    out = seed_root(root, base.seed, seed)
+    out = Path(book) if book is not None else seed_root(root, base.seed, seed)
     cohort = study_cohort(cfg, out=out)
     t2 = stages.table_results(cfg, cohort, "table2", out, baselines=True)
     t3 = stages.table_results(cfg, cohort, "table3", out)
@@ -74,12 +79,15 @@ def spread(per_seed: dict[int, dict[str, dict]]) -> pd.DataFrame:
 
 
 def run_seeds(profile: str | Path, seeds: list[int], root: str | Path | None = None,
-              log=print) -> dict:
-    """The study on every seed, then the spread; returns what :func:`save` writes."""
+              log=print, books: dict[int, str | Path] | None = None) -> dict:
+    """The study on every seed, then the spread; returns what :func:`save` writes.
+
+    ``books`` maps a seed to the ``--out`` folder of a book already built on it (see :func:`study_on_seed`).
+    """
     per_seed: dict[int, dict] = {}
     for seed in seeds:
         start = time.perf_counter()
-        per_seed[seed] = study_on_seed(profile, seed, root)
+        per_seed[seed] = study_on_seed(profile, seed, root, (books or {}).get(seed))
         if log is not None:
             multi = per_seed[seed].get("multi_roi", {})
             log(f"seed {seed}: multi-ROI R {multi.get('r', float('nan')):.3f}, "

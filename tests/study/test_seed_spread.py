@@ -36,3 +36,18 @@ def test_one_seed_has_no_sd_and_the_saved_result_round_trips(tmp_path):
 def test_the_profile_seed_reuses_the_book_folder(tmp_path):
     assert seed_spread.seed_root(tmp_path, 0, 0) == tmp_path.resolve()
     assert seed_spread.seed_root(tmp_path, 0, 7) == tmp_path.resolve() / "seeds" / "seed-7"
+
+
+def test_a_seed_with_a_built_book_reuses_that_folder(tmp_path, monkeypatch):
+    """``books``: a seed already built with ``bmd book --seed N --out DIR`` is studied in DIR; other seeds
+    in their own folder under the root."""
+    from types import SimpleNamespace
+
+    used = []
+    monkeypatch.setattr(seed_spread, "study_cohort", lambda cfg, out: used.append((cfg.seed, out)))
+    rows = {m: {"r": 0.8, "auc": 0.9, "bias": 0.0, "mae": 0.07, "converged": True} for m in seed_spread.MODELS}
+    monkeypatch.setattr(seed_spread.stages, "table_results",
+                        lambda cfg, cohort, table, out, baselines=False: SimpleNamespace(avg=lambda: rows))
+    result = seed_spread.run_seeds("quick", [7, 8], tmp_path, log=None, books={8: tmp_path / "built"})
+    assert used == [(7, tmp_path.resolve() / "seeds" / "seed-7"), (8, tmp_path / "built")]
+    assert result["seeds"] == [7, 8]
