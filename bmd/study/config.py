@@ -51,6 +51,7 @@ class Profile:
     train_epochs: int = 100
     train_batch_size: int = 64
     train_schedule: str = "none"  # none | onecycle
+    train_select: str = "val_mse"  # which epoch is the model: val_mse (the paper's) | last
     train_nproc: int = 1  # DDP processes per training run
 
     @property
@@ -223,9 +224,12 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "train_optimizer": "`sgd` (the paper's, momentum 0.9, which the paper does not state) or `adamw`.",
     "train_lr": "Learning rate (peak rate of the one-cycle schedule when that is used).",
     "train_weight_decay": "Weight decay of the optimiser.",
-    "train_epochs": "Training epochs of every model; the best epoch on the validation split is kept.",
+    "train_epochs": "Training epochs of every model (ResNets from scratch: twice as many, see Table 1).",
     "train_batch_size": "Global batch size, split evenly over the DDP processes.",
     "train_schedule": "Learning-rate schedule: `none` (constant, the paper's) or `onecycle`.",
+    "train_select": ("Which epoch is the model: `val_mse`, the epoch with the lowest validation MSE (the paper's "
+                     "protocol, for a constant learning rate), or `last`, the schedule's final epoch (a one-cycle "
+                     "schedule's annealed weights; an earlier epoch of it can carry an offset of 0.02 g/cm²)."),
     "train_nproc": ("DDP processes per training run (`torchrun --nproc_per_node`); each sees the same global batches "
                     "and crops, so without batch norm the result does not depend on it."),
 }

@@ -139,7 +139,10 @@ def recipe_summary(cfg: Profile) -> str:
     geometry = TrainConfig.__dataclass_fields__["augment_geometry"].default
     augment = ("per-crop flips and whole-pixel shifts (no resampling, so training crops are exactly as sharp "
                "as test crops)" if geometry == "exact" else "per-crop flips, shifts, scaling and rotation")
-    return (f"{cfg.train_optimizer}, lr {cfg.train_lr:g}, {cfg.train_schedule} schedule, {cfg.train_epochs} epochs, "
+    select = ("the last epoch kept" if cfg.train_select == "last"
+              else "the epoch with the lowest validation MSE kept")
+    return (f"{cfg.train_optimizer}, lr {cfg.train_lr:g}, {cfg.train_schedule} schedule, {cfg.train_epochs} epochs "
+            f"({select}), "
             f"batch {cfg.train_batch_size}, width {cfg.train_width:g}"
             f"{', batch norm' if cfg.train_batch_norm else ''}, chest {cfg.chest_size}² and ROIs {cfg.roi_size}², "
             f"augmentation: {augment}")
@@ -155,7 +158,7 @@ def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str
         width=cfg.train_width, batch_norm=cfg.train_batch_norm, pretrained=cfg.train_pretrained,
         epochs=cfg.train_epochs,
         batch_size=cfg.train_batch_size, optimizer=cfg.train_optimizer, lr=cfg.train_lr,
-        weight_decay=cfg.train_weight_decay, schedule=cfg.train_schedule, seed=cfg.seed,
+        weight_decay=cfg.train_weight_decay, schedule=cfg.train_schedule, select=cfg.train_select, seed=cfg.seed,
     )
     return TrainConfig(**{**base, **backbone_recipe(spec.backbone, cfg), **model_recipe(spec, cfg, runs)})
 

@@ -37,6 +37,7 @@ def test_configs_follow_the_profile_recipe(tmp_path):
     assert (a.optimizer, a.lr, a.weight_decay, a.batch_size, a.epochs, a.width) == ("sgd", 1e-4, 4e-4, 64, 100, 1.0)
     b = train_config(spec, quick, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs")
     assert b.batch_norm and b.optimizer == "adamw" and b.schedule == "onecycle" and b.width < 1
+    assert (a.select, b.select) == ("val_mse", "last")  # the paper's selection; the one-cycle schedule's end
     assert b.run_dir.endswith("multi_roi-vgg16") and b.model == "multi_roi"
     # the attention model: the multi-ROI model's recipe, started from its weights for half the epochs
     c = train_config(table_models()["table2"]["attention"], quick, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs")
