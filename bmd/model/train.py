@@ -59,6 +59,7 @@ from bmd.evaluation.metrics import pearson_r
 from bmd.evaluation.predictions import evaluate_predictions
 from bmd.infra import progress
 from bmd.infra.atomic import write_bytes
+from bmd.infra.digests import sha256_file
 from bmd.infra.errors import OneLineParser as _Parser
 from bmd.infra.errors import describe_error
 from bmd.infra.jsonvalues import finite_or_null
@@ -348,8 +349,6 @@ def warm_start(model: nn.Module, path: str | Path, sha256: str | None = None) ->
     Returns the copied keys. Raises :class:`WarmStartError` (one line naming the file) when the file is
     missing or unreadable, its SHA-256 is not ``sha256``, or its shared parts do not fit the model.
     """
-    from bmd.infra.digests import sha256_file
-
     path = Path(path)
     if not path.is_file():
         raise WarmStartError(f"{path}: warm-start checkpoint not found (train the run it comes from first)")
