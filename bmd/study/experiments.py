@@ -73,20 +73,19 @@ def all_models() -> list[ModelSpec]:
 RESNET_EPOCH_FACTOR = 2
 
 
-def backbone_recipe(backbone: str, cfg: Profile | None = None) -> dict:
+def backbone_recipe(backbone: str, cfg: Profile) -> dict:
     """What a backbone changes in the profile's recipe (the book states it beside Table 1).
 
     ResNets start every residual branch at zero (torchvision's ``zero_init_residual``): the narrow,
     deep ResNets of the CPU profiles otherwise barely learn in a few epochs (measured: ResNet-50 at
     1/8 width, test R 0.08), and with pretrained weights the option is overwritten anyway. Trained
     from scratch, they also get :data:`RESNET_EPOCH_FACTOR` × the profile's epochs (pretrained ones
-    keep the profile's: the paper trains every backbone alike). Without ``cfg``, only the changes that
-    do not depend on the profile.
+    keep the profile's: the paper trains every backbone alike).
     """
     if not backbone.startswith("resnet"):
         return {}
     recipe: dict = {"zero_init_residual": True}
-    if cfg is not None and cfg.train_pretrained is None:
+    if cfg.train_pretrained is None:
         recipe["epochs"] = RESNET_EPOCH_FACTOR * cfg.train_epochs
     return recipe
 
@@ -127,7 +126,7 @@ def model_recipe_text(spec: ModelSpec, cfg: Profile) -> str:
             f"of the same recipe (the multi-ROI model's {cfg.train_epochs} from scratch)")
 
 
-def recipe_text(backbone: str, cfg: Profile | None = None) -> str:
+def recipe_text(backbone: str, cfg: Profile) -> str:
     """One line naming a backbone's departures from the profile's recipe ('' when none)."""
     return ", ".join("zero-initialised residual branches" if k == "zero_init_residual" else f"{k} {v}"
                      for k, v in backbone_recipe(backbone, cfg).items())
