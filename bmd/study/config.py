@@ -52,6 +52,7 @@ class Profile:
     train_batch_size: int = 64
     train_schedule: str = "none"  # none | onecycle
     train_select: str = "val_mse"  # which epoch is the model: val_mse (the paper's) | last
+    train_val_every: int = 1  # validate every this many epochs and at the last (val_mse: 1)
     train_nproc: int = 1  # DDP processes per training run
 
     @property
@@ -230,6 +231,9 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "train_select": ("Which epoch is the model: `val_mse`, the epoch with the lowest validation MSE (the paper's "
                      "protocol, for a constant learning rate), or `last`, the schedule's final epoch (a one-cycle "
                      "schedule's annealed weights; an earlier epoch of it can carry an offset of 0.02 g/cm²)."),
+    "train_val_every": ("Validate every this many epochs and at the last. With `last` the scores only log the run, "
+                        "so the CPU profiles validate every 5th epoch; `val_mse` selects among validated epochs, "
+                        "so the paper profile validates every epoch."),
     "train_nproc": ("DDP processes per training run (`torchrun --nproc_per_node`); each sees the same global batches "
                     "and crops, so without batch norm the result does not depend on it."),
 }

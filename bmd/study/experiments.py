@@ -157,7 +157,8 @@ def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str
         width=cfg.train_width, batch_norm=cfg.train_batch_norm, pretrained=cfg.train_pretrained,
         epochs=cfg.train_epochs,
         batch_size=cfg.train_batch_size, optimizer=cfg.train_optimizer, lr=cfg.train_lr,
-        weight_decay=cfg.train_weight_decay, schedule=cfg.train_schedule, select=cfg.train_select, seed=cfg.seed,
+        weight_decay=cfg.train_weight_decay, schedule=cfg.train_schedule, select=cfg.train_select,
+        val_every=cfg.train_val_every, seed=cfg.seed,
     )
     return TrainConfig(**{**base, **backbone_recipe(spec.backbone, cfg), **model_recipe(spec, cfg, runs)})
 

@@ -80,3 +80,17 @@ def test_shape_parameters_vary_independently_between_people():
     tilt = np.array([p.clav_tilt for p in people])
     assert abs(np.corrcoef(tilt[:, 0], tilt[:, 1])[0, 1]) < 0.2
     assert np.std([p.inspiration for p in people]) > 0.02 and np.std([p.scoliosis for p in people]) > 0.005
+
+
+def test_thorax_height_and_taper_spreads_come_from_the_spec():
+    from bmd.evaluation.realfilms import thorax_aspect
+    from bmd.inputs.twin.spec import TwinSpec
+
+    fixed = TwinSpec(thorax_height=(1.0, 0.0), cage_apex=(0.24, 0.0))
+    rng = np.random.default_rng(5)
+    people = [draw_anatomy(rng, "F", fixed) for _ in range(50)]
+    assert {a.cage_height for a in people} == {1.0} and {a.cage_apex for a in people} == {0.24}
+    # the default spread covers real frontal films' thorax aspect (0.68-0.88 on the five in ../shared/realdata)
+    aspect = thorax_aspect(_shapes(1000))
+    assert 0.68 < np.median(aspect) < 0.76
+    assert np.quantile(aspect, 0.95) > 0.85 and np.quantile(aspect, 0.05) < 0.62

@@ -303,17 +303,23 @@ def test_warm_start_copies_the_shared_parts_and_checks_the_source(tmp_path):
 @pytest.mark.slow
 def test_ddp_select_last_keeps_the_schedules_final_epoch(tiny, tmp_path):
     """select="last": the final epoch is the model whatever the validation error did; a bad value is refused
-    in one line naming the file."""
+    in one line naming the file. With val_every=2 only the 2nd and the last epoch are scored."""
     from bmd.model.train import TrainConfigError
 
-    run = launch(_cfg(tiny, tmp_path / "last", epochs=3, select="last", schedule="onecycle", optimizer="adamw"),
-                 nproc=1)
-    assert json.loads((run / "metrics.json").read_text())["best_epoch"] == 2
+    run = launch(_cfg(tiny, tmp_path / "last", epochs=3, select="last", schedule="onecycle", optimizer="adamw",
+                      val_every=2), nproc=1)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 2
+    log = pd.read_csv(run / "log.csv")
+    assert log["val_r"].isna().tolist() == [True, False, False]
+    assert metrics["val_r"] == pytest.approx(log["val_r"].iloc[-1])
     best = torch.load(run / "best.pt", weights_only=False)["model"]
     for key, value in _weights(run).items():
         torch.testing.assert_close(best[key], value)
     with pytest.raises(ValueError, match="select 'best'"):
         _cfg(tiny, tmp_path / "bad", select="best")
+    with pytest.raises(ValueError, match="val_every 0"):
+        _cfg(tiny, tmp_path / "bad", val_every=0)
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**dataclasses.asdict(_cfg(tiny, tmp_path / "x")), "select": "best"}))
     with pytest.raises(TrainConfigError, match="config.json: select 'best'"):

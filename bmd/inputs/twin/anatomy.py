@@ -4,8 +4,9 @@ Everything is in *canonical* coordinates: x, y in [0, 1] of a standard field, x 
 (the patient's left on a PA view), y down. A pose (:mod:`bmd.inputs.twin.acquisition`) maps canonical
 to image pixels. Shape varies per person beyond pose, so that the landmarks are not one template under
 an affine map: rib-cage width (per side) and height, the level of T1 (neck length), clavicle tilt and
-length per side, shoulder height per side, a lateral curve of the thoracic spine, inspiration depth
-(diaphragm level) and heart size.
+length per side, shoulder height per side, the taper of the upper rib cage (conical to barrel-shaped), a
+lateral curve of the thoracic spine, inspiration depth (diaphragm level) and heart size. The spreads of
+thorax height and taper come from the spec (:class:`~bmd.inputs.twin.spec.TwinSpec`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bmd.columns import LANDMARK_NAMES
+from bmd.inputs.twin.spec import TwinSpec
 
 LEVEL = 0.048  # vertebral level height (canonical units, before the thorax-height factor)
 RIB_LEVELS = (0.09, 0.21, 0.33, 0.45)  # rib-cage margin landmarks: depth below T1 (canonical units)
@@ -42,10 +44,12 @@ class Anatomy:
     soft_thickness: float
     aortic_knob: float  # size factor
     dome_offset: tuple[float, float]  # diaphragm dome apex below the base level (patient's right, left)
+    cage_apex: float = 0.24  # depth below the cage top where the margin reaches full width (before cage_height)
 
 
-def draw_anatomy(rng: np.random.Generator, sex: str) -> Anatomy:
+def draw_anatomy(rng: np.random.Generator, sex: str, spec: TwinSpec | None = None) -> Anatomy:
     """Random anatomy of one person (a fixed number of draws, so later draws stay aligned)."""
+    spec = spec or TwinSpec()
     n = rng.standard_normal(16)
     cage = float(np.clip(1.0 + 0.06 * n[0], 0.85, 1.15))
     side = np.clip(0.025 * n[1:3], -0.05, 0.05)
@@ -53,7 +57,7 @@ def draw_anatomy(rng: np.random.Generator, sex: str) -> Anatomy:
     return Anatomy(
         body_width=float(np.clip(1.0 + 0.05 * n[3] + (0.03 if male else 0.0), 0.85, 1.18)),
         cage_width=(float(cage * (1 + side[0])), float(cage * (1 + side[1]))),
-        cage_height=float(np.clip(1.0 + 0.06 * n[4], 0.85, 1.15)),
+        cage_height=float(np.clip(spec.thorax_height[0] + spec.thorax_height[1] * n[4], 0.8, 1.35)),
         t1_y=float(np.clip(0.17 + 0.015 * n[5], 0.13, 0.21)),
         inspiration=float(np.clip(0.03 * n[6], -0.06, 0.06)),
         heart_size=float(np.clip(1.0 + 0.10 * n[7], 0.8, 1.3)),
@@ -67,6 +71,7 @@ def draw_anatomy(rng: np.random.Generator, sex: str) -> Anatomy:
         soft_thickness=float(np.clip(1.0 + 0.12 * rng.standard_normal(), 0.7, 1.4)),
         aortic_knob=float(rng.uniform(0.7, 1.3)),
         dome_offset=(float(rng.uniform(-0.01, 0.015)), float(rng.uniform(0.01, 0.045))),
+        cage_apex=float(spec.cage_apex[0] * np.exp(np.clip(spec.cage_apex[1] * rng.standard_normal(), -0.4, 0.4))),
     )
 
 
@@ -88,7 +93,7 @@ def cage_halfwidth(a: Anatomy, y: np.ndarray, side: int) -> np.ndarray:
     """Half-width of the rib cage's lateral margin (body-width units) at height ``y`` on one side."""
     w = a.cage_width[0 if side > 0 else 1]
     top = a.t1_y - 0.05
-    rel = np.clip((y - top) / (0.24 * a.cage_height), 0, 1)
+    rel = np.clip((y - top) / (a.cage_apex * a.cage_height), 0, 1)
     waist = 1 - 0.08 * np.clip((y - (a.t1_y + 0.58 * a.cage_height)) / 0.2, 0, 1)
     return 0.385 * w * np.sqrt(rel) * waist
 

@@ -393,7 +393,7 @@ def render_case(latents: dict, sex: str, seed: int | list[int], size: int,
     """
     spec = spec or TwinSpec()
     rng = np.random.default_rng(seed)
-    anatomy = draw_anatomy(rng, sex)
+    anatomy = draw_anatomy(rng, sex, spec)
     for _ in range(50):  # a pose that would cut landmarks off the field is redrawn (the radiographer re-centres)
         acq = draw_acquisition(rng, spec)
         cv = _Canvas(size, anatomy, acq)

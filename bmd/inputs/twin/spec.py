@@ -54,7 +54,13 @@ class TwinSpec:
     opacity_noise_sd: float = 0.25  # extra noise of the cancellous-opacity channel m
     cortex_noise_sd: float = 0.55  # extra noise of the cortical-thickness channel c
     texture_noise_sd: float = 0.60  # extra noise of the trabecular-texture channel tau
-    # --- pose and framing (anatomy's own shape variation: bmd.inputs.twin.anatomy)
+    # --- per-person thorax shape beyond pose (bmd.inputs.twin.anatomy). Real frontal chest films are taller
+    # for their width, and vary more, than equal height and width spreads of 6 % give (real films' thorax
+    # aspect, clavicles-to-T12 over the rib-cage width: 0.68-0.88; twin with 6 %: 0.57-0.80, p5-p95)
+    thorax_height: tuple[float, float] = (1.07, 0.10)  # vertical scale below T1: mean, SD (clipped 0.8-1.35)
+    cage_apex: tuple[float, float] = (0.26, 0.15)  # depth below T1 where the rib cage reaches full width:
+    #                                               median (canonical units), log-SD (conical ... barrel chest)
+    # --- pose and framing
     rotation_deg: float = 6.0  # uniform ±
     translation_frac: float = 0.05  # uniform ± of the image width
     scale_range: tuple[float, float] = (0.90, 1.22)  # log-uniform: wide field (neck, abdomen) … lungs only
