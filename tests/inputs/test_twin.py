@@ -19,7 +19,7 @@ from bmd.columns import LANDMARK_NAMES
 from bmd.inputs import paper
 from bmd.inputs.manifest import load_manifest
 from bmd.inputs.tscores import osteoporotic, t_scores_for_manifest
-from bmd.inputs.twin import TwinError, TwinSpec, generate_twin, is_complete
+from bmd.inputs.twin import TWIN_VERSION, TwinError, TwinSpec, generate_twin, is_complete
 from bmd.inputs.twin import cohort as twin_cohort
 from bmd.inputs.twin.cohort import LOCK_NAME, twin_lock
 from bmd.inputs.twin.oracle import ceilings
@@ -240,7 +240,7 @@ def test_oracle_ceilings_sit_a_little_above_the_paper():
 
 def test_oracle_json_holds_spec_ceilings_and_realised_statistics(smoke):
     oracle = json.loads((smoke / "oracle.json").read_text())
-    assert oracle["spec_version"] == "twin-v2" and oracle["seed"] == 0 and oracle["profile"] == "smoke"
+    assert oracle["spec_version"] == TWIN_VERSION and oracle["seed"] == 0 and oracle["profile"] == "smoke"
     assert {(r["roi"], r["vertebra"]) for r in oracle["ceilings"]} >= {("all", "avg"), ("chest", "L1")}
     assert set(oracle["realised"]["bmd_mean"]) == {"L1", "L2", "L3", "L4"}
 

@@ -1,6 +1,6 @@
 """The twin cohort's specification: every constant of the generator, versioned and hashed.
 
-``TWIN_VERSION`` names the generator ("twin-v2"). Any change to a constant changes ``spec_hash``,
+``TWIN_VERSION`` names the generator ("twin-v2.1": twin v2 with wider thorax shapes). Any change to a constant changes ``spec_hash``,
 which ``oracle.json`` records and the reuse check compares: change constants only on purpose.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from bmd.infra.digests import sha256_bytes
 
-TWIN_VERSION = "twin-v2"
+TWIN_VERSION = "twin-v2.1"
 
 #: Chest bone families carrying a latent density, in a fixed order.
 BONES: tuple[str, ...] = ("cervi", "clav_l", "clav_r", "rib_l", "rib_r", "t12")
