@@ -17,8 +17,8 @@ pipeline, not the clinical claim.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,24 +28,21 @@ import yaml
 
 from bmd.study import experiments, stages
 from bmd.study.cohort import load_cohort
-from bmd.study.config import load_profile, profile_path
+from bmd.study.config import load_profile
 
 
 def _profile(name: str, seed: int | None, sets: list[str]) -> tuple:
-    """The profile with ``--set`` overrides applied (through a YAML file, so that null is a value), and the
-    unmodified one."""
-    raw = yaml.safe_load(profile_path(name).read_text())
+    """The profile with ``--set`` overrides applied, and the unmodified one. A null value (``--set
+    train_pretrained=null``) is set after loading, since :func:`load_profile` reads None as "the profile's"."""
+    values = {}
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set {item}: expected KEY=VALUE")
-        raw[key] = yaml.safe_load(value)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(raw, f)
-    try:
-        return load_profile(f.name, seed=seed), load_profile(name, seed=seed)
-    finally:
-        os.unlink(f.name)
+        values[key] = yaml.safe_load(value)
+    unmodified = load_profile(name, seed=seed)
+    cfg = load_profile(name, seed=seed, **values)
+    return dataclasses.replace(cfg, **{k: None for k, v in values.items() if v is None}), unmodified
 
 
 def _kind(spec) -> str:
@@ -56,21 +53,21 @@ def _kind(spec) -> str:
 
 
 def _run_figures(run: Path) -> dict:
-    """Seconds per epoch (mean over epochs after the first), epochs, and test R / bias / MAE (mean over L1–L4)."""
+    """Seconds per epoch (mean over epochs after the first), epochs, and val R / test R / bias / MAE (the
+    ``avg`` rows of ``metrics.json``: means over L1–L4)."""
     log = pd.read_csv(run / "log.csv")
-    metrics = json.loads((run / "metrics.json").read_text())
-    test = [row for row in metrics["splits"]["test"] if row["vertebra"] != "avg"]
-    val = [row for row in metrics["splits"]["val"] if row["vertebra"] != "avg"]
+    splits = json.loads((run / "metrics.json").read_text())["splits"]
+    val, test = ({row["vertebra"]: row for row in splits[s]}["avg"] for s in ("val", "test"))
     per_epoch = log["seconds"].iloc[1:] if len(log) > 1 else log["seconds"]
     return {
         "epochs": int(len(log)),
         "first_epoch_s": round(float(log["seconds"].iloc[0]), 2),
         "epoch_s": round(float(per_epoch.mean()), 2),
-        "converged": bool(metrics.get("converged", True)),
-        "val_r": round(sum(r["r"] for r in val) / len(val), 4),
-        "test_r": round(sum(r["r"] for r in test) / len(test), 4),
-        "test_bias": round(sum(r["bias"] for r in test) / len(test), 4),
-        "test_mae": round(sum(r["mae"] for r in test) / len(test), 4),
+        "converged": stages.run_converged(run),
+        "val_r": round(val["r"], 4),
+        "test_r": round(test["r"], 4),
+        "test_bias": round(test["bias"], 4),
+        "test_mae": round(test["mae"], 4),
     }
 
 

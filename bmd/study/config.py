@@ -72,13 +72,13 @@ def load_profile(name_or_path: str | Path, **overrides: Any) -> Profile:
     every value is checked against the field's type (:func:`check_types`). An override of None is
     ignored (None means "the profile's value").
     """
-    path = profile_path(name_or_path)
+    path = _profile_path(name_or_path)
     raw = _read_yaml(path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return _build(raw, str(path))
 
 
-def profile_path(name_or_path: str | Path) -> Path:
+def _profile_path(name_or_path: str | Path) -> Path:
     """A packaged profile's file for a bare name, else the path itself (a YAML file)."""
     path = Path(name_or_path)
     if path.suffix:
@@ -174,7 +174,7 @@ def from_parameters(namespace: Mapping[str, Any]) -> Profile:
     if namespace.get("seed") is not None:
         injected["seed"] = namespace["seed"]
     if Path(str(name)).suffix or str(name) in PROFILES or not injected:
-        path = profile_path(name)
+        path = _profile_path(name)
         raw = _read_yaml(path)
         raw.update(injected)
         return _build(raw, str(path))
