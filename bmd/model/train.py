@@ -638,8 +638,9 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
             val_pred = predict(ddp, datasets["val"], cfg, device)
             val_mse, val_r = _val_scores(val_pred, val_target)
             score = -val_mse if np.isfinite(val_mse) else -np.inf  # higher is better
-        # the first epoch is always kept, so best.pt exists even when the loss is not finite
-        improved = best_epoch < 0 or (validated and score > best_score) or cfg.select == "last"
+        # the first epoch is always kept, so best.pt exists even when the loss is not finite (an unscored
+        # epoch's score is -inf, so it never beats a scored one)
+        improved = best_epoch < 0 or score > best_score or cfg.select == "last"
         if improved:
             best_score, best_epoch = score, epoch
         log_rows.append({"epoch": epoch, "train_loss": float(loss_sum) / world, "val_mse": val_mse, "val_r": val_r,

@@ -44,7 +44,7 @@ class Anatomy:
     soft_thickness: float
     aortic_knob: float  # size factor
     dome_offset: tuple[float, float]  # diaphragm dome apex below the base level (patient's right, left)
-    cage_apex: float = 0.24  # depth below the cage top where the margin reaches full width (before cage_height)
+    cage_apex: float  # depth below the cage top where the margin reaches full width (before cage_height)
 
 
 def draw_anatomy(rng: np.random.Generator, sex: str, spec: TwinSpec | None = None) -> Anatomy:

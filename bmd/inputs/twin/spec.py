@@ -1,7 +1,8 @@
 """The twin cohort's specification: every constant of the generator, versioned and hashed.
 
-``TWIN_VERSION`` names the generator ("twin-v2.1": twin v2 with wider thorax shapes). Any change to a constant changes ``spec_hash``,
-which ``oracle.json`` records and the reuse check compares: change constants only on purpose.
+``TWIN_VERSION`` names the generator ("twin-v2.1": twin v2 with wider thorax shapes). Any change to a
+constant changes ``spec_hash``, which ``oracle.json`` records and the reuse check compares: change
+constants only on purpose.
 """
 
 from __future__ import annotations
