@@ -75,6 +75,7 @@ from bmd.model.networks import (
 )
 from bmd.rois.cache import load_cache
 from bmd.training.folder import CheckpointError, RunFolder, load_checkpoint, save_checkpoint
+from bmd.training.precision import resolve_precision
 
 BEST_FILE = "best.pt"  # the selected epoch's weights and the target scaler they predict in
 
@@ -131,8 +132,12 @@ class TrainConfig:
     # file's SHA-256 (checked before training: a retrained source is never mixed up with the one keyed)
     init_from: str | None = None
     init_sha256: str | None = None
+    # fp32 | bf16 (autocast) | auto: bf16 on a CUDA GPU or an AMX CPU, fp32 elsewhere (bmd.training.precision);
+    # resolved when the config is made, so config.json says what the run computed in
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        self.precision = resolve_precision(self.precision, cuda=torch.cuda.is_available())
         if self.select not in SELECTIONS:
             raise ValueError(f"select {self.select!r}: expected one of {', '.join(SELECTIONS)}")
         if self.val_every < 1:
@@ -427,7 +432,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, epoch
             crops = _augment_batch(crops, rows, cfg.seed, epoch, aug)
         crops = [c.to(device, non_blocking=True) for c in crops]
         target = target.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             if cfg.model in MULTI_ROI_KINDS:
                 out = model(crops[0], crops[1].unsqueeze(2))
                 loss = multi_roi_loss(out, target)
@@ -453,7 +458,7 @@ def predict(model, dataset: RoiDataset, cfg: TrainConfig, device, batch_size: in
     outs = []
     for chest, local, _, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         chest, local = chest.to(device), local.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             if cfg.model in MULTI_ROI_KINDS:
                 pred = net(chest, local).joint
             else:
@@ -485,7 +490,8 @@ def recompute_batch_norm(model, dataset: RoiDataset, cfg: TrainConfig, device, b
     try:
         for m in norms:
             m.momentum = 1.0  # each forward leaves exactly that batch's statistics in the buffers
-        with torch.no_grad():
+        # in the arithmetic of training and prediction, whose activations these statistics normalise
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             for chest, local, _, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
                 chest, local = chest.to(device), local.to(device)
                 if cfg.model in MULTI_ROI_KINDS:

@@ -54,6 +54,7 @@ class Profile:
     train_select: str = "val_mse"  # which epoch is the model: val_mse (the paper's) | last
     train_val_every: int = 1  # validate every this many epochs and at the last (val_mse: 1)
     train_nproc: int = 1  # DDP processes per training run
+    train_precision: str = "auto"  # auto | fp32 | bf16 (autocast; auto: where the hardware has it natively)
 
     @property
     def twin_n_cases(self) -> int:
@@ -234,8 +235,12 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "train_val_every": ("Validate every this many epochs and at the last. With `last` the scores only log the run, "
                         "so the CPU profiles validate every 5th epoch; `val_mse` selects among validated epochs, "
                         "so the paper profile validates every epoch."),
+    "train_precision": ("Arithmetic of training and prediction: `fp32`, `bf16` (bfloat16 autocast: convolutions in "
+                        "bfloat16, weights and losses in float32) or `auto`, bfloat16 on a CUDA GPU or on a CPU that "
+                        "multiplies bfloat16 natively (AMX), float32 elsewhere (emulated bfloat16 is slower). Each "
+                        "run's `config.json` records the resolved choice."),
     "train_nproc": ("DDP processes per training run (`torchrun --nproc_per_node`); each sees the same global batches "
-                    "and crops, so without batch norm the result does not depend on it."),
+                    "and crops, so without batch norm, in float32, the result does not depend on it."),
 }
 
 #: The parameters cell every chapter notebook starts with (papermill parameters), and what each does.

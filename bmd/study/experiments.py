@@ -20,11 +20,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from bmd.infra.artifacts import Artifact, inputs_key
 from bmd.infra.digests import sha256_file
 from bmd.model.pretrained import resolve_weights
 from bmd.model.train import ALL_ROIS, LOCK_FILE, TrainConfig, launch, run_lock
 from bmd.study.config import Profile
+from bmd.training.precision import resolve_precision
 
 BACKBONES_TABLE1: tuple[str, ...] = ("vgg11", "resnet18", "resnet34", "resnet50", "vgg16")
 ROI_FAMILIES_TABLE2: tuple[str, ...] = ("cervi", "clavi", "lumbar", "ribcage", "chest")
@@ -144,7 +147,11 @@ def recipe_summary(cfg: Profile) -> str:
             f"({select}), "
             f"batch {cfg.train_batch_size}, width {cfg.train_width:g}"
             f"{', batch norm' if cfg.train_batch_norm else ''}, chest {cfg.chest_size}² and ROIs {cfg.roi_size}², "
+            f"{_PRECISION_TEXT[resolve_precision(cfg.train_precision, cuda=torch.cuda.is_available())]}, "
             f"augmentation: {augment}")
+
+
+_PRECISION_TEXT = {"fp32": "float32 arithmetic", "bf16": "bfloat16 autocast (weights in float32)"}
 
 
 def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str | Path, runs: str | Path):
@@ -158,7 +165,7 @@ def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str
         epochs=cfg.train_epochs,
         batch_size=cfg.train_batch_size, optimizer=cfg.train_optimizer, lr=cfg.train_lr,
         weight_decay=cfg.train_weight_decay, schedule=cfg.train_schedule, select=cfg.train_select,
-        val_every=cfg.train_val_every, seed=cfg.seed,
+        val_every=cfg.train_val_every, seed=cfg.seed, precision=cfg.train_precision,
     )
     return TrainConfig(**{**base, **backbone_recipe(spec.backbone, cfg), **model_recipe(spec, cfg, runs)})
 
