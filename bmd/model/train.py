@@ -669,19 +669,22 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
 
     best = load_checkpoint(run_dir / BEST_FILE, device)
     ddp.module.load_state_dict(best["model"])
+    # the saved model is used in float32 (bmd.deploy loads the weights alone), so its final statistics and
+    # the predictions scored here are float32 too: predictions.csv is what the exported model gives
+    final = dataclasses.replace(cfg, precision="fp32")
     if cfg.precise_bn_cases > 0 and cfg.precise_bn_final:
         # The per-epoch statistics come from a fixed sample of training cases, and a sample's mean BMD
         # shows in every eval-mode prediction (measured, a clavicle VGG-16: the first 256 training cases
         # gave a mean offset of -0.016 g/cm² on its own training split; other samples of 256, -0.007 to
         # +0.013; the whole split, +0.001). The weights are the selected epoch's; only the statistics
         # change, recomputed from the weights alone, so a resumed run repeats this exactly.
-        recompute_batch_norm(ddp, datasets["train"], cfg, device)
+        recompute_batch_norm(ddp, datasets["train"], final, device)
         if rank == 0:
             save_checkpoint({**best, "model": ddp.module.state_dict()}, run_dir / BEST_FILE)
     if rank == 0:
         best_r = next((row["val_r"] for row in log_rows if row["epoch"] == best_epoch), float("nan"))
         verdict = convergence(best_r, stopped)
-        _write_results(ddp, datasets, manifest, scaler, cfg, device, run_dir, best_epoch, verdict)
+        _write_results(ddp, datasets, manifest, scaler, final, device, run_dir, best_epoch, verdict)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -258,18 +258,19 @@ def test_ddp_final_batch_norm_statistics_come_from_the_whole_training_split(tiny
     from bmd.model.train import build_model, load_arrays, recompute_batch_norm
 
     cfg = _cfg(tiny, tmp_path / "bn", batch_norm=True, precise_bn_cases=4)
+    final = dataclasses.replace(cfg, precision="fp32")  # the final statistics are float32 (what is exported)
     run = launch(cfg, nproc=1)
     saved = torch.load(run / "best.pt", weights_only=False)["model"]
     chest, local, _ = load_arrays(tiny)
     model = build_model(cfg)
     model.load_state_dict(saved)
     train = np.arange(16)  # the tiny manifest's training cases
-    recompute_batch_norm(model, RoiDataset(chest, local, np.zeros((32, 4), np.float32), train), cfg,
+    recompute_batch_norm(model, RoiDataset(chest, local, np.zeros((32, 4), np.float32), train), final,
                          torch.device("cpu"))
     recompute_sample = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     for k, v in recompute_sample.items():
         torch.testing.assert_close(saved[k], v)
-    recompute_batch_norm(model, RoiDataset(chest, local, np.zeros((32, 4), np.float32), train[:4]), cfg,
+    recompute_batch_norm(model, RoiDataset(chest, local, np.zeros((32, 4), np.float32), train[:4]), final,
                          torch.device("cpu"))
     assert any(not torch.allclose(saved[k], v) for k, v in model.state_dict().items() if "running_mean" in k)
 
