@@ -75,7 +75,7 @@ from bmd.model.networks import (
 )
 from bmd.rois.cache import load_cache
 from bmd.training.folder import CheckpointError, RunFolder, load_checkpoint, save_checkpoint
-from bmd.training.precision import resolve_precision
+from bmd.training.precision import autocast, resolve_precision
 
 BEST_FILE = "best.pt"  # the selected epoch's weights and the target scaler they predict in
 
@@ -137,7 +137,7 @@ class TrainConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        self.precision = resolve_precision(self.precision, cuda=torch.cuda.is_available())
+        self.precision = resolve_precision(self.precision)
         if self.select not in SELECTIONS:
             raise ValueError(f"select {self.select!r}: expected one of {', '.join(SELECTIONS)}")
         if self.val_every < 1:
@@ -432,7 +432,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg: TrainConfig, epoch
             crops = _augment_batch(crops, rows, cfg.seed, epoch, aug)
         crops = [c.to(device, non_blocking=True) for c in crops]
         target = target.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with autocast(cfg.precision, device):
             if cfg.model in MULTI_ROI_KINDS:
                 out = model(crops[0], crops[1].unsqueeze(2))
                 loss = multi_roi_loss(out, target)
@@ -458,7 +458,7 @@ def predict(model, dataset: RoiDataset, cfg: TrainConfig, device, batch_size: in
     outs = []
     for chest, local, _, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         chest, local = chest.to(device), local.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with autocast(cfg.precision, device):
             if cfg.model in MULTI_ROI_KINDS:
                 pred = net(chest, local).joint
             else:
@@ -491,7 +491,7 @@ def recompute_batch_norm(model, dataset: RoiDataset, cfg: TrainConfig, device, b
         for m in norms:
             m.momentum = 1.0  # each forward leaves exactly that batch's statistics in the buffers
         # in the arithmetic of training and prediction, whose activations these statistics normalise
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.no_grad(), autocast(cfg.precision, device):
             for chest, local, _, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
                 chest, local = chest.to(device), local.to(device)
                 if cfg.model in MULTI_ROI_KINDS:

@@ -20,13 +20,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from bmd.infra.artifacts import Artifact, inputs_key
 from bmd.infra.digests import sha256_file
 from bmd.model.pretrained import resolve_weights
 from bmd.model.train import ALL_ROIS, LOCK_FILE, TrainConfig, launch, run_lock
 from bmd.study.config import Profile
+from bmd.training.precision import DESCRIPTIONS as PRECISION_TEXT
 from bmd.training.precision import resolve_precision
 
 BACKBONES_TABLE1: tuple[str, ...] = ("vgg11", "resnet18", "resnet34", "resnet50", "vgg16")
@@ -147,11 +146,9 @@ def recipe_summary(cfg: Profile) -> str:
             f"({select}), "
             f"batch {cfg.train_batch_size}, width {cfg.train_width:g}"
             f"{', batch norm' if cfg.train_batch_norm else ''}, chest {cfg.chest_size}² and ROIs {cfg.roi_size}², "
-            f"{_PRECISION_TEXT[resolve_precision(cfg.train_precision, cuda=torch.cuda.is_available())]}, "
+            f"{PRECISION_TEXT[resolve_precision(cfg.train_precision)]}, "
             f"augmentation: {augment}")
 
-
-_PRECISION_TEXT = {"fp32": "float32 arithmetic", "bf16": "bfloat16 autocast (weights in float32)"}
 
 
 def train_config(spec: ModelSpec, cfg: Profile, cache: str | Path, manifest: str | Path, runs: str | Path):

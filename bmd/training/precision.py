@@ -10,9 +10,12 @@ there. Channels-last memory was slower on the same CPU (VGG-16 1.03 s in bfloat1
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
 from pathlib import Path
+
+import torch
 
 #: ``auto``: bfloat16 on a CUDA GPU or a CPU with native bfloat16 matrix units, else float32.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
@@ -37,10 +40,22 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return False
 
 
-def resolve_precision(precision: str, cuda: bool) -> str:
-    """``fp32`` or ``bf16``: ``auto`` resolved for a run on a CUDA GPU (``cuda``) or on this CPU."""
+def resolve_precision(precision: str, cuda: bool | None = None) -> str:
+    """``fp32`` or ``bf16``: ``auto`` resolved for a run on a CUDA GPU (``cuda``) or on this CPU; ``cuda``
+    None: whether this machine has one (where training runs)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
+    if cuda is None:
+        cuda = torch.cuda.is_available()
     return "bf16" if cuda or cpu_has_native_bf16() else "fp32"
+
+
+#: How the book's recipe line names each resolved precision.
+DESCRIPTIONS: dict[str, str] = {"fp32": "float32 arithmetic", "bf16": "bfloat16 autocast (weights in float32)"}
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved precision on ``device`` (a no-op for ``fp32``)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
