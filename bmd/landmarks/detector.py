@@ -57,12 +57,13 @@ def default_input_size(image_size: int) -> int:
 def recipe_for_profile(profile) -> dict:
     """Training arguments for a :class:`~bmd.study.config.Profile`: input side from the twin image size, and an
     epoch budget that fits the profile (smoke: seconds; quick: a few CPU minutes; paper: longer)."""
-    size = default_input_size(profile.twin_image_size)
+    base = {"input_size": default_input_size(profile.twin_image_size), "seed": profile.seed,
+            "precision": profile.train_precision}
     if profile.profile == "smoke":
-        return {"input_size": size, "epochs": 15, "batch_size": 8, "seed": profile.seed}
+        return {**base, "epochs": 15, "batch_size": 8}
     if profile.profile == "quick":
-        return {"input_size": size, "epochs": 10, "batch_size": 16, "seed": profile.seed}
-    return {"input_size": size, "epochs": 40, "batch_size": 16, "seed": profile.seed}
+        return {**base, "epochs": 10, "batch_size": 16}
+    return {**base, "epochs": 40, "batch_size": 16}
 
 
 @dataclass

@@ -37,6 +37,7 @@ from bmd.landmarks.detector import (
 from bmd.landmarks.model import LandmarkNet, ModelConfig, landmark_loss
 from bmd.landmarks.plausibility import PlausibilityModel
 from bmd.training.folder import RunFolder, signature
+from bmd.training.precision import autocast, resolve_precision
 
 STATE_FILE = ".train_state.pt"  # resumable training state, removed when the detector is complete
 
@@ -58,6 +59,7 @@ def train_landmark_model(
     model_config: ModelConfig | dict | None = None,
     augment: AugmentConfig | dict | None = None,
     threads: int = 2,
+    precision: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> Path:
@@ -66,9 +68,12 @@ def train_landmark_model(
     The validation split selects the epoch (lowest mean radial error) and calibrates the plausibility
     score. Optimiser: AdamW with a one-cycle learning-rate schedule (a recipe that converges in a few
     CPU minutes). A killed run resumes from ``out_dir/.train_state.pt`` when called again with the same
-    arguments; the same seed gives the same detector on the same machine.
+    arguments; the same seed gives the same detector on the same machine. ``precision`` (``auto``, ``fp32``,
+    ``bf16``; :mod:`bmd.training.precision`) is the backbone's arithmetic in training steps; the graph
+    stages, validation, plausibility features and the saved detector are float32.
     """
     t_start = time.perf_counter()
+    precision = resolve_precision(precision, cuda=False)  # the detector trains on the CPU
     out = Path(out_dir)
     torch.set_num_threads(max(1, int(threads)))
     say = log or (lambda _msg: None)
@@ -113,6 +118,7 @@ def train_landmark_model(
         lr=lr,
         wd=weight_decay,
         n=len(train),
+        precision=precision,
     )
     history: list[dict] = []
     best = {"epoch": -1, "val_mean_error_pct": math.inf, "state": None}
@@ -146,7 +152,8 @@ def train_landmark_model(
 
             batches = tqdm(loader, desc=f"landmarks epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
         for x, y in batches:
-            out_ = net(x)
+            with autocast(precision, x.device):
+                out_ = net(x)
             loss = landmark_loss(out_.stages, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -236,6 +243,7 @@ def train_landmark_model(
             "weight_decay": weight_decay,
             "schedule": "one-cycle (15% warm-up)",
             "threads": torch.get_num_threads(),
+            "precision": precision,
             "best_epoch": best["epoch"],
             "history": history,
             "read_seconds": round(t_read, 2),

@@ -237,8 +237,9 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
                         "so the paper profile validates every epoch."),
     "train_precision": ("Arithmetic of training and prediction: `fp32`, `bf16` (bfloat16 autocast: convolutions in "
                         "bfloat16, weights and losses in float32) or `auto`, bfloat16 on a CUDA GPU or on a CPU that "
-                        "multiplies bfloat16 natively (AMX), float32 elsewhere (emulated bfloat16 is slower). Each "
-                        "run's `config.json` records the resolved choice."),
+                        "multiplies bfloat16 natively (AMX), float32 elsewhere (emulated bfloat16 is slower). The "
+                        "landmark detector's training follows it in its convolutional backbone only (its points stay "
+                        "float32). Each run's `config.json` records the resolved choice."),
     "train_nproc": ("DDP processes per training run (`torchrun --nproc_per_node`); each sees the same global batches "
                     "and crops, so without batch norm, in float32, the result does not depend on it."),
 }

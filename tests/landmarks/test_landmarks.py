@@ -50,6 +50,21 @@ def test_forward_shapes_and_stages_start_at_mean_shape():
     assert out.local.shape == (3, N_LANDMARKS, TINY.channels)
 
 
+def test_bfloat16_autocast_reaches_the_backbone_only():
+    net = _net().train()
+    x = torch.rand(2, 1, 64, 64)
+    seen = {}
+    net.backbone.stem.register_forward_hook(lambda _m, _i, out: seen.update(stem=out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    assert seen["stem"] == torch.bfloat16  # the convolutions ran in bfloat16
+    # every stage's points, the descriptor and the sampled features are float32 (coordinates unrounded)
+    assert {s.dtype for s in out.stages} | {out.pooled.dtype, out.local.dtype, out.affine.dtype} == {torch.float32}
+    landmark_loss(out.stages, torch.zeros(2, N_LANDMARKS, 2)).backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert net.backbone.stem[0][0].weight.grad is not None and {g.dtype for g in grads} == {torch.float32}
+
+
 def test_shape_features_are_displacements_to_all_nodes():
     p = torch.rand(2, N_LANDMARKS, 2)
     f = shape_features(p)

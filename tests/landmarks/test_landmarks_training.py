@@ -30,10 +30,13 @@ from bmd.landmarks.detector import (
 )
 from bmd.landmarks.fit import train_landmark_model
 from bmd.study.config import load_profile
+from bmd.training.precision import resolve_precision
 
 torch.set_num_threads(2)
 
-SMOKE_RECIPE = {"input_size": 128, "epochs": 15, "batch_size": 8, "seed": 0, "progress": False, "log": None}
+# float32: what these tests assert about learning must not depend on whether the CPU has bfloat16 units
+SMOKE_RECIPE = {"input_size": 128, "epochs": 15, "batch_size": 8, "seed": 0, "precision": "fp32", "progress": False,
+                "log": None}
 
 #: real files that are not chest radiographs (relative to the real-data folder); CT_small comes with pydicom
 NON_CHEST = ("pydicom-data/RG3_J2KR.dcm", "fo-dicom/CR-ModalitySequenceLUT.dcm", "fo-dicom/GH133.dcm")
@@ -59,6 +62,7 @@ def test_training_beats_the_mean_shape_on_val_and_writes_a_detector(smoke_model)
     assert {"config.json", "weights.pt", "plausibility.pt"} <= {p.name for p in smoke_model.iterdir()}
     assert not (smoke_model / ".train_state.pt").exists()
     assert info["model"]["input_size"] == 128 and len(info["mean_shape"]) == N_LANDMARKS
+    assert info["training"]["precision"] == "fp32"
     assert (
         info["training"]["n_train"] == 24 and info["training"]["n_val"] == 12
     )  # train split only; val selects
@@ -215,7 +219,9 @@ def test_cli_landmarks_train_uses_the_profile_recipe(smoke_twin, tmp_path):
     args = ["landmarks", "train", "--manifest", str(smoke_twin / "manifest.csv"), "--out", str(out),
             "--profile", "smoke", "--epochs", "1", "--quiet"]
     assert main(args) == 0
-    assert json.loads((out / "config.json").read_text())["model"]["input_size"] == 128
+    info = json.loads((out / "config.json").read_text())
+    assert info["model"]["input_size"] == 128
+    assert info["training"]["precision"] == resolve_precision("auto", cuda=False)  # the profile's `auto`, resolved
 
 
 # ------------------------------------------------------------------------ Labelme files for a site to correct

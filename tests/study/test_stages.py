@@ -255,7 +255,11 @@ def test_ground_truth_landmarks_from_a_file_keyed_by_image(tmp_path):
 
 
 def test_the_detector_is_trained_once_per_manifest_and_recipe_and_an_older_one_is_adopted(tmp_path, monkeypatch):
-    cfg = SimpleNamespace(profile="smoke", seed=0, twin_image_size=256, landmark_model=None)
+    def profile(seed):
+        return SimpleNamespace(profile="smoke", seed=seed, twin_image_size=256, train_precision="auto",
+                               landmark_model=None)
+
+    cfg = profile(0)
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("case_id\n001\n")
     cohort = SimpleNamespace(manifest_path=manifest, manifest=pd.DataFrame({"case_id": ["001"]}))
@@ -276,12 +280,10 @@ def test_the_detector_is_trained_once_per_manifest_and_recipe_and_an_older_one_i
     manifest.write_text("case_id\n001\n002\n")  # other training data: trained again
     stages.landmark_detector(cfg, cohort, tmp_path)
     assert len(trained) == 2
-    stages.landmark_detector(SimpleNamespace(profile="smoke", seed=1, twin_image_size=256, landmark_model=None),
-                             cohort, tmp_path)
+    stages.landmark_detector(profile(1), cohort, tmp_path)
     assert len(trained) == 3 and trained[-1]["seed"] == 1  # another recipe: trained again
     bundle.with_name(f".{bundle.name}.artifact.json").unlink()  # a detector made before stamps ...
-    stages.landmark_detector(SimpleNamespace(profile="smoke", seed=1, twin_image_size=256, landmark_model=None),
-                             cohort, tmp_path)
+    stages.landmark_detector(profile(1), cohort, tmp_path)
     assert len(trained) == 3  # ... whose config matches: adopted
     summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
     assert summary["artifacts"]["landmark_model"] == "runs/smoke/landmark_model"
