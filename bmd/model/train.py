@@ -526,18 +526,20 @@ def _val_scores(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------- main
 
 
-def run(cfg: TrainConfig, resume: bool = False) -> Path:
+def run(cfg: TrainConfig, resume: bool = False, threads: int | None = None) -> Path:
     """Train, select the best validation epoch, write predictions and metrics; returns the run folder.
 
-    ``resume``: continue from ``run_dir/checkpoint.pt`` when it exists. Raises :class:`RunFolderBusy`
-    when another process is training in the same folder.
+    ``resume``: continue from ``run_dir/checkpoint.pt`` when it exists. ``threads``: CPU threads of this
+    process, which wins over ``cfg.threads`` (how a run is computed on this machine, not what it
+    computes: it is not part of the config). Raises :class:`RunFolderBusy` when another process is
+    training in the same folder.
     """
     _die_with_launcher()
     rank, world, device = setup_distributed()
     run_dir = Path(cfg.run_dir)
     with contextlib.ExitStack() as stack:
         _hold_run_folder(stack, run_dir, rank, device)
-        _train(cfg, resume, rank, world, device)
+        _train(cfg, resume, rank, world, device, threads)
     return run_dir
 
 
@@ -558,10 +560,11 @@ def _restore_best(run_dir: Path, state: dict) -> None:
         save_checkpoint({"model": state["model"], "epoch": state["epoch"], "scaler": state.get("scaler")}, best_path)
 
 
-def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.device) -> None:
+def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.device,
+           threads: int | None = None) -> None:
     """The run itself, with the run folder held by rank 0."""
     run_dir = Path(cfg.run_dir)
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(threads or cfg.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if cfg.batch_size % world:
@@ -725,7 +728,8 @@ def _write_results(model, datasets, manifest, scaler, cfg, device, run_dir: Path
                   for s in ("val", "test")}
     else:  # weights ruined before any usable epoch: nothing to score (the verdict says why)
         splits = {}
-    metrics = {"best_epoch": best_epoch, **verdict, "splits": splits}
+    # the CPU threads of this process: how the run was computed here (not part of its config)
+    metrics = {"best_epoch": best_epoch, **verdict, "threads": torch.get_num_threads(), "splits": splits}
     folder = RunFolder(run_dir)
     write_bytes(run_dir / "predictions.csv", predictions.to_csv(index=False, float_format="%.5f").encode())
     folder.write_metrics(metrics)  # the finished marker, written last
@@ -743,8 +747,10 @@ def epoch_progress(line: str) -> str | None:
     return f"epoch {done}/{total}, val R {float(r):.2f}"
 
 
-def launch(cfg: TrainConfig, nproc: int = 1, resume: bool = False) -> Path:
+def launch(cfg: TrainConfig, nproc: int = 1, resume: bool = False, threads: int | None = None) -> Path:
     """Run the entry point under torch.distributed.run with ``nproc`` processes (what notebooks call).
+
+    ``threads``: CPU threads of each process (default: ``cfg.threads``, else the cores shared among them).
 
     The run folder's lock is taken here, before torchrun starts (a busy folder raises
     :class:`RunFolderBusy` at once), and held for the workers. torchrun's output is read line by line
@@ -762,6 +768,8 @@ def launch(cfg: TrainConfig, nproc: int = 1, resume: bool = False) -> Path:
         cfg.save(run_dir / "config.json")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "bmd.model.train", "--config", str(run_dir / "config.json")] + (["--resume"] if resume else [])
+        if threads:
+            cmd += ["--threads", str(int(threads))]
         # torchrun inherits the locked file (the lock lives as long as any holder), and rank 0 knows that
         # the pid in it is its own launcher's
         env = {**os.environ, _LOCK_ENV: f"{os.getpid()}:{run_dir.resolve()}"}
@@ -792,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="bmd train", description="Train a model from a config JSON (run it with torchrun).")
     parser.add_argument("--config", required=True, type=Path, help="config JSON (see bmd.model.train.TrainConfig)")
     parser.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint.pt")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per process (default: the config's, else cores / processes)")
     args = parser.parse_args(argv)
     try:
         cfg = TrainConfig.load(args.config)
@@ -801,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bmd train: {describe_error(exc)}", file=sys.stderr, flush=True)
         return 1
     try:
-        run(cfg, resume=args.resume)
+        run(cfg, resume=args.resume, threads=args.threads)
     except RunFolderBusy as exc:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"bmd train: {exc}", file=sys.stderr, flush=True)

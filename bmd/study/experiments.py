@@ -200,14 +200,16 @@ def is_finished(config) -> bool:
     return artifact.read_stamp() is None and _same_config(config) and _has_results(run)
 
 
-def train_model(config, nproc: int = 1, wait: bool = True, timeout: float | None = None) -> Path:
+def train_model(config, nproc: int = 1, wait: bool = True, timeout: float | None = None,
+                threads: int | None = None) -> Path:
     """Train through the DDP entry point unless an identical finished run exists; returns the run folder.
 
     A killed run of the same config resumes from its checkpoint. A live process training in the folder
     is waited for (up to ``timeout`` seconds; its run is then reused when it is this config's); with
     ``wait=False``, or after the timeout, :class:`bmd.model.train.RunFolderBusy` is raised. Raises
     :class:`bmd.model.pretrained.PretrainedWeightsError` (one line, before anything starts) when the
-    config's pretrained weights file is missing.
+    config's pretrained weights file is missing. ``threads``: CPU threads of each training process
+    (default: the cores shared among them).
     """
 
     run = Path(config.run_dir)
@@ -220,7 +222,7 @@ def train_model(config, nproc: int = 1, wait: bool = True, timeout: float | None
         if not same:
             for name in ("checkpoint.pt", "best.pt", "metrics.json", "predictions.csv", "log.csv"):
                 (run / name).unlink(missing_ok=True)
-        launch(config, nproc=nproc, resume=same and (run / "checkpoint.pt").is_file())
+        launch(config, nproc=nproc, resume=same and (run / "checkpoint.pt").is_file(), threads=threads)
 
     # the folder's lock before anything is deleted: a run training there is waited for (or refuses us)
     run_artifact(config).build(

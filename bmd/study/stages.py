@@ -26,7 +26,7 @@ from bmd.evaluation.baselines import age_sex_baseline, roi_intensity_baseline, r
 from bmd.evaluation.metrics import pearson_r
 from bmd.evaluation.predictions import ensemble
 from bmd.evaluation.radiomics import radiomics_baseline
-from bmd.infra import formatting, paths, progress
+from bmd.infra import formatting, jobs, paths, progress
 from bmd.infra.artifacts import Artifact, file_stamp, inputs_key
 from bmd.infra.atomic import write_bytes, write_text
 from bmd.infra.digests import sha256_bytes, sha256_file, sha256_files, sha256_json
@@ -310,17 +310,33 @@ def _jitter_pct(detector: Path) -> float:
 
 
 def train_models(cfg: Profile, cohort: Cohort, cache, specs: list, out: str | Path | None = None) -> dict[str, Path]:
-    """Train (or reuse) each model spec on the ROI cache through the DDP entry point; name → run folder."""
+    """Train (or reuse) each model spec on the ROI cache through the DDP entry point; name → run folder.
+
+    ``cfg.train_parallel`` runs train at once, each on its share of the cores (:mod:`bmd.infra.jobs`); a
+    run started from another's weights (the attention model) waits for it. Runs that others wait for
+    start first, then the longer ones (more epochs).
+    """
 
     start = time.perf_counter()
     runs = paths.run_dir(cfg.profile, out) / "models"
-    done = {}
-    for i, spec in enumerate(specs, 1):
-        config = train_config(spec, cfg, cache.path, cohort.manifest_path, runs)
-        progress.note(f"model {i}/{len(specs)}: {spec.name}")
-        done[spec.name] = train_model(config, nproc=cfg.train_nproc)
+    drafts = {spec.name: train_config(spec, cfg, cache.path, cohort.manifest_path, runs) for spec in specs}
+    folders = {Path(c.run_dir): name for name, c in drafts.items()}
+    after = {name: tuple(n for n in [folders.get(Path(c.init_from).parent)] if n and n != name)
+             if c.init_from else () for name, c in drafts.items()}
+    waited_for = {n for deps in after.values() for n in deps}
+    order = sorted(specs, key=lambda s: (s.name not in waited_for, -drafts[s.name].epochs))
+
+    def job(spec) -> jobs.Job:
+        def run(threads: int) -> Path:
+            # made now, not before: a run started from another's weights is keyed by them once they exist
+            config = train_config(spec, cfg, cache.path, cohort.manifest_path, runs)
+            progress.note(f"model {specs.index(spec) + 1}/{len(specs)}: {spec.name}")
+            return train_model(config, nproc=cfg.train_nproc, threads=max(1, threads // cfg.train_nproc))
+        return jobs.Job(spec.name, run, after[spec.name])
+
+    done = jobs.run_jobs([job(spec) for spec in order], slots=cfg.train_parallel)
     summary.record_timing(summary.summary_path(cfg.profile, out), "training", time.perf_counter() - start)
-    return done
+    return {spec.name: done[spec.name] for spec in specs}
 
 
 def predictions(run: Path) -> pd.DataFrame:

@@ -73,6 +73,14 @@ def test_ddp_run_writes_predictions_metrics_and_is_deterministic(tiny, tmp_path)
 
 
 @pytest.mark.slow
+def test_threads_given_at_launch_reach_the_run_and_stay_out_of_its_config(tiny, tmp_path):
+    cfg = _cfg(tiny, tmp_path / "threads", threads=0, epochs=1)
+    run = launch(cfg, nproc=1, threads=1)
+    assert json.loads((run / "metrics.json").read_text())["threads"] == 1
+    assert TrainConfig.load(run / "config.json") == cfg  # the run is keyed by what it computes, not how
+
+
+@pytest.mark.slow
 def test_ddp_resumed_run_ends_with_the_same_weights(tiny, tmp_path):
     straight = launch(_cfg(tiny, tmp_path / "straight", epochs=3), nproc=1)
     cfg = _cfg(tiny, tmp_path / "resumed", epochs=1)

@@ -231,6 +231,47 @@ def test_every_table_compares_with_radiomics_and_flags_unconverged_runs(tmp_path
     assert saved["tables"]["table1"][0]["delta_r_radiomics"] is not None
 
 
+def test_table_two_trains_two_runs_at_once_and_the_attention_model_after_the_multi_roi_model(tmp_path, monkeypatch):
+    """train_models with training replaced by a recorder: the multi-ROI run (waited for) starts first, the
+    attention run only once it has finished, and runs side by side each get one of the two cores."""
+    import threading
+    import time
+
+    from bmd.study.experiments import table_models
+
+    profile = load_profile("smoke", train_parallel=2)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("case_id\n")
+    cohort = SimpleNamespace(manifest_path=manifest)
+    cache = SimpleNamespace(path=tmp_path / "roi_cache")
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    lock, events = threading.Lock(), []
+
+    def fake_train_model(config, nproc=1, threads=None):
+        name = Path(config.run_dir).name
+        with lock:
+            events.append(("start", name, threads, config.init_sha256))
+        if name.startswith("multi_roi"):
+            time.sleep(0.3)
+            Path(config.run_dir).mkdir(parents=True)
+            (Path(config.run_dir) / "best.pt").write_bytes(b"weights")
+        with lock:
+            events.append(("end", name, threads, None))
+        return Path(config.run_dir)
+
+    monkeypatch.setattr(stages, "train_model", fake_train_model)
+    specs = list(table_models()["table2"].values())
+    runs = stages.train_models(profile, cohort, cache, specs, tmp_path)
+    assert list(runs) == [spec.name for spec in specs]
+    starts = [e for e in events if e[0] == "start"]
+    assert starts[0][1] == "multi_roi-vgg16"
+    attention = next(e for e in starts if e[1] == "attention-vgg16")
+    assert events.index(attention) > events.index(("end", "multi_roi-vgg16", 1, None))
+    assert attention[3] is not None  # keyed by the multi-ROI weights, which existed when it started
+    assert attention[2] == 2  # alone at the end: both cores
+    assert {e[2] for e in starts if e[1] != "attention-vgg16"} == {1}
+
+
 def test_ground_truth_landmarks_from_a_file_keyed_by_image(tmp_path):
     """A landmark CSV keyed by ``image`` (which the annotation importers accept) reaches the study keyed by case."""
     from bmd.columns import COORD_COLUMNS
