@@ -1,4 +1,4 @@
-"""Run jobs a few at a time, after the jobs they depend on, each told how many CPU threads it may use.
+"""Run jobs a few at a time, after the jobs they depend on, each with a fixed number of CPU threads.
 
 Training runs of the CPU profiles are small: a width-1/8 network on 64-128 px crops keeps two cores
 only partly busy, so two runs side by side with one thread each finish sooner than the same runs one
@@ -8,9 +8,16 @@ once (1.19x the throughput); ResNet-50 0.19 / 0.32 / 0.31 s (1.22x); chest VGG-1
 (1.0x). Running side by side also overlaps what a run does on one core only (starting its processes,
 reading the cache, writing its results).
 
-A job that runs alone (nothing else running or ready to start) gets every core; one that starts beside
-others gets its share. Jobs start in the order given, a job only once every job it names in ``after``
-has finished. The first failure stops new jobs from starting; the running ones finish, then it is raised.
+The plan is fixed before anything runs, so that a job's threads never depend on timing (a run's float
+rounding depends on its thread count, and the same inputs must give the same numbers):
+
+* a job that others wait for runs alone with every core: it holds them up;
+* every other job runs beside up to ``slots - 1`` others with ``cores // slots`` threads (every core
+  when it is the only such job, or when ``slots`` is 1).
+
+Jobs that others wait for start as soon as they are ready; the others start longest first (``cost``,
+then the order given), each once every job it names in ``after`` has finished. The first failure stops
+new jobs from starting; the running ones finish, then it is raised.
 """
 
 from __future__ import annotations
@@ -18,30 +25,34 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: ``run(threads)`` does it with at most ``threads`` CPU threads."""
+    """One unit of work: ``run(threads)`` does it with ``threads`` CPU threads.
+
+    ``after``: names of the jobs it needs finished first; ``cost``: its expected running time in any unit
+    (only the order in which jobs start depends on it).
+    """
 
     name: str
     run: Callable[[int], Any]
-    after: tuple[str, ...] = field(default=())
+    after: tuple[str, ...] = ()
+    cost: float = 1.0
 
 
-def threads_for(running: int, cores: int, slots: int) -> int:
-    """The CPU threads of a job that will run beside ``running - 1`` others (``running`` ≤ ``slots``)."""
-    return max(1, cores // max(1, min(running, slots)))
+@dataclass(frozen=True)
+class Plan:
+    """How :func:`run_jobs` runs a list of jobs: who runs alone, and each job's threads."""
+
+    alone: frozenset[str]
+    threads: dict[str, int]
 
 
-def run_jobs(jobs: Sequence[Job], slots: int = 1, cores: int | None = None) -> dict[str, Any]:
-    """Run ``jobs`` at most ``slots`` at a time on ``cores`` CPU cores (default: this machine's); name → result.
-
-    Raises ``ValueError`` before anything runs when a job names an unknown job in ``after``, names are
-    repeated, or the dependencies form a cycle.
-    """
+def plan_jobs(jobs: Sequence[Job], slots: int, cores: int) -> Plan:
+    """The fixed plan of ``jobs`` (see the module docstring); raises ``ValueError`` for a bad job list."""
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"job names repeat: {names}")
@@ -50,24 +61,36 @@ def run_jobs(jobs: Sequence[Job], slots: int = 1, cores: int | None = None) -> d
         if unknown:
             raise ValueError(f"job {job.name} waits for unknown job(s) {', '.join(unknown)}")
     _check_acyclic(jobs)
+    alone = frozenset(n for job in jobs for n in job.after)
+    shared = [job.name for job in jobs if job.name not in alone]
+    share = cores if slots <= 1 or len(shared) <= 1 else max(1, cores // slots)
+    return Plan(alone, {job.name: cores if job.name in alone else share for job in jobs})
+
+
+def run_jobs(jobs: Sequence[Job], slots: int = 1, cores: int | None = None) -> dict[str, Any]:
+    """Run ``jobs`` at most ``slots`` at a time on ``cores`` CPU cores (default: this machine's); name → result.
+
+    Raises ``ValueError`` before anything runs when a job names an unknown job in ``after``, names are
+    repeated, or the dependencies form a cycle.
+    """
     cores = cores or os.cpu_count() or 1
     slots = max(1, slots)
+    plan = plan_jobs(jobs, slots, cores)
+    # jobs that hold others up first, then the longest; sorted() keeps the given order among equals
+    pending = sorted(jobs, key=lambda job: (job.name not in plan.alone, -job.cost))
     results: dict[str, Any] = {}
-    pending = list(jobs)
     running: dict[Future, Job] = {}
     failure: BaseException | None = None
     with ThreadPoolExecutor(max_workers=slots) as pool:
         try:
             while pending or running:
                 if failure is None:
-                    ready = [job for job in pending if all(n in results for n in job.after)]
-                    while ready and len(running) < slots:
-                        job = ready.pop(0)
+                    for job in [j for j in pending if all(n in results for n in j.after)]:
+                        busy_alone = any(j.name in plan.alone for j in running.values())
+                        if busy_alone or len(running) >= slots or (job.name in plan.alone and running):
+                            break
                         pending.remove(job)
-                        # the threads it keeps for its whole run: its share of the cores among the jobs
-                        # running beside it now (and those ready to join them)
-                        threads = threads_for(len(running) + 1 + len(ready), cores, slots)
-                        running[pool.submit(job.run, threads)] = job
+                        running[pool.submit(job.run, plan.threads[job.name])] = job
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)

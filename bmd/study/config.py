@@ -241,10 +241,12 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
                         "multiplies bfloat16 natively (AMX), float32 elsewhere (emulated bfloat16 is slower). The "
                         "landmark detector's training follows it in its convolutional backbone only (its points stay "
                         "float32). Each run's `config.json` records the resolved choice."),
-    "train_parallel": ("Training runs at once, each on its share of the CPU cores (a run alone gets them all); a run "
-                       "started from another's weights waits for it. The CPU profiles' narrow networks keep two cores "
-                       "only partly busy, so two runs side by side with a core each finish sooner than one after the "
-                       "other (measured on a 2-core Xeon: 1.2x the training throughput). Keep 1 on a GPU."),
+    "train_parallel": ("Training runs at once, each on a fixed share of the CPU cores (cores / runs), the longest "
+                       "first; a run that another starts from (the multi-ROI model, for the attention model) trains "
+                       "alone with every core. The CPU profiles' narrow networks keep two cores only partly busy, so "
+                       "two runs side by side with a core each finish sooner than one after the other (measured on "
+                       "a 2-core Xeon: 1.2x the training throughput). A run's thread count is fixed by this plan, "
+                       "never by timing, so a rebuild gives the same numbers. Keep 1 on a GPU."),
     "train_nproc": ("DDP processes per training run (`torchrun --nproc_per_node`); each sees the same global batches "
                     "and crops, so without batch norm, in float32, the result does not depend on it."),
 }

@@ -45,7 +45,7 @@ from bmd.study import ablation, report, summary
 from bmd.study.ablation import attention_study
 from bmd.study.cohort import Cohort, check_landmark_source
 from bmd.study.config import Profile
-from bmd.study.experiments import ENSEMBLES, table_models, train_config, train_model
+from bmd.study.experiments import ENSEMBLES, run_cost, table_models, train_config, train_model
 
 
 def detector_folder(cfg: Profile, out: str | Path | None = None) -> Path:
@@ -312,19 +312,15 @@ def _jitter_pct(detector: Path) -> float:
 def train_models(cfg: Profile, cohort: Cohort, cache, specs: list, out: str | Path | None = None) -> dict[str, Path]:
     """Train (or reuse) each model spec on the ROI cache through the DDP entry point; name → run folder.
 
-    ``cfg.train_parallel`` runs train at once, each on its share of the cores (:mod:`bmd.infra.jobs`); a
-    run started from another's weights (the attention model) waits for it. Runs that others wait for
-    start first, then the longer ones (more epochs).
+    ``cfg.train_parallel`` runs train at once on a fixed share of the cores (:mod:`bmd.infra.jobs`); a run
+    that another starts from (the multi-ROI model, for the attention model) trains alone, with every core,
+    before it. The longer runs start first (:func:`bmd.study.experiments.run_cost`).
     """
 
     start = time.perf_counter()
     runs = paths.run_dir(cfg.profile, out) / "models"
     drafts = {spec.name: train_config(spec, cfg, cache.path, cohort.manifest_path, runs) for spec in specs}
     folders = {Path(c.run_dir): name for name, c in drafts.items()}
-    after = {name: tuple(n for n in [folders.get(Path(c.init_from).parent)] if n and n != name)
-             if c.init_from else () for name, c in drafts.items()}
-    waited_for = {n for deps in after.values() for n in deps}
-    order = sorted(specs, key=lambda s: (s.name not in waited_for, -drafts[s.name].epochs))
 
     def job(spec) -> jobs.Job:
         def run(threads: int) -> Path:
@@ -332,9 +328,13 @@ def train_models(cfg: Profile, cohort: Cohort, cache, specs: list, out: str | Pa
             config = train_config(spec, cfg, cache.path, cohort.manifest_path, runs)
             progress.note(f"model {specs.index(spec) + 1}/{len(specs)}: {spec.name}")
             return train_model(config, nproc=cfg.train_nproc, threads=max(1, threads // cfg.train_nproc))
-        return jobs.Job(spec.name, run, after[spec.name])
 
-    done = jobs.run_jobs([job(spec) for spec in order], slots=cfg.train_parallel)
+        draft = drafts[spec.name]
+        source = folders.get(Path(draft.init_from).parent) if draft.init_from else None
+        after = (source,) if source and source != spec.name else ()
+        return jobs.Job(spec.name, run, after, cost=run_cost(draft, cfg))
+
+    done = jobs.run_jobs([job(spec) for spec in specs], slots=cfg.train_parallel)
     summary.record_timing(summary.summary_path(cfg.profile, out), "training", time.perf_counter() - start)
     return {spec.name: done[spec.name] for spec in specs}
 

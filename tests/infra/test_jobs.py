@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bmd.infra.jobs import Job, run_jobs, threads_for
+from bmd.infra.jobs import Job, plan_jobs, run_jobs
 
 
 class Recorder:
@@ -20,7 +20,8 @@ class Recorder:
         self.live = 0
         self.most_live = 0
 
-    def job(self, name: str, seconds: float = 0.05, after: tuple[str, ...] = (), fail: bool = False) -> Job:
+    def job(self, name: str, seconds: float = 0.05, after: tuple[str, ...] = (), fail: bool = False,
+            cost: float = 1.0) -> Job:
         def run(threads: int) -> str:
             with self.lock:
                 self.events.append(("start", name))
@@ -34,7 +35,7 @@ class Recorder:
             if fail:
                 raise RuntimeError(f"{name} failed")
             return f"result of {name}"
-        return Job(name, run, after)
+        return Job(name, run, after, cost)
 
     def index(self, kind: str, name: str) -> int:
         return self.events.index((kind, name))
@@ -55,26 +56,29 @@ def test_one_slot_runs_in_the_given_order_with_every_core():
     assert set(rec.threads.values()) == {4}
 
 
-def test_a_job_waits_for_the_jobs_it_names():
+def test_a_job_others_wait_for_runs_alone_with_every_core_and_first():
     rec = Recorder()
-    run_jobs([rec.job("base", 0.2), rec.job("child", after=("base",)), rec.job("other", 0.05)], slots=2, cores=2)
+    run_jobs([rec.job("other", 0.05), rec.job("child", after=("base",)), rec.job("base", 0.1),
+              rec.job("third", 0.05)], slots=2, cores=2)
+    assert rec.events[:2] == [("start", "base"), ("end", "base")]  # first, and nothing beside it
+    assert rec.threads == {"base": 2, "child": 1, "other": 1, "third": 1}
     assert rec.index("start", "child") > rec.index("end", "base")
-    # while the child waited, the other job used the free slot
-    assert rec.index("start", "other") < rec.index("end", "base")
 
 
-def test_jobs_side_by_side_share_the_cores_and_a_lone_job_gets_them_all():
+def test_threads_are_fixed_by_the_plan_not_by_what_happens_to_run_at_the_time():
+    jobs = [Job("a", len, cost=3), Job("b", len), Job("c", len, ("a",))]
+    plan = plan_jobs(jobs, slots=2, cores=8)
+    assert plan.alone == {"a"} and plan.threads == {"a": 8, "b": 4, "c": 4}
+    assert plan_jobs(jobs, slots=1, cores=8).threads == {"a": 8, "b": 8, "c": 8}
+    assert plan_jobs([Job("a", len), Job("b", len, ("a",))], slots=2, cores=8).threads == {"a": 8, "b": 8}
+    assert plan_jobs([Job("a", len), Job("b", len)], slots=2, cores=1).threads == {"a": 1, "b": 1}
+
+
+def test_longest_jobs_start_first():
     rec = Recorder()
-    # a and b start together; c waits for a and runs alone at the end (b finished long before)
-    run_jobs([rec.job("a", 0.3), rec.job("b", 0.05), rec.job("c", after=("a",))], slots=2, cores=2)
-    assert rec.threads == {"a": 1, "b": 1, "c": 2}
-
-
-def test_threads_share():
-    assert threads_for(1, 8, 2) == 8
-    assert threads_for(2, 8, 2) == 4
-    assert threads_for(5, 8, 2) == 4  # never more jobs at once than slots
-    assert threads_for(2, 1, 2) == 1  # at least one
+    run_jobs([rec.job("short", 0.01, cost=1), rec.job("long", 0.01, cost=5), rec.job("mid", 0.01, cost=3)],
+             slots=1, cores=1)
+    assert [name for kind, name in rec.events if kind == "start"] == ["long", "mid", "short"]
 
 
 def test_a_failure_starts_nothing_more_and_is_raised_after_the_running_jobs_end():

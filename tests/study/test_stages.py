@@ -232,12 +232,13 @@ def test_every_table_compares_with_radiomics_and_flags_unconverged_runs(tmp_path
 
 
 def test_table_two_trains_two_runs_at_once_and_the_attention_model_after_the_multi_roi_model(tmp_path, monkeypatch):
-    """train_models with training replaced by a recorder: the multi-ROI run (waited for) starts first, the
-    attention run only once it has finished, and runs side by side each get one of the two cores."""
+    """train_models with training replaced by a recorder: the multi-ROI run (waited for) trains first, alone
+    with both cores; the attention run starts only once it has finished; the others, side by side, get one
+    core each, the longest first."""
     import threading
     import time
 
-    from bmd.study.experiments import table_models
+    from bmd.study.experiments import run_cost, table_models, train_config
 
     profile = load_profile("smoke", train_parallel=2)
     manifest = tmp_path / "manifest.csv"
@@ -263,13 +264,14 @@ def test_table_two_trains_two_runs_at_once_and_the_attention_model_after_the_mul
     specs = list(table_models()["table2"].values())
     runs = stages.train_models(profile, cohort, cache, specs, tmp_path)
     assert list(runs) == [spec.name for spec in specs]
-    starts = [e for e in events if e[0] == "start"]
-    assert starts[0][1] == "multi_roi-vgg16"
+    assert events[:2] == [("start", "multi_roi-vgg16", 2, None), ("end", "multi_roi-vgg16", 2, None)]
+    starts = [e for e in events if e[0] == "start"][1:]
     attention = next(e for e in starts if e[1] == "attention-vgg16")
-    assert events.index(attention) > events.index(("end", "multi_roi-vgg16", 1, None))
-    assert attention[3] is not None  # keyed by the multi-ROI weights, which existed when it started
-    assert attention[2] == 2  # alone at the end: both cores
-    assert {e[2] for e in starts if e[1] != "attention-vgg16"} == {1}
+    assert attention[3] is not None  # keyed by the weights it starts from, which existed by then
+    drafts = {s.name: train_config(s, profile, cache.path, manifest, tmp_path / "runs") for s in specs}
+    costs = [run_cost(drafts[e[1]], profile) for e in starts]
+    assert costs == sorted(costs, reverse=True)  # the longest first
+    assert {e[2] for e in starts} == {1}
 
 
 def test_ground_truth_landmarks_from_a_file_keyed_by_image(tmp_path):
