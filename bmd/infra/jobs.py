@@ -22,6 +22,7 @@ new jobs from starting; the running ones finish, then it is raised.
 
 from __future__ import annotations
 
+import graphlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -60,7 +61,10 @@ def plan_jobs(jobs: Sequence[Job], slots: int, cores: int) -> Plan:
         unknown = [n for n in job.after if n not in names]
         if unknown:
             raise ValueError(f"job {job.name} waits for unknown job(s) {', '.join(unknown)}")
-    _check_acyclic(jobs)
+    try:
+        graphlib.TopologicalSorter({job.name: job.after for job in jobs}).prepare()
+    except graphlib.CycleError as exc:
+        raise ValueError(f"jobs wait for each other in a cycle: {', '.join(exc.args[1])}") from None
     alone = frozenset(n for job in jobs for n in job.after)
     shared = [job.name for job in jobs if job.name not in alone]
     share = cores if slots <= 1 or len(shared) <= 1 else max(1, cores // slots)
@@ -84,13 +88,15 @@ def run_jobs(jobs: Sequence[Job], slots: int = 1, cores: int | None = None) -> d
     with ThreadPoolExecutor(max_workers=slots) as pool:
         try:
             while pending or running:
-                if failure is None:
+                # nothing starts beside a job that runs alone, and a job that runs alone waits for an empty pool
+                if failure is None and not any(j.name in plan.alone for j in running.values()):
                     for job in [j for j in pending if all(n in results for n in j.after)]:
-                        busy_alone = any(j.name in plan.alone for j in running.values())
-                        if busy_alone or len(running) >= slots or (job.name in plan.alone and running):
+                        if len(running) >= slots or (job.name in plan.alone and running):
                             break
                         pending.remove(job)
                         running[pool.submit(job.run, plan.threads[job.name])] = job
+                        if job.name in plan.alone:
+                            break
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -108,14 +114,3 @@ def run_jobs(jobs: Sequence[Job], slots: int = 1, cores: int | None = None) -> d
         raise failure
     return results
 
-
-def _check_acyclic(jobs: Sequence[Job]) -> None:
-    after = {job.name: set(job.after) for job in jobs}
-    done: set[str] = set()
-    while after:
-        free = [name for name, deps in after.items() if deps <= done]
-        if not free:
-            raise ValueError(f"jobs wait for each other in a cycle: {', '.join(sorted(after))}")
-        for name in free:
-            done.add(name)
-            del after[name]

@@ -322,19 +322,20 @@ def train_models(cfg: Profile, cohort: Cohort, cache, specs: list, out: str | Pa
     drafts = {spec.name: train_config(spec, cfg, cache.path, cohort.manifest_path, runs) for spec in specs}
     folders = {Path(c.run_dir): name for name, c in drafts.items()}
 
-    def job(spec) -> jobs.Job:
-        def run(threads: int) -> Path:
-            # made now, not before: a run started from another's weights is keyed by them once they exist
-            config = train_config(spec, cfg, cache.path, cohort.manifest_path, runs)
-            progress.note(f"model {specs.index(spec) + 1}/{len(specs)}: {spec.name}")
-            return train_model(config, nproc=cfg.train_nproc, threads=max(1, threads // cfg.train_nproc))
-
+    def job(i: int, spec) -> jobs.Job:
         draft = drafts[spec.name]
         source = folders.get(Path(draft.init_from).parent) if draft.init_from else None
         after = (source,) if source and source != spec.name else ()
+
+        def run(threads: int) -> Path:
+            # a run started from another's weights is made again once they exist: they key it
+            config = train_config(spec, cfg, cache.path, cohort.manifest_path, runs) if after else draft
+            progress.note(f"model {i}/{len(specs)}: {spec.name}")
+            return train_model(config, nproc=cfg.train_nproc, threads=max(1, threads // cfg.train_nproc))
+
         return jobs.Job(spec.name, run, after, cost=run_cost(draft, cfg))
 
-    done = jobs.run_jobs([job(spec) for spec in specs], slots=cfg.train_parallel)
+    done = jobs.run_jobs([job(i, spec) for i, spec in enumerate(specs, 1)], slots=cfg.train_parallel)
     summary.record_timing(summary.summary_path(cfg.profile, out), "training", time.perf_counter() - start)
     return {spec.name: done[spec.name] for spec in specs}
 
