@@ -261,9 +261,9 @@ def test_bone_information_is_in_the_pixels_and_not_in_plain_brightness(tmp_path)
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import cross_val_predict
 
-    # 320 cases: a hand-placed 16-pixel window sees the T12 texture weakly (R ≈ 0.15 on twin-v2.1 at 320
-    # cases, ± 0.08 at 160, where one cohort gave 0.00 and another 0.20), so fewer cases make a coin toss
-    profile = Profile(profile="check", seed=3, twin_n_train=320, twin_n_val=0, twin_n_test=0, twin_image_size=512)
+    # 640 cases: a hand-placed 16-pixel window sees the T12 texture weakly (R 0.09-0.27, mean 0.17, over
+    # five cohorts of 320 on twin-v2.2; 0.08-0.19 on v2.1), so fewer cases make a coin toss
+    profile = Profile(profile="check", seed=3, twin_n_train=640, twin_n_val=0, twin_n_test=0, twin_image_size=512)
     out = generate_twin(tmp_path / "c", profile, workers=2, progress=False)
     df = pd.read_csv(out / "manifest.csv")
     lat = pd.read_csv(out / "latents.csv").set_index("case_id")
@@ -293,7 +293,7 @@ def test_bone_information_is_in_the_pixels_and_not_in_plain_brightness(tmp_path)
     r_texture = np.corrcoef(texture, lat.loc[df["case_id"], "d_t12"])[0, 1]
     r_contrast = np.corrcoef(contrast, lat.loc[df["case_id"], ["d_clav_l", "d_clav_r"]].mean(axis=1))[0, 1]
     print(f"T12 fine texture vs density R {r_texture:.3f}; clavicle contrast vs density R {r_contrast:.3f}")
-    assert r_texture > 0.1, r_texture  # visible with a 16-pixel window, against the processing
+    assert r_texture > 0.08, r_texture  # visible with a 16-pixel window, against the processing (SD ≈ 0.04)
     assert r_contrast > 0.15, r_contrast  # bone against its own surroundings carries density too
 
 

@@ -94,3 +94,25 @@ def test_thorax_height_and_taper_spreads_come_from_the_spec():
     aspect = thorax_aspect(_shapes(1000))
     assert 0.68 < np.median(aspect) < 0.76
     assert np.quantile(aspect, 0.95) > 0.85 and np.quantile(aspect, 0.05) < 0.62
+
+
+def _spine_offset(shapes: np.ndarray) -> np.ndarray:
+    """x of the cervical point from the midpoint of the clavicles' medial ends, over the rib-cage width."""
+    i = {n: k for k, n in enumerate(LANDMARK_NAMES)}
+    mid = (shapes[:, i["clav_l_medial"], 0] + shapes[:, i["clav_r_medial"], 0]) / 2
+    width = shapes[:, i["rib_l_3"], 0] - shapes[:, i["rib_r_3"], 0]
+    return (shapes[:, i["cervical"], 0] - mid) / width
+
+
+def test_axial_rotation_moves_the_spine_off_the_clavicles_midline_as_on_real_films():
+    from bmd.inputs.twin.spec import TwinSpec
+
+    offset = _spine_offset(_shapes(1000))
+    # real films: -0.06…+0.04 of the rib-cage width (the five films of the real-data folder); without
+    # rotation the twin's cervical point stayed within ±0.007
+    assert 0.02 < np.std(offset) < 0.05 and abs(np.mean(offset)) < 0.005
+    assert np.quantile(offset, 0.05) < -0.03 and np.quantile(offset, 0.95) > 0.03
+    rng = np.random.default_rng(7)
+    upright = [draw_anatomy(rng, "F", TwinSpec(axial_rotation_deg=0.0)) for _ in range(200)]
+    assert {a.spine_shift for a in upright} == {0.0}
+    assert np.abs(_spine_offset(np.stack([canonical_landmarks(a) for a in upright]))).max() < 0.01

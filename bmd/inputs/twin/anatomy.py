@@ -5,8 +5,9 @@ Everything is in *canonical* coordinates: x, y in [0, 1] of a standard field, x 
 to image pixels. Shape varies per person beyond pose, so that the landmarks are not one template under
 an affine map: rib-cage width (per side) and height, the level of T1 (neck length), clavicle tilt and
 length per side, shoulder height per side, the taper of the upper rib cage (conical to barrel-shaped), a
-lateral curve of the thoracic spine, inspiration depth (diaphragm level) and heart size. The spreads of
-thorax height and taper come from the spec (:class:`~bmd.inputs.twin.spec.TwinSpec`).
+lateral curve of the thoracic spine, axial rotation (the spine projected off the midline between the
+clavicles' medial ends), inspiration depth (diaphragm level) and heart size. The spreads of thorax height,
+taper and rotation come from the spec (:class:`~bmd.inputs.twin.spec.TwinSpec`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Anatomy:
     aortic_knob: float  # size factor
     dome_offset: tuple[float, float]  # diaphragm dome apex below the base level (patient's right, left)
     cage_apex: float  # depth below the cage top where the margin reaches full width (before cage_height)
+    spine_shift: float = 0.0  # lateral offset of the whole spine from axial rotation (+ = image right)
 
 
 def draw_anatomy(rng: np.random.Generator, sex: str, spec: TwinSpec | None = None) -> Anatomy:
@@ -72,13 +74,23 @@ def draw_anatomy(rng: np.random.Generator, sex: str, spec: TwinSpec | None = Non
         aortic_knob=float(rng.uniform(0.7, 1.3)),
         dome_offset=(float(rng.uniform(-0.01, 0.015)), float(rng.uniform(0.01, 0.045))),
         cage_apex=float(spec.cage_apex[0] * np.exp(np.clip(spec.cage_apex[1] * rng.standard_normal(), -0.4, 0.4))),
+        spine_shift=rotation_shift(spec, float(rng.standard_normal())),
     )
 
 
+def rotation_shift(spec: TwinSpec, z: float) -> float:
+    """Lateral offset (canonical units) of the spine from the clavicles' midline for a rotation of ``z`` SD
+    about the body's long axis: the vertebral bodies lie ``spine_depth_mm`` behind the clavicles' medial
+    ends, so they project ``depth · sin(angle)`` to the side (the rib-cage margins, near the axis, stay)."""
+    angle = np.deg2rad(spec.axial_rotation_deg * float(np.clip(z, -2.4, 2.4)))
+    return float(spec.spine_depth_mm / spec.field_width_mm * np.sin(angle))
+
+
 def spine_x(a: Anatomy, y: np.ndarray | float) -> np.ndarray:
-    """x of the spine's centre line at height ``y`` (a gentle lateral curve of the thoracic spine)."""
+    """x of the spine's centre line at height ``y`` (a gentle lateral curve of the thoracic spine, the whole
+    spine shifted by axial rotation)."""
     t = np.clip((np.asarray(y) - a.t1_y) / (0.62 * a.cage_height), 0, 1)
-    return 0.5 + a.scoliosis * np.sin(np.pi * t + a.scoliosis_phase) - a.scoliosis * np.sin(a.scoliosis_phase)
+    return 0.5 + a.spine_shift + a.scoliosis * np.sin(np.pi * t + a.scoliosis_phase) - a.scoliosis * np.sin(a.scoliosis_phase)
 
 
 def vertebra_levels(a: Anatomy) -> dict[str, float]:

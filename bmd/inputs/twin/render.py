@@ -283,13 +283,15 @@ def _ribs(cv: _Canvas, bones: _Bones, rng: np.random.Generator) -> None:
             y0 = levels[f"T{j + 1}"]
             ym = y0 + 0.04 * a.cage_height
             rc = float(cage_halfwidth(a, np.float64(ym), side))
-            x0, x1 = sorted((0.5 + side * 0.02 * a.body_width, 0.5 + side * (rc + 0.03) * a.body_width))
+            # the posterior rib runs from its vertebra (wherever scoliosis and rotation put the spine) to the margin
+            xs, margin = float(spine_x(a, y0)), 0.5 + side * rc * a.body_width
+            x0, x1 = sorted((xs + side * 0.02 * a.body_width, margin + side * 0.03 * a.body_width))
             drop = 0.075 * a.cage_height * slope
             half = 0.0080 * a.cage_height * thick
             region = cv.grid(x0, x1, y0 - 0.035, y0 + drop + 0.02)
             if region is not None:
                 sl, X, Y = region
-                r = side * cv.u(X) / rc
+                r = (X - xs) / (margin - xs)
                 rr = np.clip(r, 0, 1)
                 # posterior rib: from the transverse process, up a little, then sloping down to the margin
                 yc = y0 - 0.012 * np.sin(np.pi * rr) + drop * rr**2
