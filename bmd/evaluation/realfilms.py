@@ -503,6 +503,35 @@ def thorax_aspect(points: np.ndarray) -> np.ndarray:
         return np.where(width > 0, height / width, np.nan)
 
 
+def spine_offset(points: np.ndarray) -> np.ndarray:
+    """Signed offset of the cervical point from the mid-point of the two medial clavicle ends, over the
+    rib-cage width (between the third rib-cage points), ``(…, 16, 2)`` → ``(…)``; + = image right.
+
+    Axial rotation of the patient projects the spine, which lies behind the clavicles' medial ends, to one
+    side of their mid-point (the radiographer's check for a rotated PA film). Free of position and scale.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    mid = 0.5 * (p[..., _INDEX["clav_l_medial"], 0] + p[..., _INDEX["clav_r_medial"], 0])
+    width = np.abs(p[..., _INDEX["rib_l_3"], 0] - p[..., _INDEX["rib_r_3"], 0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(width > 0, (p[..., _INDEX["cervical"], 0] - mid) / width, np.nan)
+
+
+def _within_twin(twin_values: Sequence[float], real_values: Mapping[str, float], key: str) -> dict | None:
+    """Real films' values of one shape measure within the twin's distribution of it (see
+    :func:`aspect_comparison`, whose layout this is, with ``key`` naming the value)."""
+    tw = np.asarray([a for a in twin_values if np.isfinite(a)], dtype=np.float64)
+    if not tw.size:
+        return None
+    p05, med, p95 = (float(v) for v in np.percentile(tw, [5, 50, 95]))
+    real = {str(f): {key: float(a), "twin_percentile": float(100.0 * np.mean(tw < a))}
+            for f, a in real_values.items() if np.isfinite(a)}
+    values = [r[key] for r in real.values()]
+    return {"twin": {"p05": p05, "median": med, "p95": p95, "n": int(tw.size)}, "real": real,
+            "above_twin_p95": {"n": int(sum(a > p95 for a in values)), "of": len(values)},
+            "below_twin_p05": {"n": int(sum(a < p05 for a in values)), "of": len(values)}}
+
+
 def aspect_comparison(twin_aspects: Sequence[float], real_aspects: Mapping[str, float]) -> dict | None:
     """The real chest films' thorax aspect (:func:`thorax_aspect`) within the twin's distribution.
 
@@ -510,16 +539,13 @@ def aspect_comparison(twin_aspects: Sequence[float], real_aspects: Mapping[str, 
     "above_twin_p95": {"n", "of"}, "below_twin_p05": {"n", "of"}}``; ``twin_percentile`` is the percentage
     of twin images with a smaller aspect. None without twin aspects; ``real`` empty without real films.
     """
-    tw = np.asarray([a for a in twin_aspects if np.isfinite(a)], dtype=np.float64)
-    if not tw.size:
-        return None
-    p05, med, p95 = (float(v) for v in np.percentile(tw, [5, 50, 95]))
-    real = {str(f): {"aspect": float(a), "twin_percentile": float(100.0 * np.mean(tw < a))}
-            for f, a in real_aspects.items() if np.isfinite(a)}
-    values = [r["aspect"] for r in real.values()]
-    return {"twin": {"p05": p05, "median": med, "p95": p95, "n": int(tw.size)}, "real": real,
-            "above_twin_p95": {"n": int(sum(a > p95 for a in values)), "of": len(values)},
-            "below_twin_p05": {"n": int(sum(a < p05 for a in values)), "of": len(values)}}
+    return _within_twin(twin_aspects, real_aspects, "aspect")
+
+
+def spine_offset_comparison(twin_offsets: Sequence[float], real_offsets: Mapping[str, float]) -> dict | None:
+    """The real chest films' spine offset (:func:`spine_offset`) within the twin's distribution; the layout
+    of :func:`aspect_comparison` with ``offset`` for ``aspect``."""
+    return _within_twin(twin_offsets, real_offsets, "offset")
 
 
 # ------------------------------------------------------------------------------ summary and text
@@ -540,7 +566,7 @@ def slope_summary(twin_slopes: Sequence[float], real_slopes: Sequence[float]) ->
 def realdata_block(present: bool, plausibility: pd.DataFrame | None = None,
                    rib_margin: pd.DataFrame | None = None,
                    slopes: Mapping[str, float | bool | None] | None = None,
-                   aspect: Mapping | None = None) -> dict:
+                   aspect: Mapping | None = None, spine: Mapping | None = None) -> dict:
     """The ``realdata`` block of ``summary.json``.
 
     Keys: ``present`` (the real-data folder was found); ``chest_pass`` and ``non_chest_flagged``
@@ -548,7 +574,8 @@ def realdata_block(present: bool, plausibility: pd.DataFrame | None = None,
     score, > 1 flagged, for every film it ran on); ``plausibility_components`` (file → its per-component
     scores, or None); ``chest_worst_component`` (:func:`worst_component_counts` of the chest films);
     ``chexmask_rib_margin_pct`` (``{mean, max}`` of :func:`rib_margin_distances`, % of the image width);
-    ``spectral_slope`` (:func:`slope_summary`); ``thorax_aspect`` (:func:`aspect_comparison`). Whatever
+    ``spectral_slope`` (:func:`slope_summary`); ``thorax_aspect`` (:func:`aspect_comparison`);
+    ``spine_offset`` (:func:`spine_offset_comparison`). Whatever
     cannot be computed (no folder, no CheXmask files, no twin) is None (JSON null).
     """
     counts = plausibility_counts(plausibility) if present and plausibility is not None else None
@@ -577,6 +604,8 @@ def realdata_block(present: bool, plausibility: pd.DataFrame | None = None,
         "spectral_slope": _twin_side_only(slope, present, ("real_min", "real_max", "twin_within_real")),
         "thorax_aspect": (None if aspect is None else
                           _twin_side_only(aspect, present, ("real", "above_twin_p95", "below_twin_p05"))),
+        "spine_offset": (None if spine is None else
+                         _twin_side_only(spine, present, ("real", "above_twin_p95", "below_twin_p05"))),
     }
 
 
@@ -625,10 +654,10 @@ _COMPONENT_WORDS = {"appearance": "the image's overall content", "local": "the c
                     "shape": "the configuration of the detected points"}
 
 
-def shape_sentence(table: pd.DataFrame | None, aspect: Mapping | None) -> str:
+def shape_sentence(table: pd.DataFrame | None, aspect: Mapping | None, spine: Mapping | None = None) -> str:
     """What still differs, computed: which plausibility component scores the real chest films worst, and
-    where their thorax aspect (:func:`thorax_aspect`) falls in the twin's distribution. Empty when neither
-    can be said."""
+    where their thorax aspect (:func:`thorax_aspect`) and spine offset (:func:`spine_offset`) fall in the
+    twin's distribution. Empty when none can be said."""
     parts = []
     if table is not None:
         worst = worst_component_counts(table)
@@ -652,4 +681,13 @@ def shape_sentence(table: pd.DataFrame | None, aspect: Mapping | None) -> str:
         else:
             text += ": all lie within the twin's 5th–95th percentile."
         parts.append(text)
+    if spine is not None and spine.get("real"):
+        tw = spine["twin"]
+        real = sorted(r["offset"] for r in spine["real"].values())
+        outside = spine["above_twin_p95"]["n"] + spine["below_twin_p05"]["n"]
+        parts.append(
+            f"The real films' spine offset (the cervical point from the mid-point of the clavicles' medial ends, "
+            f"over the rib-cage width; a sign of a rotated patient) is {num(real[0], 3)} to {num(real[-1], 3)}, "
+            f"against the twin's 5th–95th percentile {num(tw['p05'], 3)} to {num(tw['p95'], 3)}: {outside} of "
+            f"{len(real)} lie outside it.")
     return " ".join(parts)

@@ -73,7 +73,8 @@ class RealFilmStudy:
     on the CheXmask film (None without it); ``chexmask_inside``: the fraction of that film's lung squares
     inside its annotated lungs; ``slopes``: :func:`~bmd.evaluation.realfilms.slope_summary`; ``block``: the
     ``realdata`` block written to ``summary.json``; ``aspect``: :func:`~bmd.evaluation.realfilms.aspect_comparison`
-    of the real chest films' thorax aspect against every twin image's (None without a twin).
+    of the real chest films' thorax aspect against every twin image's (None without a twin); ``spine``: the
+    same for the spine offset (:func:`~bmd.evaluation.realfilms.spine_offset_comparison`).
     """
 
     folder: Path | None
@@ -84,6 +85,7 @@ class RealFilmStudy:
     chexmask_inside: float = float("nan")
     slopes: dict = field(default_factory=dict)
     aspect: dict | None = None
+    spine: dict | None = None
     block: dict = field(default_factory=dict)
 
     @property
@@ -137,7 +139,7 @@ class RealFilmStudy:
         component and their thorax aspect against the twin's (empty without real films)."""
         if not self.present:
             return ""
-        return rf.shape_sentence(self.plausibility, self.aspect)
+        return rf.shape_sentence(self.plausibility, self.aspect, self.spine)
 
     def rib_margin_sentence(self) -> str:
         """The computed sentence on the CheXmask rib-margin distance (empty when not measured)."""
@@ -171,12 +173,17 @@ def twin_truth(cohort: Cohort) -> pd.DataFrame | None:
     return manifest_landmarks(cohort.manifest) if cohort.is_twin else None
 
 
+def twin_points(truth: pd.DataFrame | None) -> np.ndarray:
+    """Every twin image's ground-truth landmarks (:func:`twin_truth`) as ``(N, 16, 2)``; empty without any."""
+    if truth is None:
+        return np.zeros((0, N_LANDMARKS, 2))
+    return truth.drop(columns="case_id").to_numpy(dtype=np.float64).reshape(-1, N_LANDMARKS, 2)
+
+
 def twin_aspects(truth: pd.DataFrame | None) -> np.ndarray:
     """The thorax aspect (:func:`bmd.evaluation.realfilms.thorax_aspect`) of every twin image with ground
     truth (:func:`twin_truth`); empty without any."""
-    if truth is None:
-        return np.zeros(0)
-    return rf.thorax_aspect(truth.drop(columns="case_id").to_numpy(dtype=np.float64).reshape(-1, N_LANDMARKS, 2))
+    return rf.thorax_aspect(twin_points(truth))
 
 
 def twin_films(cohort: Cohort, truth: pd.DataFrame | None, n: int = N_TWIN_IMAGES) -> list[Film]:
@@ -248,8 +255,10 @@ def real_film_study(cfg: Profile, cohort: Cohort, out: str | Path | None = None,
     study.slopes = rf.slope_summary([f.slope for f in study.twin], real_slopes)
     study.aspect = rf.aspect_comparison(twin_aspects(truth),
                                         {f.name: float(rf.thorax_aspect(f.points)) for f in study.real})
+    study.spine = rf.spine_offset_comparison(rf.spine_offset(twin_points(truth)),
+                                             {f.name: float(rf.spine_offset(f.points)) for f in study.real})
     study.block = rf.realdata_block(study.present, study.plausibility, study.rib_margin, study.slopes,
-                                    study.aspect)
+                                    study.aspect, study.spine)
     record(summary.summary_path(cfg.profile, out), study.block)
     return study
 

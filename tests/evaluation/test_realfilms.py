@@ -205,6 +205,26 @@ def test_thorax_aspect_is_height_over_width_and_free_of_position_and_scale():
     assert np.isnan(rf.thorax_aspect(flat))
 
 
+def test_spine_offset_is_the_cervical_point_off_the_clavicles_midline_over_the_cage_width():
+    p = chest_points((400, 300))
+    base = float(rf.spine_offset(p))
+    mid = (p[INDEX["clav_l_medial"], 0] + p[INDEX["clav_r_medial"], 0]) / 2
+    width = abs(p[INDEX["rib_l_3"], 0] - p[INDEX["rib_r_3"], 0])
+    assert base == pytest.approx((p[INDEX["cervical"], 0] - mid) / width)
+    rotated = p.copy()
+    rotated[INDEX["cervical"], 0] = mid + 0.05 * width  # the spine projected to the image right
+    assert float(rf.spine_offset(rotated)) == pytest.approx(0.05)
+    assert rf.spine_offset(2.5 * rotated + 40) == pytest.approx(0.05)  # free of position and scale
+    flat = p.copy()
+    flat[:, 0] = 0.0
+    assert np.isnan(rf.spine_offset(flat))
+    c = rf.spine_offset_comparison(np.linspace(-0.03, 0.03, 101), {"a.png": -0.06, "b.png": 0.0})
+    assert c["below_twin_p05"] == {"n": 1, "of": 2} and c["above_twin_p95"] == {"n": 0, "of": 2}
+    assert c["real"]["b.png"] == {"offset": 0.0, "twin_percentile": pytest.approx(50.0, abs=1)}
+    sentence = rf.shape_sentence(None, None, c)
+    assert "spine offset" in sentence and "1 of 2 lie outside" in sentence
+
+
 def test_aspect_comparison_places_real_films_in_the_twins_distribution():
     twin = np.linspace(0.5, 0.9, 101)
     c = rf.aspect_comparison([*twin, np.nan], {"a.png": 0.95, "b.png": 0.7, "c.png": np.nan})
@@ -245,7 +265,8 @@ def test_slope_summary_and_sentence():
 
 
 BLOCK_KEYS = {"present", "chest_pass", "non_chest_flagged", "plausibility_score", "plausibility_components",
-              "chest_worst_component", "chexmask_rib_margin_pct", "spectral_slope", "thorax_aspect"}
+              "chest_worst_component", "chexmask_rib_margin_pct", "spectral_slope", "thorax_aspect",
+              "spine_offset"}
 
 
 def test_the_summary_block_is_null_without_real_films():
@@ -270,7 +291,10 @@ def test_the_summary_block_with_real_films():
     assert block["plausibility_components"]["pattern.dcm"] is None
     assert block["plausibility_components"]["b.png"] == {"appearance": 0.4, "local": 0.1, "shape": 1.5}
     assert block["chest_worst_component"] == {"appearance": 1, "local": 0, "shape": 1}
-    assert block["thorax_aspect"] is None
+    assert block["thorax_aspect"] is None and block["spine_offset"] is None
+    spine = rf.spine_offset_comparison([-0.01, 0.0, 0.01], {"a.png": 0.05})
+    assert rf.realdata_block(True, table, spine=spine)["spine_offset"]["real"] == {
+        "a.png": {"offset": 0.05, "twin_percentile": 100.0}}
     aspect = rf.aspect_comparison([0.6, 0.7], {"a.png": 0.9})
     assert rf.realdata_block(True, table, aspect=aspect)["thorax_aspect"]["real"] == aspect["real"]
     assert rf.realdata_block(False, aspect=aspect)["thorax_aspect"] == {**aspect, "real": None,

@@ -22,7 +22,7 @@ from bmd.study import realdata as realdata_study  # noqa: E402  (realdata is the
 from bmd.study import realdata_plots, stages, summary  # noqa: E402
 
 KEYS = {"present", "chest_pass", "non_chest_flagged", "plausibility_score", "plausibility_components",
-        "chest_worst_component", "chexmask_rib_margin_pct", "spectral_slope", "thorax_aspect"}
+        "chest_worst_component", "chexmask_rib_margin_pct", "spectral_slope", "thorax_aspect", "spine_offset"}
 
 
 def _cohort(tmp_path, n: int = 2):
@@ -57,9 +57,10 @@ def test_without_real_films_the_block_is_null_and_no_detector_is_asked_for(tmp_p
     assert not study.present and study.real == [] and len(study.twin) == 2
     block = summary.read(summary.summary_path("smoke", tmp_path))["realdata"]
     assert set(block) == KEYS and block["present"] is False
-    assert all(block[k] is None for k in KEYS - {"present", "spectral_slope", "thorax_aspect"})
+    assert all(block[k] is None for k in KEYS - {"present", "spectral_slope", "thorax_aspect", "spine_offset"})
     assert block["spectral_slope"]["twin"] < 0 and block["spectral_slope"]["real_min"] is None
     assert block["thorax_aspect"]["twin"]["n"] == 2 and block["thorax_aspect"]["real"] is None
+    assert block["spine_offset"]["twin"]["n"] == 2 and block["spine_offset"]["real"] is None
     assert study.availability_sentence() == study.plausibility_sentence() == realdata_study.absent_sentence()
     assert study.slope_sentence() == study.rib_margin_sentence() == study.shape_sentence() == ""
 
@@ -83,8 +84,9 @@ def test_with_real_films_every_film_is_scored_and_the_block_recorded(realdata, t
     assert "CheXmask film" in study.rib_margin_sentence()
     assert block["chest_worst_component"] == {"appearance": 0, "local": 0, "shape": 5}
     assert block["plausibility_components"][chest["file"].iloc[0]] == {"appearance": 0.1, "local": 0.2, "shape": 0.7}
-    assert set(block["thorax_aspect"]["real"]) == set(chest["file"])
+    assert set(block["thorax_aspect"]["real"]) == set(chest["file"]) == set(block["spine_offset"]["real"])
     assert "For 5 of 5 real chest films" in study.shape_sentence() and "thorax aspect" in study.shape_sentence()
+    assert "spine offset" in study.shape_sentence()
     table = study.texture_table()
     assert list(table["source"]) == ["twin"] * 2 + ["real"] * 5
     for name in ("same_scale", "histograms", "spectra", "detections", "rib_margin"):

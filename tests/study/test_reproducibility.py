@@ -46,7 +46,8 @@ def _as_site_data(data: dict) -> dict:
     slope = (data.get("realdata") or {}).get("spectral_slope") or {}
     for key in ("twin", "twin_within_real"):  # the twin's own lung-field slope: a site has no twin images
         slope.pop(key, None)
-    (data.get("realdata") or {}).pop("thorax_aspect", None)  # compared with the twin's shapes: twin only
+    for key in ("thorax_aspect", "spine_offset"):  # compared with the twin's shapes: twin only
+        (data.get("realdata") or {}).pop(key, None)
     return data
 
 
