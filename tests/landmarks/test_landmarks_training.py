@@ -34,8 +34,10 @@ from bmd.training.precision import resolve_precision
 
 torch.set_num_threads(2)
 
-# float32: what these tests assert about learning must not depend on whether the CPU has bfloat16 units
-SMOKE_RECIPE = {"input_size": 128, "epochs": 15, "batch_size": 8, "seed": 0, "precision": "fp32", "progress": False,
+# float32: what these tests assert about learning must not depend on whether the CPU has bfloat16 units.
+# 25 epochs: since twin v2.2 rotates patients, 24 training images at 15 epochs only reach the mean shape's
+# test error (5.57 % against 5.51 %); at 25 epochs 5.00 %
+SMOKE_RECIPE = {"input_size": 128, "epochs": 25, "batch_size": 8, "seed": 0, "precision": "fp32", "progress": False,
                 "log": None}
 
 #: real files that are not chest radiographs (relative to the real-data folder); CT_small comes with pydicom
