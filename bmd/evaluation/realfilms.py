@@ -496,11 +496,19 @@ def thorax_aspect(points: np.ndarray) -> np.ndarray:
     assumed).
     """
     p = np.asarray(points, dtype=np.float64)
-    top = 0.5 * (p[..., _INDEX["clav_l_medial"], 1] + p[..., _INDEX["clav_r_medial"], 1])
-    height = p[..., _INDEX["t12"], 1] - top
+    return _over_cage_width(p, p[..., _INDEX["t12"], 1] - _clavicles_mid(p, 1))
+
+
+def _clavicles_mid(p: np.ndarray, axis: int) -> np.ndarray:
+    """Mid-point of the two medial clavicle ends along ``axis`` (0 = x, 1 = y)."""
+    return 0.5 * (p[..., _INDEX["clav_l_medial"], axis] + p[..., _INDEX["clav_r_medial"], axis])
+
+
+def _over_cage_width(p: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """``length`` over the rib-cage width between the third rib-cage points (NaN where that width is 0)."""
     width = np.abs(p[..., _INDEX["rib_l_3"], 0] - p[..., _INDEX["rib_r_3"], 0])
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(width > 0, height / width, np.nan)
+        return np.where(width > 0, length / width, np.nan)
 
 
 def spine_offset(points: np.ndarray) -> np.ndarray:
@@ -511,10 +519,7 @@ def spine_offset(points: np.ndarray) -> np.ndarray:
     side of their mid-point (the radiographer's check for a rotated PA film). Free of position and scale.
     """
     p = np.asarray(points, dtype=np.float64)
-    mid = 0.5 * (p[..., _INDEX["clav_l_medial"], 0] + p[..., _INDEX["clav_r_medial"], 0])
-    width = np.abs(p[..., _INDEX["rib_l_3"], 0] - p[..., _INDEX["rib_r_3"], 0])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(width > 0, (p[..., _INDEX["cervical"], 0] - mid) / width, np.nan)
+    return _over_cage_width(p, p[..., _INDEX["cervical"], 0] - _clavicles_mid(p, 0))
 
 
 def _within_twin(twin_values: Sequence[float], real_values: Mapping[str, float], key: str) -> dict | None:

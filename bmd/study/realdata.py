@@ -180,12 +180,6 @@ def twin_points(truth: pd.DataFrame | None) -> np.ndarray:
     return truth.drop(columns="case_id").to_numpy(dtype=np.float64).reshape(-1, N_LANDMARKS, 2)
 
 
-def twin_aspects(truth: pd.DataFrame | None) -> np.ndarray:
-    """The thorax aspect (:func:`bmd.evaluation.realfilms.thorax_aspect`) of every twin image with ground
-    truth (:func:`twin_truth`); empty without any."""
-    return rf.thorax_aspect(twin_points(truth))
-
-
 def twin_films(cohort: Cohort, truth: pd.DataFrame | None, n: int = N_TWIN_IMAGES) -> list[Film]:
     """The first ``n`` test-split twin images with ground-truth landmarks (:func:`twin_truth`), measured;
     empty without any."""
@@ -253,9 +247,10 @@ def real_film_study(cfg: Profile, cohort: Cohort, out: str | Path | None = None,
             study.rib_margin = rf.rib_margin_distances(chex[0].points, contours, chex[0].image.shape[1])
             study.chexmask_inside = rf.fraction_inside(chex[0].squares, contours)
     study.slopes = rf.slope_summary([f.slope for f in study.twin], real_slopes)
-    study.aspect = rf.aspect_comparison(twin_aspects(truth),
+    points = twin_points(truth)
+    study.aspect = rf.aspect_comparison(rf.thorax_aspect(points),
                                         {f.name: float(rf.thorax_aspect(f.points)) for f in study.real})
-    study.spine = rf.spine_offset_comparison(rf.spine_offset(twin_points(truth)),
+    study.spine = rf.spine_offset_comparison(rf.spine_offset(points),
                                              {f.name: float(rf.spine_offset(f.points)) for f in study.real})
     study.block = rf.realdata_block(study.present, study.plausibility, study.rib_margin, study.slopes,
                                     study.aspect, study.spine)
