@@ -261,6 +261,21 @@ def test_table_two_trains_two_runs_at_once_and_the_attention_model_after_the_mul
         return Path(config.run_dir)
 
     monkeypatch.setattr(stages, "train_model", fake_train_model)
+    # the order in which the scheduler hands jobs to the pool (two started together may begin in either order)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bmd.infra import jobs as jobs_module
+
+    submitted, given = [], []
+
+    class RecordingPool(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    real_run_jobs = jobs_module.run_jobs
+    monkeypatch.setattr(jobs_module, "ThreadPoolExecutor", RecordingPool)
+    monkeypatch.setattr(jobs_module, "run_jobs", lambda js, *a, **kw: given.extend(js) or real_run_jobs(js, *a, **kw))
     specs = list(table_models()["table2"].values())
     runs = stages.train_models(profile, cohort, cache, specs, tmp_path)
     assert list(runs) == [spec.name for spec in specs]
@@ -269,7 +284,10 @@ def test_table_two_trains_two_runs_at_once_and_the_attention_model_after_the_mul
     attention = next(e for e in starts if e[1] == "attention-vgg16")
     assert attention[3] is not None  # keyed by the weights it starts from, which existed by then
     drafts = {s.name: train_config(s, profile, cache.path, manifest, tmp_path / "runs") for s in specs}
-    costs = [run_cost(drafts[e[1]], profile) for e in starts]
+    name_of = {job.run: job.name for job in given}
+    order = [name_of[fn] for fn in submitted]
+    assert order[0] == "multi_roi-vgg16"
+    costs = [run_cost(drafts[name], profile) for name in order[1:]]
     assert costs == sorted(costs, reverse=True)  # the longest first
     assert {e[2] for e in starts} == {1}
 
