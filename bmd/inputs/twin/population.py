@@ -35,6 +35,35 @@ def _bone_health(z: np.ndarray, male: np.ndarray, spec: TwinSpec) -> np.ndarray:
     return raw / np.sqrt(corr.mean() + p * (1 - p) * delta**2)
 
 
+def stratified_splits(values: np.ndarray, counts: list[int], rng: np.random.Generator) -> np.ndarray:
+    """The split index of each patient: ``counts[j]`` patients in split ``j``, spread evenly over the ranks of
+    ``values`` (the patients' mean BMD).
+
+    In rank order, each patient goes to the split furthest below its share so far (so every stretch of the
+    BMD range holds each split in proportion), then the labels are shuffled within blocks of about two
+    patients per split's share, so that a split is random within its stratum. Drawn at random, the split
+    means differ by chance: on the quick cohort (265 validation radiographs) the validation mean BMD lay
+    0.017 g/cm² below the training mean on seed 0, and a model, shrunk towards the training mean like any
+    regression, carries about a third of such a gap into its validation bias.
+    """
+    n = len(values)
+    share = np.asarray(counts, dtype=float) / max(n, 1)
+    if sum(counts) != n:
+        raise ValueError(f"split counts {counts} do not add up to the {n} patients")
+    labels = np.empty(n, dtype=int)
+    given = np.zeros(len(counts))
+    for i in range(n):
+        j = int(np.argmax(share * (i + 1) - given))
+        labels[i] = j
+        given[j] += 1
+    block = 2 * int(np.ceil(1.0 / share[share > 0].min())) if n else 1
+    for start in range(0, n, block):
+        labels[start:start + block] = rng.permutation(labels[start:start + block])
+    out = np.empty(n, dtype=int)
+    out[np.argsort(values, kind="stable")] = labels
+    return out
+
+
 def sample_population(sizes: dict[str, int], seed: int, spec: TwinSpec | None = None) -> pd.DataFrame:
     """One row per radiograph: ids, split, sex, age, ``bmd_l1..l4`` (NaN = excluded) and latents.
 
@@ -45,21 +74,8 @@ def sample_population(sizes: dict[str, int], seed: int, spec: TwinSpec | None = 
     """
     spec = spec or TwinSpec()
     rng = np.random.default_rng([seed, 101])
-    rows_patient, rows_split, rows_repeat = [], [], []
-    pid = 0
-    for split in SPLITS:
-        n_pat, n_rep = _patients_per_split(sizes[split], spec.repeat_share)
-        ids = np.arange(pid, pid + n_pat)
-        pid += n_pat
-        twice = set(rng.choice(ids, size=n_rep, replace=False).tolist()) if n_rep else set()
-        for p in ids:
-            for scan in range(2 if p in twice else 1):
-                rows_patient.append(p)
-                rows_split.append(split)
-                rows_repeat.append(scan)
-    n_patients = pid
-    patient = np.asarray(rows_patient)
-    scan = np.asarray(rows_repeat)
+    plan = [_patients_per_split(sizes[split], spec.repeat_share) for split in SPLITS]
+    n_patients = sum(n_pat for n_pat, _ in plan)
 
     # patient level
     male = (rng.random(n_patients) >= spec.female_share).astype(float)
@@ -73,6 +89,25 @@ def sample_population(sizes: dict[str, int], seed: int, spec: TwinSpec | None = 
     shared = spec.shared_sd * rng.standard_normal(n_patients)
     density = {b: g + shared + spec.specific_sd[b] * rng.standard_normal(n_patients) for b in BONES}
     bone_size = rng.standard_normal(n_patients)
+
+    # splits stratified by mean BMD; patients numbered split by split (train first)
+    split_of = stratified_splits(bmd.mean(axis=1), [n_pat for n_pat, _ in plan], rng)
+    order = np.concatenate([np.flatnonzero(split_of == j) for j in range(len(SPLITS))])
+    male, z, g, age, bmd, shared, bone_size = (a[order] for a in (male, z, g, age, bmd, shared, bone_size))
+    density = {b: d[order] for b, d in density.items()}
+    rows_patient, rows_split, rows_repeat = [], [], []
+    pid = 0
+    for split, (n_pat, n_rep) in zip(SPLITS, plan, strict=True):
+        ids = np.arange(pid, pid + n_pat)
+        pid += n_pat
+        twice = set(rng.choice(ids, size=n_rep, replace=False).tolist()) if n_rep else set()
+        for p in ids:
+            for scan in range(2 if p in twice else 1):
+                rows_patient.append(p)
+                rows_split.append(split)
+                rows_repeat.append(scan)
+    patient = np.asarray(rows_patient)
+    scan = np.asarray(rows_repeat)
 
     # radiograph level
     n = len(patient)

@@ -1,6 +1,7 @@
 """The twin cohort's specification: every constant of the generator, versioned and hashed.
 
-``TWIN_VERSION`` names the generator ("twin-v2.2": twin v2 with wider thorax shapes and axial rotation). Any change to a
+``TWIN_VERSION`` names the generator ("twin-v2.3": twin v2 with wider thorax shapes, axial rotation and splits
+stratified by BMD). Any change to a
 constant changes ``spec_hash``, which ``oracle.json`` records and the reuse check compares: change
 constants only on purpose.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 from bmd.infra.digests import sha256_bytes
 
-TWIN_VERSION = "twin-v2.2"
+TWIN_VERSION = "twin-v2.3"
 
 #: Chest bone families carrying a latent density, in a fixed order.
 BONES: tuple[str, ...] = ("cervi", "clav_l", "clav_r", "rib_l", "rib_r", "t12")
