@@ -1,7 +1,7 @@
 """The twin cohort's specification: every constant of the generator, versioned and hashed.
 
-``TWIN_VERSION`` names the generator ("twin-v2.3": twin v2 with wider thorax shapes, axial rotation and splits
-stratified by BMD). Any change to a
+``TWIN_VERSION`` names the generator ("twin-v2.3": twin v2 with wider thorax shapes, axial rotation, splits
+stratified by BMD and a lung parenchymal texture). Any change to a
 constant changes ``spec_hash``, which ``oracle.json`` records and the reuse check compares: change
 constants only on purpose.
 """
@@ -85,6 +85,12 @@ class TwinSpec:
     texture_amp_per_sd: float = 0.15
     # --- image formation and processing (bmd.inputs.twin.acquisition)
     soft_tissue_field_sd: float = 0.18  # smooth local soft-tissue thickness variation (relative)
+    # lung parenchyma: the small vessels and interstitium below the drawn vessel tree, a band-pass texture
+    # inside the lungs (amplitude in the soft-tissue units of the lungs' air, 2.1 at full depth; per-image
+    # log-normal factor): without it the lung field's spectrum fell more steeply than any real film's
+    lung_texture_amp: float = 0.04
+    lung_texture_amp_log_sd: float = 0.3
+    lung_texture_period_px: tuple[float, float] = (6.0, 40.0)  # at 512 px (scales with size)
     bone_kv: tuple[float, float] = (1.15, 0.85)  # bone attenuation factor, softest … hardest beam
     soft_kv: tuple[float, float] = (1.08, 0.92)  # soft-tissue attenuation factor of the same beams
     scatter_fraction: tuple[float, float] = (0.15, 0.50)
