@@ -75,7 +75,8 @@ def sample_population(sizes: dict[str, int], seed: int, spec: TwinSpec | None = 
     spec = spec or TwinSpec()
     rng = np.random.default_rng([seed, 101])
     plan = [_patients_per_split(sizes[split], spec.repeat_share) for split in SPLITS]
-    n_patients = sum(n_pat for n_pat, _ in plan)
+    counts = [n_pat for n_pat, _ in plan]
+    n_patients = sum(counts)
 
     # patient level
     male = (rng.random(n_patients) >= spec.female_share).astype(float)
@@ -91,7 +92,7 @@ def sample_population(sizes: dict[str, int], seed: int, spec: TwinSpec | None = 
     bone_size = rng.standard_normal(n_patients)
 
     # splits stratified by mean BMD; patients numbered split by split (train first)
-    split_of = stratified_splits(bmd.mean(axis=1), [n_pat for n_pat, _ in plan], rng)
+    split_of = stratified_splits(bmd.mean(axis=1), counts, rng)
     order = np.concatenate([np.flatnonzero(split_of == j) for j in range(len(SPLITS))])
     male, z, g, age, bmd, shared, bone_size = (a[order] for a in (male, z, g, age, bmd, shared, bone_size))
     density = {b: d[order] for b, d in density.items()}
