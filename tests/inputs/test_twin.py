@@ -279,14 +279,18 @@ def test_cli_twin_generates_and_reuses(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bone_information_is_in_the_pixels_and_not_in_plain_brightness(tmp_path):
-    """Mean brightness around landmarks predicts BMD far below the ceiling; bone density shows in the
-    T12 body's fine texture against the soft tissue beside it and in the clavicle against its surroundings."""
+    """Mean brightness around landmarks predicts BMD far below the ceiling; the T12 body's fine texture
+    against the soft tissue beside it follows its texture channel, and the clavicle against its surroundings
+    follows its density."""
     from scipy import ndimage
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import cross_val_predict
 
-    # 640 cases: a hand-placed 16-pixel window sees the T12 texture weakly (R 0.09-0.27, mean 0.17, over
-    # five cohorts of 320 on twin-v2.2; 0.08-0.19 on v2.1), so fewer cases make a coin toss
+    # 640 cases: a hand-placed 16-pixel window sees the T12 texture weakly, so fewer cases make a coin toss.
+    # Against the texture channel tau it reads R 0.167 / 0.194 (cohorts of seeds 3 and 5, twin-v2.3); against
+    # density, which reaches tau through noise of SD 0.6, only 0.108 / 0.126, and 0.075 on a cohort drawn with
+    # a shifted random stream: too close to chance (SD 0.04) to assert. How much density the texture carries
+    # is the oracle ceilings' business (test_oracle_ceilings_*)
     profile = Profile(profile="check", seed=3, twin_n_train=640, twin_n_val=0, twin_n_test=0, twin_image_size=512)
     out = generate_twin(tmp_path / "c", profile, workers=2, progress=False)
     df = pd.read_csv(out / "manifest.csv")
@@ -314,9 +318,9 @@ def test_bone_information_is_in_the_pixels_and_not_in_plain_brightness(tmp_path)
     all_avg = float(ceiling.query("roi == 'all' and vertebra == 'avg'")["r"].iloc[0])
     print(f"mean-intensity R {r_intensity:.3f}, all-ROI ceiling {all_avg:.3f}")
     assert r_intensity < all_avg - 0.2, r_intensity
-    r_texture = np.corrcoef(texture, lat.loc[df["case_id"], "d_t12"])[0, 1]
+    r_texture = np.corrcoef(texture, lat.loc[df["case_id"], "tau_t12"])[0, 1]
     r_contrast = np.corrcoef(contrast, lat.loc[df["case_id"], ["d_clav_l", "d_clav_r"]].mean(axis=1))[0, 1]
-    print(f"T12 fine texture vs density R {r_texture:.3f}; clavicle contrast vs density R {r_contrast:.3f}")
+    print(f"T12 fine texture vs its texture channel R {r_texture:.3f}; clavicle contrast vs density R {r_contrast:.3f}")
     assert r_texture > 0.08, r_texture  # visible with a 16-pixel window, against the processing (SD ≈ 0.04)
     assert r_contrast > 0.15, r_contrast  # bone against its own surroundings carries density too
 

@@ -45,8 +45,9 @@ class Anatomy:
     soft_thickness: float
     aortic_knob: float  # size factor
     dome_offset: tuple[float, float]  # diaphragm dome apex below the base level (patient's right, left)
-    cage_apex: float  # depth below the cage top where the margin reaches full width (before cage_height)
+    cage_apex: float  # depth below the cage top over which the apex rounds off (before cage_height)
     spine_shift: float = 0.0  # lateral offset of the whole spine from axial rotation (+ = image right)
+    cage_flare: float = 0.0  # how much narrower the upper cage is than at the 4th margin level (conical ... barrel)
 
 
 def draw_anatomy(rng: np.random.Generator, sex: str, spec: TwinSpec | None = None) -> Anatomy:
@@ -75,6 +76,7 @@ def draw_anatomy(rng: np.random.Generator, sex: str, spec: TwinSpec | None = Non
         dome_offset=(float(rng.uniform(-0.01, 0.015)), float(rng.uniform(0.01, 0.045))),
         cage_apex=float(spec.cage_apex[0] * np.exp(np.clip(spec.cage_apex[1] * rng.standard_normal(), -0.4, 0.4))),
         spine_shift=rotation_shift(spec, float(rng.standard_normal())),
+        cage_flare=float(spec.cage_flare[0] * np.exp(np.clip(spec.cage_flare[1] * rng.standard_normal(), -0.6, 0.6))),
     )
 
 
@@ -101,13 +103,25 @@ def vertebra_levels(a: Anatomy) -> dict[str, float]:
     return levels
 
 
+#: depth below the cage top (cage heights) down to which the rib cage keeps widening: the 4th margin level
+CAGE_FULL_DEPTH = 0.5
+
+
 def cage_halfwidth(a: Anatomy, y: np.ndarray, side: int) -> np.ndarray:
-    """Half-width of the rib cage's lateral margin (body-width units) at height ``y`` on one side."""
+    """Half-width of the rib cage's lateral margin (body-width units) at height ``y`` on one side.
+
+    A rounded apex, then a margin that keeps widening down to the 4th margin level (widest there, a waist
+    below): real frontal films' rib cages widen steadily from the 1st to the 4th level (the detector's points
+    on the five real chest films: 0.80, 0.92, 0.95 and 1 of the 4th level's width), where a cage that
+    reached full width by the 2nd level made the 3rd and 4th levels equally wide, a constraint every real
+    film broke."""
     w = a.cage_width[0 if side > 0 else 1]
     top = a.t1_y - 0.05
-    rel = np.clip((y - top) / (a.cage_apex * a.cage_height), 0, 1)
+    depth = (y - top) / a.cage_height
+    rel = np.clip(depth / a.cage_apex, 0, 1)
+    flare = 1 - a.cage_flare * np.clip(CAGE_FULL_DEPTH - depth, 0, None) ** 1.5
     waist = 1 - 0.08 * np.clip((y - (a.t1_y + 0.58 * a.cage_height)) / 0.2, 0, 1)
-    return 0.385 * w * np.sqrt(rel) * waist
+    return 0.385 * w * np.sqrt(rel) * flare * waist
 
 
 def diaphragm_y(a: Anatomy, u: np.ndarray) -> np.ndarray:

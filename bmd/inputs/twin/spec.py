@@ -1,7 +1,7 @@
 """The twin cohort's specification: every constant of the generator, versioned and hashed.
 
-``TWIN_VERSION`` names the generator ("twin-v2.3": twin v2 with wider thorax shapes, axial rotation, splits
-stratified by BMD and a lung parenchymal texture). Any change to a
+``TWIN_VERSION`` names the generator ("twin-v2.4": twin v2 with wider thorax shapes, axial rotation, splits
+stratified by BMD, a lung parenchymal texture and a rib cage that widens down to its 4th margin level). Any change to a
 constant changes ``spec_hash``, which ``oracle.json`` records and the reuse check compares: change
 constants only on purpose.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from bmd.infra.digests import sha256_bytes
 
-TWIN_VERSION = "twin-v2.3"
+TWIN_VERSION = "twin-v2.4"
 
 #: Chest bone families carrying a latent density, in a fixed order.
 BONES: tuple[str, ...] = ("cervi", "clav_l", "clav_r", "rib_l", "rib_r", "t12")
@@ -60,8 +60,13 @@ class TwinSpec:
     # for their width, and vary more, than equal height and width spreads of 6 % give (real films' thorax
     # aspect, clavicles-to-T12 over the rib-cage width: 0.68-0.88; twin with 6 %: 0.57-0.80, p5-p95)
     thorax_height: tuple[float, float] = (1.07, 0.10)  # vertical scale below T1: mean, SD (clipped 0.8-1.35)
-    cage_apex: tuple[float, float] = (0.26, 0.15)  # depth below T1 where the rib cage reaches full width:
-    #                                               median (canonical units), log-SD (conical ... barrel chest)
+    cage_apex: tuple[float, float] = (0.12, 0.15)  # depth below the cage top over which its apex rounds off:
+    #                                               median (cage heights), log-SD
+    # widening of the rib cage below the apex (bmd.inputs.twin.anatomy.cage_halfwidth): median, log-SD
+    # (conical ... barrel chest). Real films' margins widen steadily from the 1st to the 4th landmark level
+    # (0.80, 0.92, 0.95, 1 of the 4th level's width); a cage at full width from the 2nd level on gave 0.72, 0.97,
+    # 1, 1
+    cage_flare: tuple[float, float] = (0.9, 0.3)
     # Axial rotation (the commonest positioning fault of a PA film) projects the vertebral bodies, which lie
     # behind the clavicles' medial ends, off the line midway between those ends. Real films' cervical point
     # lies -0.06…+0.04 of the rib-cage width from that midline (the five films of the real-data folder, from
