@@ -74,10 +74,16 @@ def draw_anatomy(rng: np.random.Generator, sex: str, spec: TwinSpec | None = Non
         soft_thickness=float(np.clip(1.0 + 0.12 * rng.standard_normal(), 0.7, 1.4)),
         aortic_knob=float(rng.uniform(0.7, 1.3)),
         dome_offset=(float(rng.uniform(-0.01, 0.015)), float(rng.uniform(0.01, 0.045))),
-        cage_apex=float(spec.cage_apex[0] * np.exp(np.clip(spec.cage_apex[1] * rng.standard_normal(), -0.4, 0.4))),
+        cage_apex=_lognormal(rng, spec.cage_apex, 0.4),
         spine_shift=rotation_shift(spec, float(rng.standard_normal())),
-        cage_flare=float(spec.cage_flare[0] * np.exp(np.clip(spec.cage_flare[1] * rng.standard_normal(), -0.6, 0.6))),
+        cage_flare=_lognormal(rng, spec.cage_flare, 0.6),
     )
+
+
+def _lognormal(rng: np.random.Generator, median_log_sd: tuple[float, float], clip: float) -> float:
+    """One log-normal draw around ``median`` with log-SD ``log_sd``, its log-deviation clipped to ±``clip``."""
+    median, log_sd = median_log_sd
+    return float(median * np.exp(np.clip(log_sd * rng.standard_normal(), -clip, clip)))
 
 
 def rotation_shift(spec: TwinSpec, z: float) -> float:
