@@ -53,8 +53,12 @@ class ModelConfig:
     gcn_layers: int = 3
     n_local: int = 3
     patch: int = 3
-    #: sampling-grid half-width (normalised units) for the global stage, then each local stage
-    radii: tuple[float, ...] = (0.08, 0.04, 0.02, 0.01)
+    #: sampling-grid half-width (normalised units) for the global stage, then each local stage. The first
+    #: local stage must see as far as the global stage errs: with (0.08, 0.04, 0.02, 0.01) its patch spanned
+    #: ±2% of the width while the global stage missed the lateral clavicle ends by 3.7% on average, and the
+    #: detector's error was 1.017% (twin-v2.4, seed 918273); doubled, 0.797% (0.824% with another training
+    #: seed), every landmark better and the training time unchanged
+    radii: tuple[float, ...] = (0.16, 0.08, 0.04, 0.02)
 
     def __post_init__(self) -> None:
         if self.feature_stride not in (2, 4, 8):

@@ -6,7 +6,12 @@ import numpy as np
 
 from bmd.columns import LANDMARK_NAMES
 from bmd.inputs.twin.anatomy import (
+    HUMERUS_OFFSET,
+    HUMERUS_RADIUS,
     RIB_LEVELS,
+    SHOULDER_COVER,
+    SIDES,
+    body_halfwidth,
     cage_halfwidth,
     canonical_landmarks,
     clavicle_curve,
@@ -109,6 +114,23 @@ def test_the_rib_cage_widens_down_to_its_fourth_margin_level_as_on_real_films():
     assert np.all(np.diff(ratio) > 0.02), ratio
     assert np.allclose(ratio[:3], [0.80, 0.91, 0.955], atol=0.04), ratio
     assert np.quantile(width[:, 2] / width[:, 3], 0.99) < 0.995  # the 3rd level is narrower in (nearly) everyone
+
+
+def test_the_clavicles_and_humeral_heads_lie_under_the_skin_of_the_shoulders():
+    """The lateral clavicle and the humeral head sit under the top of the shoulder; in twin v2.4 the shoulder
+    widened at a fixed height, so a clavicle rising laterally (and every humeral head's top) lay in the air
+    above it, on every twin and on no real film."""
+    rng = np.random.default_rng(11)
+    r = np.linspace(0, 1, 41)
+    for k in range(400):
+        a = draw_anatomy(rng, "F" if k % 2 else "M")
+        for side, _tag in SIDES:
+            ax, y = clavicle_curve(a, r, side)
+            # the skin SHOULDER_COVER above each clavicle point is still wider than the point is lateral
+            assert np.all(body_halfwidth(a, y - SHOULDER_COVER, side) >= ax), (k, side)
+            lat_ax, lat_y = clavicle_curve(a, np.float64(1.0), side)
+            outer = float(lat_ax) + HUMERUS_OFFSET + HUMERUS_RADIUS / a.body_width
+            assert body_halfwidth(a, float(lat_y) + 0.045, side) > outer, (k, side)  # the head's centre level
 
 
 def _spine_offset(shapes: np.ndarray) -> np.ndarray:

@@ -23,6 +23,9 @@ LEVEL = 0.048  # vertebral level height (canonical units, before the thorax-heig
 RIB_LEVELS = (0.09, 0.21, 0.33, 0.45)  # rib-cage margin landmarks: depth below T1 (canonical units)
 CLAV_MEDIAL, CLAV_LATERAL = 0.045, 0.33  # |u| of the clavicle ends at unit length (body-width units)
 SIDES = ((1, "l"), (-1, "r"))  # +1: image right = the patient's left
+NECK_HALF, SHOULDER_HALF = 0.09, 0.47  # soft-tissue half-widths of the neck and of the shoulders (body-width units)
+HUMERUS_OFFSET, HUMERUS_RADIUS = 0.105, 0.05  # humeral head centre lateral to the clavicle's end, and its radius
+SHOULDER_COVER = 0.03  # soft tissue over the lateral clavicle at the top of the shoulder (about 11 mm)
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,22 @@ def diaphragm_y(a: Anatomy, u: np.ndarray) -> np.ndarray:
     top = base + np.where(u < 0, a.dome_offset[0], a.dome_offset[1])  # patient's right dome usually higher
     ax = np.abs(u)
     return top + 1.9 * np.maximum(ax - 0.17, 0) ** 2 + 1.0 * np.maximum(0.17 - ax, 0) ** 2
+
+
+def body_halfwidth(a: Anatomy, y: np.ndarray, side: int) -> np.ndarray:
+    """Half-width (body-width units) of the soft-tissue outline at height ``y`` on one side: the neck, widening
+    into the shoulder over 0.10, then a slight taper down the chest.
+
+    Each shoulder rises over its own girdle: its widening starts so that the skin lies at least
+    ``SHOULDER_COVER`` above the clavicle along its whole length (on a real film the acromioclavicular joint
+    sits under the top of the shoulder, never in the air above it), and the shoulder is wide enough to hold
+    the humeral head under the deltoid."""
+    lat_ax, lat_y = clavicle_curve(a, np.float64(1.0), side)
+    base = min(a.t1_y - 0.07, float(lat_y) - SHOULDER_COVER - 0.07)
+    full = max(SHOULDER_HALF, float(lat_ax) + HUMERUS_OFFSET + HUMERUS_RADIUS + 0.02)
+    t = np.clip((np.asarray(y) - base) / 0.10, 0, 1)
+    half = NECK_HALF + (full - NECK_HALF) * (3 * t**2 - 2 * t**3)
+    return half - 0.05 * np.clip((np.asarray(y) - a.t1_y - 0.25) / 0.5, 0, 1)
 
 
 def clavicle_curve(a: Anatomy, r: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:

@@ -40,8 +40,11 @@ from bmd.inputs.twin.acquisition import (
 from bmd.inputs.twin.anatomy import (
     CLAV_LATERAL,
     CLAV_MEDIAL,
+    HUMERUS_OFFSET,
+    HUMERUS_RADIUS,
     SIDES,
     Anatomy,
+    body_halfwidth,
     cage_halfwidth,
     canonical_landmarks,
     clavicle_curve,
@@ -139,9 +142,7 @@ def _soft_tissue(cv: _Canvas, field: np.ndarray) -> None:
     sl, X, Y = cv.grid(-0.3, 1.3, -0.3, 1.3)
     a = cv.a
     u = cv.u(X)
-    t = np.clip((Y - (a.t1_y - 0.07)) / 0.10, 0, 1)
-    half = 0.09 + (0.47 - 0.09) * (3 * t**2 - 2 * t**3)  # neck → shoulders, then a slight taper
-    half = half - 0.05 * np.clip((Y - a.t1_y - 0.25) / 0.5, 0, 1)
+    half = np.where(u > 0, body_halfwidth(a, Y, 1), body_halfwidth(a, Y, -1))
     body = np.sqrt(np.clip(1 - (u / half) ** 2, 0, 1)) * _sig((half - np.abs(u)) / 0.01)
     abdomen = 0.35 * _sig((Y - diaphragm_y(a, u)) / 0.02)
     cv.soft[sl] += (3.2 * a.soft_thickness * body * (1 + field[sl]) + abdomen * body).astype(np.float32)
@@ -335,13 +336,13 @@ def _shoulders(cv: _Canvas, bones: _Bones) -> None:
     for side, _tag in SIDES:
         i = 0 if side > 0 else 1
         lat_ax, lat_y = clavicle_curve(a, np.float64(1.0), side)
-        cx = 0.5 + side * (float(lat_ax) + 0.105) * a.body_width
-        cy = float(lat_y) + 0.012
+        cx = 0.5 + side * (float(lat_ax) + HUMERUS_OFFSET) * a.body_width
+        cy = float(lat_y) + 0.045  # the head's top just below the acromion, level with the clavicle's end
         region = cv.grid(cx - 0.08, cx + 0.08, cy - 0.07, cy + 0.30)
         if region is None:
             continue
         sl, X, Y = region
-        head = np.hypot((X - cx) / 0.05, (Y - cy) / 0.055)  # a sphere: its shell projects like a tube radially
+        head = np.hypot((X - cx) / HUMERUS_RADIUS, (Y - cy) / (1.1 * HUMERUS_RADIUS))  # a sphere: its shell projects like a tube radially
         bones.draw(cv, sl, head, np.ones_like(head), 1.0, "other")
         shaft_x = (X - (cx + side * 0.012)) / 0.026
         bones.draw(cv, sl, shaft_x, _sig((Y - cy - 0.01) / 0.01), 0.9, "other")

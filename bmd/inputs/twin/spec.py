@@ -1,7 +1,8 @@
 """The twin cohort's specification: every constant of the generator, versioned and hashed.
 
-``TWIN_VERSION`` names the generator ("twin-v2.4": twin v2 with wider thorax shapes, axial rotation, splits
-stratified by BMD, a lung parenchymal texture and a rib cage that widens down to its 4th margin level). Any change to a
+``TWIN_VERSION`` names the generator ("twin-v2.5": twin v2 with wider thorax shapes, axial rotation, splits
+stratified by BMD, a lung parenchymal texture, a rib cage that widens down to its 4th margin level and shoulders
+that rise over the clavicles). Any change to a
 constant changes ``spec_hash``, which ``oracle.json`` records and the reuse check compares: change
 constants only on purpose.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 from bmd.infra.digests import sha256_bytes
 
-TWIN_VERSION = "twin-v2.4"
+TWIN_VERSION = "twin-v2.5"
 
 #: Chest bone families carrying a latent density, in a fixed order.
 BONES: tuple[str, ...] = ("cervi", "clav_l", "clav_r", "rib_l", "rib_r", "t12")
