@@ -5,6 +5,7 @@ import dataclasses
 from bmd.study.config import load_profile
 from bmd.study.experiments import (
     ENSEMBLES,
+    LOCAL_ROI_EPOCH_FACTOR,
     RESNET_EPOCH_FACTOR,
     all_models,
     backbone_recipe,
@@ -70,3 +71,23 @@ def test_resnets_trained_from_scratch_get_more_epochs():
     assert backbone_recipe("resnet34", paper) == {"zero_init_residual": True}
     assert backbone_recipe("vgg16", quick) == {}
     assert f"epochs {RESNET_EPOCH_FACTOR * quick.train_epochs}" in recipe_text("resnet18", quick)
+
+
+def test_one_region_models_trained_from_scratch_get_more_epochs(tmp_path):
+    """The four one-region models train LOCAL_ROI_EPOCH_FACTOR × the profile's epochs from scratch (their
+    epochs are short and their results hung on the training seed); the chest, the multi-ROI model and
+    pretrained runs (the paper profile) keep the profile's."""
+    quick, paper = load_profile("quick"), load_profile("paper")
+    rows = table_models()["table2"]
+
+    def epochs(row, cfg):
+        return train_config(rows[row], cfg, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs").epochs
+
+    for row in ("cervi", "clavi", "lumbar", "ribcage"):
+        assert epochs(row, quick) == LOCAL_ROI_EPOCH_FACTOR * quick.train_epochs
+        assert epochs(row, paper) == paper.train_epochs
+        assert f"{LOCAL_ROI_EPOCH_FACTOR * quick.train_epochs} epochs" in model_recipe_text(rows[row], quick)
+        assert model_recipe_text(rows[row], paper) == ""
+    for row in ("chest", "multi_roi"):
+        assert epochs(row, quick) == quick.train_epochs
+        assert model_recipe_text(rows[row], quick) == ""
