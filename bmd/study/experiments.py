@@ -123,7 +123,7 @@ def model_recipe(spec: ModelSpec, cfg: Profile, runs: str | Path) -> dict:
     Empty for other kinds.
     """
     if spec.model == "roi":
-        return {"epochs": local_roi_epochs(cfg)} if _is_local(spec) and cfg.train_pretrained is None else {}
+        return {"epochs": local_roi_epochs(cfg)} if _is_local(spec) else {}
     if spec.model != "attention":
         return {}
     source = Path(runs) / ModelSpec("multi_roi", spec.backbone).name / "best.pt"

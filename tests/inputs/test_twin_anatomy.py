@@ -6,7 +6,6 @@ import numpy as np
 
 from bmd.columns import LANDMARK_NAMES
 from bmd.inputs.twin.anatomy import (
-    HUMERUS_OFFSET,
     HUMERUS_RADIUS,
     RIB_LEVELS,
     SHOULDER_COVER,
@@ -17,6 +16,7 @@ from bmd.inputs.twin.anatomy import (
     clavicle_curve,
     diaphragm_y,
     draw_anatomy,
+    humeral_head,
     spine_x,
     vertebra_levels,
 )
@@ -128,9 +128,8 @@ def test_the_clavicles_and_humeral_heads_lie_under_the_skin_of_the_shoulders():
             ax, y = clavicle_curve(a, r, side)
             # the skin SHOULDER_COVER above each clavicle point is still wider than the point is lateral
             assert np.all(body_halfwidth(a, y - SHOULDER_COVER, side) >= ax), (k, side)
-            lat_ax, lat_y = clavicle_curve(a, np.float64(1.0), side)
-            outer = float(lat_ax) + HUMERUS_OFFSET + HUMERUS_RADIUS / a.body_width
-            assert body_halfwidth(a, float(lat_y) + 0.045, side) > outer, (k, side)  # the head's centre level
+            head_ax, head_y = humeral_head(a, side)
+            assert body_halfwidth(a, head_y, side) > head_ax + HUMERUS_RADIUS / a.body_width, (k, side)
 
 
 def _spine_offset(shapes: np.ndarray) -> np.ndarray:

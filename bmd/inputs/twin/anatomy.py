@@ -149,12 +149,20 @@ def body_halfwidth(a: Anatomy, y: np.ndarray, side: int) -> np.ndarray:
     ``SHOULDER_COVER`` above the clavicle along its whole length (on a real film the acromioclavicular joint
     sits under the top of the shoulder, never in the air above it), and the shoulder is wide enough to hold
     the humeral head under the deltoid."""
-    lat_ax, lat_y = clavicle_curve(a, np.float64(1.0), side)
+    _, lat_y = clavicle_curve(a, np.float64(1.0), side)
+    head_ax, _ = humeral_head(a, side)
     base = min(a.t1_y - 0.07, float(lat_y) - SHOULDER_COVER - 0.07)
-    full = max(SHOULDER_HALF, float(lat_ax) + HUMERUS_OFFSET + HUMERUS_RADIUS + 0.02)
+    full = max(SHOULDER_HALF, head_ax + HUMERUS_RADIUS + 0.02)
     t = np.clip((np.asarray(y) - base) / 0.10, 0, 1)
     half = NECK_HALF + (full - NECK_HALF) * (3 * t**2 - 2 * t**3)
     return half - 0.05 * np.clip((np.asarray(y) - a.t1_y - 0.25) / 0.5, 0, 1)
+
+
+def humeral_head(a: Anatomy, side: int) -> tuple[float, float]:
+    """(|u|, y) of the humeral head's centre on one side: ``HUMERUS_OFFSET`` lateral to the clavicle's end,
+    low enough that the head's top lies just below the acromion, level with the clavicle's end."""
+    lat_ax, lat_y = clavicle_curve(a, np.float64(1.0), side)
+    return float(lat_ax) + HUMERUS_OFFSET, float(lat_y) + 0.045
 
 
 def clavicle_curve(a: Anatomy, r: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,6 @@ from bmd.inputs.twin.acquisition import (
 from bmd.inputs.twin.anatomy import (
     CLAV_LATERAL,
     CLAV_MEDIAL,
-    HUMERUS_OFFSET,
     HUMERUS_RADIUS,
     SIDES,
     Anatomy,
@@ -50,6 +49,7 @@ from bmd.inputs.twin.anatomy import (
     clavicle_curve,
     diaphragm_y,
     draw_anatomy,
+    humeral_head,
     spine_x,
     vertebra_levels,
 )
@@ -335,9 +335,8 @@ def _shoulders(cv: _Canvas, bones: _Bones) -> None:
     a = cv.a
     for side, _tag in SIDES:
         i = 0 if side > 0 else 1
-        lat_ax, lat_y = clavicle_curve(a, np.float64(1.0), side)
-        cx = 0.5 + side * (float(lat_ax) + HUMERUS_OFFSET) * a.body_width
-        cy = float(lat_y) + 0.045  # the head's top just below the acromion, level with the clavicle's end
+        head_ax, cy = humeral_head(a, side)
+        cx = 0.5 + side * head_ax * a.body_width
         region = cv.grid(cx - 0.08, cx + 0.08, cy - 0.07, cy + 0.30)
         if region is None:
             continue
