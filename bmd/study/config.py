@@ -227,7 +227,7 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "train_optimizer": "`sgd` (the paper's, momentum 0.9, which the paper does not state) or `adamw`.",
     "train_lr": "Learning rate (peak rate of the one-cycle schedule when that is used).",
     "train_weight_decay": "Weight decay of the optimiser.",
-    "train_epochs": "Training epochs of every model (ResNets from scratch: twice as many, see Table 1).",
+    "train_epochs": "Training epochs of every model (the attention model: a quarter of them, from the trained multi-ROI model).",
     "train_batch_size": "Global batch size, split evenly over the DDP processes.",
     "train_schedule": "Learning-rate schedule: `none` (constant, the paper's) or `onecycle`.",
     "train_select": ("Which epoch is the model: `val_mse`, the epoch with the lowest validation MSE (the paper's "

@@ -69,75 +69,37 @@ def all_models() -> list[ModelSpec]:
     return list(seen.values())
 
 
-#: How many times the profile's epochs a ResNet trained from scratch gets. Measured on the tuning seed (0,
-#: validation split only, quick profile, whole chest): ResNet-18 R 0.722 at 14 epochs, 0.774 at 28;
-#: ResNet-34 0.686 at 14, 0.764 at 28 (a larger or smaller learning rate did not help: 0.680, 0.642).
-#: The narrow, deep ResNets are still learning when the VGGs' one-cycle schedule ends.
-RESNET_EPOCH_FACTOR = 2
-
-
 def backbone_recipe(backbone: str, cfg: Profile) -> dict:
     """What a backbone changes in the profile's recipe (the book states it beside Table 1).
 
     ResNets start every residual branch at zero (torchvision's ``zero_init_residual``): the narrow,
     deep ResNets of the CPU profiles otherwise barely learn in a few epochs (measured: ResNet-50 at
-    1/8 width, test R 0.08), and with pretrained weights the option is overwritten anyway. Trained
-    from scratch, they also get :data:`RESNET_EPOCH_FACTOR` × the profile's epochs (pretrained ones
-    keep the profile's: the paper trains every backbone alike).
+    1/8 width, test R 0.08); with pretrained weights the option is overwritten anyway. Every backbone
+    trains the profile's epochs (the quick profile's 28 are long enough for all of them: see its YAML).
     """
-    if not backbone.startswith("resnet"):
-        return {}
-    recipe: dict = {"zero_init_residual": True}
-    if cfg.train_pretrained is None:
-        recipe["epochs"] = RESNET_EPOCH_FACTOR * cfg.train_epochs
-    return recipe
+    return {"zero_init_residual": True} if backbone.startswith("resnet") else {}
 
 
 #: The attention model's epochs, as a fraction of the profile's (rounded up): it starts from the trained
 #: multi-ROI model, so only the fusion has to be learnt. Measured on the tuning seed (0, validation split
-#: only, quick profile): the multi-ROI model reaches R 0.837 in 14 epochs; the attention model started
-#: from it, 0.832 after 5 more epochs and 0.839 after 7.
-ATTENTION_EPOCH_FRACTION = 0.5
-
-
-#: How many times the profile's epochs a model of one local region (cervical, clavicles, rib cage, T12)
-#: trained from scratch gets. Its one or two 64² crops make an epoch about a fifth of the whole chest's, so
-#: the profile's 14 epochs are only ~240 steps, and the weakest region's result then hung on the training
-#: seed: T12, twin-v2.4 seed 918273, test R 0.727 / 0.754 / 0.760 / 0.669 over four training seeds at 14
-#: epochs (SD 0.04; on seed 4242 one run fell to 0.640 where two others reached 0.76), 0.773 / 0.786 / 0.747
-#: at 28 (SD 0.02), for about 20 s more per model on the 2-core CPU.
-LOCAL_ROI_EPOCH_FACTOR = 2
+#: only, quick profile at 14 epochs): the multi-ROI model reaches R 0.837; the attention model started
+#: from it, 0.832 after 5 more epochs and 0.839 after 7. A quarter of the quick profile's 28 is those 7.
+ATTENTION_EPOCH_FRACTION = 0.25
 
 
 def model_recipe(spec: ModelSpec, cfg: Profile, runs: str | Path) -> dict:
-    """What a model kind changes in the recipe.
+    """What a model kind changes in the recipe: the attention model starts from the trained multi-ROI model.
 
-    * A one-region model trained from scratch gets :data:`LOCAL_ROI_EPOCH_FACTOR` × the profile's epochs
-      (pretrained ones keep the profile's, as the paper trains every model alike).
-    * The attention model starts from the trained multi-ROI model: its backbone and per-ROI head start as
-      the multi-ROI run's (``best.pt``, keyed by its SHA-256, so a retrained multi-ROI model retrains it);
-      the fusion starts afresh and everything trains for :data:`ATTENTION_EPOCH_FRACTION` of the profile's
-      epochs. The comparison with the multi-ROI model is then about the fusion alone, and the row costs
-      half of a model trained from scratch.
-
-    Empty for other kinds.
+    Its backbone and per-ROI head start as the multi-ROI run's (``best.pt``, keyed by its SHA-256, so a
+    retrained multi-ROI model retrains it); the fusion starts afresh and everything trains for
+    :data:`ATTENTION_EPOCH_FRACTION` of the profile's epochs. The comparison with the multi-ROI model is
+    then about the fusion alone. Empty for other kinds: every other model trains the profile's recipe.
     """
-    if spec.model == "roi":
-        return {"epochs": local_roi_epochs(cfg)} if _is_local(spec) else {}
     if spec.model != "attention":
         return {}
     source = Path(runs) / ModelSpec("multi_roi", spec.backbone).name / "best.pt"
     return {"epochs": attention_epochs(cfg), "init_from": str(source),
             "init_sha256": sha256_file(source) if source.is_file() else None}
-
-
-def _is_local(spec: ModelSpec) -> bool:
-    return spec.model == "roi" and spec.family in FAMILY_LOCAL_INDEX
-
-
-def local_roi_epochs(cfg: Profile) -> int:
-    """A one-region model's epochs under a profile (:data:`LOCAL_ROI_EPOCH_FACTOR`; the profile's when pretrained)."""
-    return cfg.train_epochs * (LOCAL_ROI_EPOCH_FACTOR if cfg.train_pretrained is None else 1)
 
 
 def attention_epochs(cfg: Profile) -> int:
@@ -147,11 +109,6 @@ def attention_epochs(cfg: Profile) -> int:
 
 def model_recipe_text(spec: ModelSpec, cfg: Profile) -> str:
     """One line naming a model kind's departures from the profile's recipe ('' when none)."""
-    if _is_local(spec):
-        epochs = local_roi_epochs(cfg)
-        return (f"{epochs} epochs (one region's crops make an epoch a fraction of the whole chest's, and at the "
-                f"profile's {cfg.train_epochs} the weakest region's R hung on the training seed)"
-                if epochs != cfg.train_epochs else "")
     if spec.model != "attention":
         return ""
     return (f"backbone and per-region head started from the trained multi-ROI model, then {attention_epochs(cfg)} epochs "

@@ -1,12 +1,11 @@
 """The paper's tables as model specs: every model once, shared chest model, profile recipes."""
 
 import dataclasses
+import math
 
 from bmd.study.config import load_profile
 from bmd.study.experiments import (
     ENSEMBLES,
-    LOCAL_ROI_EPOCH_FACTOR,
-    RESNET_EPOCH_FACTOR,
     all_models,
     backbone_recipe,
     model_recipe_text,
@@ -62,32 +61,20 @@ def test_the_attention_run_is_keyed_by_the_multi_roi_weights_it_starts_from(tmp_
     assert run_key(first) != run_key(second)
 
 
-def test_resnets_trained_from_scratch_get_more_epochs():
-    """The per-backbone recipe: ResNets from scratch train RESNET_EPOCH_FACTOR × longer; pretrained ones
-    (the paper profile) and VGGs keep the profile's epochs."""
+def test_every_model_trains_the_profiles_epochs_and_the_attention_model_a_quarter(tmp_path):
+    """One recipe for every model trained from scratch, whatever its backbone or input (the chest, each
+    region, the multi-ROI model): Table 2 compares inputs, not training lengths. ResNets only start their
+    residual branches at zero. The attention model, started from the trained multi-ROI model, trains a
+    quarter of the epochs."""
     quick, paper = load_profile("quick"), load_profile("paper")
-    assert backbone_recipe("resnet34", quick) == {"zero_init_residual": True,
-                                                  "epochs": RESNET_EPOCH_FACTOR * quick.train_epochs}
-    assert backbone_recipe("resnet34", paper) == {"zero_init_residual": True}
-    assert backbone_recipe("vgg16", quick) == {}
-    assert f"epochs {RESNET_EPOCH_FACTOR * quick.train_epochs}" in recipe_text("resnet18", quick)
+    assert backbone_recipe("resnet34", quick) == backbone_recipe("resnet34", paper) == {"zero_init_residual": True}
+    assert backbone_recipe("vgg16", quick) == {} and recipe_text("vgg16", quick) == ""
+    assert recipe_text("resnet18", quick) == "zero-initialised residual branches"
+    for cfg in (quick, paper):
+        for table in table_models().values():
+            for spec in table.values():
+                epochs = train_config(spec, cfg, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs").epochs
+                expected = math.ceil(cfg.train_epochs / 4) if spec.model == "attention" else cfg.train_epochs
+                assert epochs == expected, (spec.name, cfg.profile)
+                assert (model_recipe_text(spec, cfg) == "") == (spec.model != "attention")
 
-
-def test_one_region_models_trained_from_scratch_get_more_epochs(tmp_path):
-    """The four one-region models train LOCAL_ROI_EPOCH_FACTOR × the profile's epochs from scratch (their
-    epochs are short and their results hung on the training seed); the chest, the multi-ROI model and
-    pretrained runs (the paper profile) keep the profile's."""
-    quick, paper = load_profile("quick"), load_profile("paper")
-    rows = table_models()["table2"]
-
-    def epochs(row, cfg):
-        return train_config(rows[row], cfg, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs").epochs
-
-    for row in ("cervi", "clavi", "lumbar", "ribcage"):
-        assert epochs(row, quick) == LOCAL_ROI_EPOCH_FACTOR * quick.train_epochs
-        assert epochs(row, paper) == paper.train_epochs
-        assert f"{LOCAL_ROI_EPOCH_FACTOR * quick.train_epochs} epochs" in model_recipe_text(rows[row], quick)
-        assert model_recipe_text(rows[row], paper) == ""
-    for row in ("chest", "multi_roi"):
-        assert epochs(row, quick) == quick.train_epochs
-        assert model_recipe_text(rows[row], quick) == ""
