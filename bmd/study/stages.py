@@ -313,8 +313,8 @@ def train_models(cfg: Profile, cohort: Cohort, cache, specs: list, out: str | Pa
     """Train (or reuse) each model spec on the ROI cache through the DDP entry point; name → run folder.
 
     ``cfg.train_parallel`` runs train at once on a fixed share of the cores (:mod:`bmd.infra.jobs`); a run
-    that another starts from (the multi-ROI model, for the attention model) starts first, the longer
-    runs next (:func:`bmd.study.experiments.run_cost`).
+    that another starts from (the multi-ROI model, for the attention model) trains alone, with every core,
+    before it. The longer runs start first (:func:`bmd.study.experiments.run_cost`).
     """
 
     start = time.perf_counter()
