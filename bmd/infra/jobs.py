@@ -13,7 +13,7 @@ rounding depends on its thread count, and the same inputs must give the same num
 
 * a job that others wait for runs alone with every core: it holds them up (the multi-ROI model, which
   the attention model waits for, took 527 s for its 28 quick-profile epochs on one core beside the
-  others, and the quick book's Table 2 chapter 746 s; alone on both cores it takes about 350 s);
+  others, about 350 s alone on both);
 * every other job runs beside up to ``slots - 1`` others with ``cores // slots`` threads (every core
   when it is the only such job, or when ``slots`` is 1).
 
