@@ -11,12 +11,9 @@ reading the cache, writing its results).
 The plan is fixed before anything runs, so that a job's threads never depend on timing (a run's float
 rounding depends on its thread count, and the same inputs must give the same numbers):
 
-* a job that others wait for runs first; it runs alone with every core when the work that could run
-  beside it (the jobs that neither wait for it nor it for them, directly or not) costs less than it does, since then the
-  other cores would idle while it held up the jobs after it. Measured on a 2-core Xeon in the quick
-  profile: the multi-ROI model, which the attention model waits for, took about 350 s alone on both cores
-  and 527 s on one core beside the others; beside the four one-region models only (472 s of work on one
-  core) it ran alone, beside every model of Tables 1-2 (about 1,330 s) it shares;
+* a job that others wait for runs alone with every core: it holds them up (the multi-ROI model, which
+  the attention model waits for, took 527 s for its 28 quick-profile epochs on one core beside the
+  others, about 350 s alone on both);
 * every other job runs beside up to ``slots - 1`` others with ``cores // slots`` threads (every core
   when it is the only such job, or when ``slots`` is 1).
 
@@ -40,8 +37,7 @@ class Job:
     """One unit of work: ``run(threads)`` does it with ``threads`` CPU threads.
 
     ``after``: names of the jobs it needs finished first; ``cost``: its expected running time in any unit
-    (the order in which jobs start, and whether a job others wait for runs alone, depend on it; a job with
-    nothing to do, such as a finished run that will be reused, costs 0).
+    (only the order in which jobs start depends on it).
     """
 
     name: str
@@ -52,10 +48,9 @@ class Job:
 
 @dataclass(frozen=True)
 class Plan:
-    """How :func:`run_jobs` runs a list of jobs: who runs alone, who starts first, and each job's threads."""
+    """How :func:`run_jobs` runs a list of jobs: who runs alone, and each job's threads."""
 
     alone: frozenset[str]
-    first: frozenset[str]  # the jobs that others wait for
     threads: dict[str, int]
 
 
@@ -72,25 +67,10 @@ def plan_jobs(jobs: Sequence[Job], slots: int, cores: int) -> Plan:
         graphlib.TopologicalSorter({job.name: job.after for job in jobs}).prepare()
     except graphlib.CycleError as exc:
         raise ValueError(f"jobs wait for each other in a cycle: {', '.join(exc.args[1])}") from None
-    waited = frozenset(n for job in jobs for n in job.after)
-    needs = {job.name: set(job.after) for job in jobs}
-    needed_by = {job.name: {m for m, deps in needs.items() if job.name in deps} for job in jobs}
-
-    def reach(name: str, edges: dict[str, set[str]]) -> set[str]:
-        found, new = set(), set(edges[name])
-        while new:
-            found |= new
-            new = set().union(*(edges[n] for n in new)) - found
-        return found
-
-    def beside(name: str) -> float:  # the cost of the jobs that can run beside ``name``
-        tied = reach(name, needs) | reach(name, needed_by) | {name}
-        return sum(job.cost for job in jobs if job.name not in tied)
-
-    alone = frozenset(n for n in waited if beside(n) < next(job.cost for job in jobs if job.name == n))
+    alone = frozenset(n for job in jobs for n in job.after)
     shared = [job.name for job in jobs if job.name not in alone]
     share = cores if slots <= 1 or len(shared) <= 1 else max(1, cores // slots)
-    return Plan(alone, waited, {job.name: cores if job.name in alone else share for job in jobs})
+    return Plan(alone, {job.name: cores if job.name in alone else share for job in jobs})
 
 
 def run_jobs(jobs: Sequence[Job], slots: int = 1, cores: int | None = None) -> dict[str, Any]:
@@ -103,7 +83,7 @@ def run_jobs(jobs: Sequence[Job], slots: int = 1, cores: int | None = None) -> d
     slots = max(1, slots)
     plan = plan_jobs(jobs, slots, cores)
     # jobs that hold others up first, then the longest; sorted() keeps the given order among equals
-    pending = sorted(jobs, key=lambda job: (job.name not in plan.first, -job.cost))
+    pending = sorted(jobs, key=lambda job: (job.name not in plan.alone, -job.cost))
     results: dict[str, Any] = {}
     running: dict[Future, Job] = {}
     failure: BaseException | None = None

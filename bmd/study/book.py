@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import nbformat
@@ -96,15 +95,11 @@ class _ProfileFieldsAreKnown:
 
 
 def execute_chapters(parameters: dict, build_src: Path, source: Path | None = None,
-                     console: progress.Console | None = None,
-                     before: Mapping[str, tuple[str, Callable[[], object]]] | None = None) -> dict[str, float]:
-    """Execute every chapter notebook into ``build_src`` with papermill; returns seconds per chapter (and per
-    step of ``before``).
+                     console: progress.Console | None = None) -> dict[str, float]:
+    """Execute every chapter notebook into ``build_src`` with papermill; returns seconds per chapter.
 
     With a ``console``, each chapter is a step of it and the lines that the chapter's code writes with
     :func:`bmd.infra.progress.note` (stages, training epochs) are printed under the chapter's name.
-    ``before`` maps a chapter (its path in the toc, as ``chapter_notebooks`` gives it) to a step run in this
-    process just before it: ``(label, function)``; a step that raises stops the build (:class:`BookError`).
     """
     import papermill
     from traitlets.config import Config
@@ -123,9 +118,6 @@ def execute_chapters(parameters: dict, build_src: Path, source: Path | None = No
     os.environ[progress.ENV] = str(progress_file)  # the kernels (and their subprocesses) inherit it
     try:
         for rel in chapter_notebooks(source):
-            if before and rel.as_posix() in before:
-                label, step = before[rel.as_posix()]
-                timings[label] = _run_step(label, step, progress_file, console)
             target = build_src / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             if console is not None:
@@ -153,24 +145,6 @@ def execute_chapters(parameters: dict, build_src: Path, source: Path | None = No
         else:
             os.environ[progress.ENV] = previous
     return timings
-
-
-def _run_step(label: str, step: Callable[[], object], progress_file: Path,
-              console: progress.Console | None) -> float:
-    """Run one of :func:`execute_chapters`' ``before`` steps as a console step; its seconds."""
-    if console is not None:
-        console.begin(label)
-    start = time.perf_counter()
-    try:
-        with progress.Follower(progress_file, console.line if console else lambda line: None):
-            step()
-    except Exception as exc:  # noqa: BLE001 - one line, as a failed chapter
-        if console is not None:
-            console.line(f"failed: {type(exc).__name__}: {exc}")
-        raise BookError(f"{label} failed: {type(exc).__name__}: {exc}") from None
-    if console is not None:
-        console.end()
-    return time.perf_counter() - start
 
 
 def book_config(repository: str | None = None) -> dict:
@@ -271,26 +245,6 @@ def _with_absolute_detector(cfg: Profile) -> Profile:
     return dataclasses.replace(cfg, landmark_model=str(detector))
 
 
-#: The first chapter that trains models: before it the book trains every model of the tables in one plan.
-TRAINING_CHAPTER = "table1.ipynb"
-
-
-def _train_every_model(parameters: dict) -> None:
-    """Train (or reuse) every model of the tables at once, with the configuration the chapters will compute
-    from the same parameters (so that they find the runs finished).
-
-    One job plan over all of them keeps both cores busy: chapter by chapter, each table's last runs leave a
-    core idle and the multi-ROI model has too little beside it to share the cores (:mod:`bmd.infra.jobs`).
-    A chapter run on its own (interactively) still trains just its table's models.
-    """
-    from bmd.study import stages
-    from bmd.study.config import from_parameters
-
-    cfg = from_parameters(parameters)
-    cohort = load_cohort(cfg, manifest=parameters["manifest"], out=parameters["out"])
-    stages.train_every_model(cfg, cohort, parameters["out"])
-
-
 def _build_book(cfg: Profile, manifest: str | Path | None, root: Path, quiet: bool, start: float) -> Path:
     """:func:`build_book` once the folder's lock is held."""
     summary_file = summary.summary_path(cfg.profile, root)
@@ -307,11 +261,10 @@ def _build_book(cfg: Profile, manifest: str | Path | None, root: Path, quiet: bo
     }
     log_file = root / "_build" / "book.log"
     log_file.unlink(missing_ok=True)
-    steps = len(chapter_notebooks()) + 2
+    steps = len(chapter_notebooks()) + 1
     console = progress.Console(steps, log_file, stream=open(os.devnull, "w") if quiet else None)  # noqa: SIM115
     try:
-        chapters = execute_chapters(parameters, build_src, console=console,
-                                    before={TRAINING_CHAPTER: ("models", lambda: _train_every_model(parameters))})
+        chapters = execute_chapters(parameters, build_src, console=console)
         book_start = time.perf_counter()
         console.begin("html")
         html = build_html(build_src, root)

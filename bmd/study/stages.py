@@ -45,15 +45,7 @@ from bmd.study import ablation, report, summary
 from bmd.study.ablation import attention_study
 from bmd.study.cohort import Cohort, check_landmark_source
 from bmd.study.config import Profile
-from bmd.study.experiments import (
-    ENSEMBLES,
-    all_models,
-    is_finished,
-    run_cost,
-    table_models,
-    train_config,
-    train_model,
-)
+from bmd.study.experiments import ENSEMBLES, run_cost, table_models, train_config, train_model
 
 
 def detector_folder(cfg: Profile, out: str | Path | None = None) -> Path:
@@ -341,21 +333,11 @@ def train_models(cfg: Profile, cohort: Cohort, cache, specs: list, out: str | Pa
             progress.note(f"model {i}/{len(specs)}: {spec.name}")
             return train_model(config, nproc=cfg.train_nproc, threads=max(1, threads // cfg.train_nproc))
 
-        # a finished run is reused at once: it holds no core (for a started-from run, its draft's key may be stale)
-        return jobs.Job(spec.name, run, after, cost=0.0 if is_finished(draft) else run_cost(draft, cfg))
+        return jobs.Job(spec.name, run, after, cost=run_cost(draft, cfg))
 
     done = jobs.run_jobs([job(i, spec) for i, spec in enumerate(specs, 1)], slots=cfg.train_parallel)
     summary.record_timing(summary.summary_path(cfg.profile, out), "training", time.perf_counter() - start)
     return {spec.name: done[spec.name] for spec in specs}
-
-
-def train_every_model(cfg: Profile, cohort: Cohort, out: str | Path | None = None) -> dict[str, Path]:
-    """Train (or reuse) every model of Tables 1-3 in one job plan (:func:`train_models`); name → run folder.
-
-    The book does this before its first table chapter, so that the cores stay busy across tables; each
-    table chapter then reuses the runs (:func:`table_results`).
-    """
-    return train_models(cfg, cohort, prepare_rois(cfg, cohort, out), all_models(), out)
 
 
 def predictions(run: Path) -> pd.DataFrame:

@@ -56,32 +56,13 @@ def test_one_slot_runs_in_the_given_order_with_every_core():
     assert set(rec.threads.values()) == {4}
 
 
-def test_a_job_others_wait_for_runs_alone_with_every_core_and_first_when_too_little_could_run_beside_it():
+def test_a_job_others_wait_for_runs_alone_with_every_core_and_first():
     rec = Recorder()
-    run_jobs([rec.job("other", 0.05), rec.job("child", after=("base",), cost=9), rec.job("base", 0.1, cost=3),
+    run_jobs([rec.job("other", 0.05), rec.job("child", after=("base",)), rec.job("base", 0.1),
               rec.job("third", 0.05)], slots=2, cores=2)
     assert rec.events[:2] == [("start", "base"), ("end", "base")]  # first, and nothing beside it
     assert rec.threads == {"base": 2, "child": 1, "other": 1, "third": 1}
     assert rec.index("start", "child") > rec.index("end", "base")
-
-
-def test_a_job_others_wait_for_shares_the_cores_when_enough_work_can_run_beside_it():
-    rec = Recorder()
-    run_jobs([rec.job("other", 0.05, cost=2), rec.job("child", after=("base",)), rec.job("base", 0.1, cost=3),
-              rec.job("third", 0.05, cost=2)], slots=2, cores=2)
-    assert rec.events[0] == ("start", "base")  # still first: the child waits for it
-    assert rec.events[1] == ("start", "other")  # beside it, the longest of the rest
-    assert rec.threads == {"base": 1, "child": 1, "other": 1, "third": 1}
-    assert rec.index("start", "child") > rec.index("end", "base")
-
-
-def test_only_work_that_does_not_wait_for_a_job_counts_as_work_beside_it():
-    # "grandchild" waits for base through "child": neither can run beside base, whatever they cost
-    jobs = [Job("base", len, cost=3), Job("child", len, ("base",), cost=5), Job("grandchild", len, ("child",), cost=5),
-            Job("free", len, cost=1)]
-    plan = plan_jobs(jobs, slots=2, cores=2)
-    assert plan.alone == {"base", "child"} and plan.first == {"base", "child"}
-    assert plan.threads == {"base": 2, "child": 2, "grandchild": 1, "free": 1}
 
 
 def test_threads_are_fixed_by_the_plan_not_by_what_happens_to_run_at_the_time():

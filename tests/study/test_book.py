@@ -127,32 +127,3 @@ def test_binder_and_repository_buttons_only_where_the_repository_is_known(monkey
     assert published["repository"]["url"] == "https://github.com/site/bmd-cxr"
     assert published["launch_buttons"]["binderhub_url"] == "https://mybinder.org"
     assert published["html"]["use_repository_button"] is True
-
-
-def test_the_book_trains_every_model_before_the_first_chapter_that_trains():
-    from bmd.study import book
-
-    chapters = [rel.as_posix() for rel in chapter_notebooks()]
-    assert book.TRAINING_CHAPTER in chapters
-    assert chapters.index(book.TRAINING_CHAPTER) < chapters.index("table2.ipynb") < chapters.index("table3.ipynb")
-    for rel in chapters[: chapters.index(book.TRAINING_CHAPTER)]:  # the chapters before it train nothing
-        from bmd.infra import paths
-
-        assert "table_results" not in (paths.book_source_dir() / rel).read_text(), rel
-
-
-def test_a_failing_step_before_a_chapter_stops_the_book_in_one_line(tmp_path):
-    import pytest
-
-    from bmd.study import book
-
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: probe\n")
-    (source / "probe.ipynb").write_text("{}")  # never executed: the step before it fails
-
-    def step():
-        raise ValueError("no room left on the disk")
-
-    with pytest.raises(book.BookError, match=r"^models failed: ValueError: no room left on the disk$"):
-        book.execute_chapters({}, tmp_path / "build", source=source, before={"probe.ipynb": ("models", step)})

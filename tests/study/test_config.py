@@ -73,7 +73,7 @@ def test_book_passes_describes_what_bmd_book_passes(tmp_path, monkeypatch):
     from bmd.study.config import BOOK_PASSES
 
     seen = {}
-    monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, **_: seen.update(parameters))
+    monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, console=None: seen.update(parameters))
     monkeypatch.setattr(book, "build_html", lambda build_src, out_root: out_root / "_build" / "html")
     book.build_book(profile="smoke", out=tmp_path, quiet=True)
     passed = {name for name, text in BOOK_PASSES.items() if not text.startswith("not passed")}
@@ -102,7 +102,7 @@ def test_landmark_model_flows_from_bmd_book_to_every_chapter_as_an_absolute_path
     _fake_detector(tmp_path / "det")
     monkeypatch.chdir(tmp_path)
     seen = {}
-    monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, **_: seen.update(parameters))
+    monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, console=None: seen.update(parameters))
     monkeypatch.setattr(book, "build_html", lambda build_src, out_root: out_root / "_build" / "html")
     book.build_book(profile="smoke", out=tmp_path / "out", quiet=True, landmark_model="det")
     assert seen["landmark_model"] == str((tmp_path / "det").resolve())  # chapters run in another folder
@@ -200,7 +200,7 @@ def test_bmd_book_names_the_run_folder_by_the_yaml_profile_field(tmp_path, monke
     from bmd.study import book
 
     seen = {}
-    monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, **_: seen.update(parameters))
+    monkeypatch.setattr(book, "execute_chapters", lambda parameters, build_src, console=None: seen.update(parameters))
     monkeypatch.setattr(book, "build_html", lambda build_src, out_root: out_root / "_build" / "html")
     book.build_book(profile=_edited_smoke(tmp_path, train_lr=0.05), out=tmp_path / "out", quiet=True)
     assert seen["profile"] == "mine" and seen["train_lr"] == 0.05

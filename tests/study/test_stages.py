@@ -232,10 +232,9 @@ def test_every_table_compares_with_radiomics_and_flags_unconverged_runs(tmp_path
 
 
 def test_table_two_trains_two_runs_at_once_and_the_attention_model_after_the_multi_roi_model(tmp_path, monkeypatch):
-    """train_models with training replaced by a recorder, on Table 2's models but the chest model (trained by
-    Table 1, so nothing to do): the multi-ROI run (waited for, with too little work to run beside it) trains
-    first, alone with both cores; the attention run starts only once it has finished; the others, side by
-    side, get one core each, the longest first."""
+    """train_models with training replaced by a recorder: the multi-ROI run (waited for) trains first, alone
+    with both cores; the attention run starts only once it has finished; the others, side by side, get one
+    core each, the longest first."""
     import threading
     import time
 
@@ -277,7 +276,7 @@ def test_table_two_trains_two_runs_at_once_and_the_attention_model_after_the_mul
     real_run_jobs = jobs_module.run_jobs
     monkeypatch.setattr(jobs_module, "ThreadPoolExecutor", RecordingPool)
     monkeypatch.setattr(jobs_module, "run_jobs", lambda js, *a, **kw: given.extend(js) or real_run_jobs(js, *a, **kw))
-    specs = [spec for spec in table_models()["table2"].values() if spec.name != "roi-chest-vgg16"]
+    specs = list(table_models()["table2"].values())
     runs = stages.train_models(profile, cohort, cache, specs, tmp_path)
     assert list(runs) == [spec.name for spec in specs]
     assert events[:2] == [("start", "multi_roi-vgg16", 2, None), ("end", "multi_roi-vgg16", 2, None)]
@@ -568,42 +567,3 @@ def test_the_bundle_carries_the_given_detector_and_is_exported_again_only_when_i
     _detector(det, calibration_images, shift=0.05)  # retrained in place
     stages.export_model(cfg, table2, tmp_path)
     assert len(exported) == 2
-
-
-def test_every_model_trains_in_one_plan_where_the_multi_roi_model_shares_the_cores(tmp_path, monkeypatch):
-    """train_every_model: Tables 1-2's models in one plan. With the Table 1 models beside it there is enough
-    work for the other core, so the multi-ROI run starts first on one core, others start beside it, and the
-    attention run waits for it."""
-    import threading
-    import time
-
-    from bmd.study.experiments import all_models
-
-    profile = load_profile("smoke", train_parallel=2)
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("case_id\n")
-    cohort = SimpleNamespace(manifest_path=manifest)
-    cache = SimpleNamespace(path=tmp_path / "roi_cache")
-    monkeypatch.setattr(stages, "prepare_rois", lambda cfg, cohort, out: cache)
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    lock, events = threading.Lock(), []
-
-    def fake_train_model(config, nproc=1, threads=None):
-        name = Path(config.run_dir).name
-        with lock:
-            events.append(("start", name, threads))
-        time.sleep(0.2 if name.startswith("multi_roi") else 0.01)
-        if name.startswith("multi_roi"):
-            Path(config.run_dir).mkdir(parents=True)
-            (Path(config.run_dir) / "best.pt").write_bytes(b"weights")
-        with lock:
-            events.append(("end", name, threads))
-        return Path(config.run_dir)
-
-    monkeypatch.setattr(stages, "train_model", fake_train_model)
-    runs = stages.train_every_model(profile, cohort, tmp_path)
-    assert set(runs) == {spec.name for spec in all_models()}
-    assert events[0] == ("start", "multi_roi-vgg16", 1)
-    assert events[1][0] == "start"  # another run beside it
-    assert {e[2] for e in events} == {1}
-    assert events.index(("start", "attention-vgg16", 1)) > events.index(("end", "multi_roi-vgg16", 1))
