@@ -58,7 +58,7 @@ def recipe_for_profile(profile) -> dict:
     """Training arguments for a :class:`~bmd.study.config.Profile`: input side from the twin image size, and an
     epoch budget that fits the profile (smoke: seconds; quick: a few CPU minutes; paper: longer)."""
     base = {"input_size": default_input_size(profile.twin_image_size), "seed": profile.seed,
-            "precision": profile.train_precision}
+            "precision": profile.train_precision, "plausibility_draws": 2}
     if profile.profile == "smoke":
         return {**base, "epochs": 15, "batch_size": 8}
     if profile.profile == "quick":

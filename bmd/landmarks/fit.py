@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bmd.columns import LANDMARK_NAMES
+from bmd.landmarks.acquisition import AcquisitionVariation, acquisition_draws
 from bmd.landmarks.data import AugmentConfig, LandmarkAugment, LandmarkDataset, load_landmark_cohort
 from bmd.landmarks.detector import (
     CONFIG_FILE,
@@ -60,6 +61,7 @@ def train_landmark_model(
     augment: AugmentConfig | dict | None = None,
     threads: int = 2,
     precision: str = "auto",
+    plausibility_draws: int = 2,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> Path:
@@ -71,7 +73,9 @@ def train_landmark_model(
     arguments; the same seed gives the same detector on the same machine. ``precision`` (``auto``, ``fp32``,
     ``bf16``; :mod:`bmd.training.precision`) is the backbone's arithmetic in training steps and in the
     per-epoch validation that selects the epoch; the graph stages, the selected detector's evaluation, the
-    plausibility features and the saved detector are float32.
+    plausibility features and the saved detector are float32. ``plausibility_draws``: how many varied copies
+    of each training and validation image (:mod:`bmd.landmarks.acquisition`) the plausibility model is
+    fitted and calibrated on besides the image itself.
     """
     t_start = time.perf_counter()
     precision = resolve_precision(precision, cuda=False)  # the detector trains on the CPU
@@ -201,15 +205,17 @@ def train_landmark_model(
         )
 
     net.load_state_dict(best["state"])
-    # plausibility: Gaussians on the (un-augmented) training images, calibrated on validation
-    f_train = network_outputs(net, train.images, 32)
-    f_val = network_outputs(net, val.images, 32)
+    # plausibility: Gaussians on the training images, each as it is and under a few draws of another
+    # acquisition, calibrated on the validation images likewise (bmd.landmarks.acquisition)
+    f_train = network_outputs(net, acquisition_draws(train.images, train.boxes, plausibility_draws, seed), 32)
+    f_val_all = network_outputs(net, acquisition_draws(val.images, val.boxes, plausibility_draws, seed + 1), 32)
+    f_val = {k: v[: len(val)] for k, v in f_val_all.items()}  # the validation images as they are
     plaus = PlausibilityModel(mean_shape)
     feats = {
         name: plaus.features(f["pooled"], f["local"], f["stages"][:, -1])
-        for name, f in (("train", f_train), ("val", f_val))
+        for name, f in (("train", f_train), ("calibration", f_val_all), ("val", f_val))
     }
-    plaus.fit(feats["train"], feats["val"])
+    plaus.fit(feats["train"], feats["calibration"])
     val_verdicts = plaus.score(feats["val"])
 
     val_pred = to_original(val.boxes, f_val["stages"])
@@ -265,6 +271,8 @@ def train_landmark_model(
             "components": list(plaus.calibration),
             "calibration_split": "val",
             "fit_split": "train",
+            "acquisition_draws": plausibility_draws,
+            "acquisition": dataclasses.asdict(AcquisitionVariation()),
             "pass_quantile": 0.99,
             "calibration": {k: [round(a, 5) for a in v] for k, v in plaus.calibration.items()},
             "val_pass_rate": float(np.mean([v.status == "ok" for v in val_verdicts])),

@@ -12,7 +12,10 @@ detector's own features, never at DICOM headers (a mislabelled header must not m
   anatomy that pose cannot explain).
 
 Each component is a Mahalanobis distance to the training-split features (mean and Ledoit–Wolf shrunk
-covariance of standardised features). Calibration on a held-out split (the validation split) puts each
+covariance of standardised features), of each training image as it is and under a few draws of another
+acquisition (framing, processing, noise: :mod:`bmd.landmarks.acquisition`). Fitted on the images as they
+are, a twin-trained model flagged every real chest film of the real-data folder for the twin's own framing
+and processing. Calibration on a held-out split (the validation split, varied likewise) puts each
 component on a common scale, ``s_k = (log d_k − median) / (q99 − median)`` in log distance, takes the
 maximum over components, and rescales that the same way, so that the combined score ``s`` is 0 at the
 calibration median and 1 at its 99th percentile. ``plausibility = 0.5 · 50^(−s)`` (capped at 1) is an

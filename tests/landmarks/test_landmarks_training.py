@@ -70,6 +70,9 @@ def test_training_beats_the_mean_shape_on_val_and_writes_a_detector(smoke_model)
     )  # train split only; val selects
     val = info["val_errors"]
     assert val["model"]["mean_error_pct"] < 0.9 * val["mean_shape"]["mean_error_pct"]
+    plausibility = info["plausibility"]  # fitted on the images as they are and under other acquisitions
+    assert plausibility["acquisition_draws"] == 2 and plausibility["acquisition"]["crop"] > 0
+    assert plausibility["val_pass_rate"] >= 0.9
 
 
 @pytest.mark.slow
