@@ -69,9 +69,6 @@ def acquisition_draws(images: np.ndarray, boxes: Sequence[Letterbox], draws: int
 
     The same seed gives the same draws."""
     rng = np.random.default_rng(seed)
-    rounds = [np.asarray(images)]
-    for _ in range(max(0, int(draws))):
-        rounds.append(np.stack([vary_acquisition(im, box, rng, variation) for im, box in zip(images, boxes,
-                                                                                             strict=True)])
-                      if len(images) else np.asarray(images))
-    return np.concatenate(rounds)
+    varied = [vary_acquisition(image, box, rng, variation)
+              for _ in range(draws) for image, box in zip(images, boxes, strict=True)]
+    return np.concatenate([images, np.stack(varied)]) if varied else np.asarray(images)

@@ -207,14 +207,14 @@ def train_landmark_model(
     net.load_state_dict(best["state"])
     # plausibility: Gaussians on the training images, each as it is and under a few draws of another
     # acquisition, calibrated on the validation images likewise (bmd.landmarks.acquisition)
-    f_train = network_outputs(net, acquisition_draws(train.images, train.boxes, plausibility_draws, seed), 32)
-    f_val_all = network_outputs(net, acquisition_draws(val.images, val.boxes, plausibility_draws, seed + 1), 32)
-    f_val = {k: v[: len(val)] for k, v in f_val_all.items()}  # the validation images as they are
+    variation = AcquisitionVariation()
+    f_train = network_outputs(net, acquisition_draws(train.images, train.boxes, plausibility_draws, seed, variation), 32)
+    f_calib = network_outputs(net, acquisition_draws(val.images, val.boxes, plausibility_draws, seed + 1, variation), 32)
+    f_val = {k: v[: len(val)] for k, v in f_calib.items()}  # the validation images as they are come first
     plaus = PlausibilityModel(mean_shape)
-    feats = {
-        name: plaus.features(f["pooled"], f["local"], f["stages"][:, -1])
-        for name, f in (("train", f_train), ("calibration", f_val_all), ("val", f_val))
-    }
+    feats = {name: plaus.features(f["pooled"], f["local"], f["stages"][:, -1])
+             for name, f in (("train", f_train), ("calibration", f_calib))}
+    feats["val"] = {k: v[: len(val)] for k, v in feats["calibration"].items()}
     plaus.fit(feats["train"], feats["calibration"])
     val_verdicts = plaus.score(feats["val"])
 
@@ -272,7 +272,7 @@ def train_landmark_model(
             "calibration_split": "val",
             "fit_split": "train",
             "acquisition_draws": plausibility_draws,
-            "acquisition": dataclasses.asdict(AcquisitionVariation()),
+            "acquisition": dataclasses.asdict(variation),
             "pass_quantile": 0.99,
             "calibration": {k: [round(a, 5) for a in v] for k, v in plaus.calibration.items()},
             "val_pass_rate": float(np.mean([v.status == "ok" for v in val_verdicts])),
