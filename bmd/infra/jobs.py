@@ -11,12 +11,12 @@ reading the cache, writing its results).
 The plan is fixed before anything runs, so that a job's threads never depend on timing (a run's float
 rounding depends on its thread count, and the same inputs must give the same numbers):
 
-* a job that others wait for runs alone with every core: it holds them up (the multi-ROI model, which
-  the attention model waits for, took 527 s for its 28 quick-profile epochs on one core beside the
-  others, about 350 s alone on both). Training every model of Tables 1-2 in one plan instead, the
-  multi-ROI model on one core from the start beside the others, was no faster (quick profile, seed 4242:
-  1,228 s of training against 1,224 s table by table): the multi-ROI model then took 620 s, and the runs
-  beside it slowed down too (the chest VGG-16 244 s against 214 s);
+* a job that others wait for runs alone with every core: it holds them up (the multi-ROI model, which the
+  attention model waits for, took 527 s for the 28 epochs the quick profile then trained, on one core
+  beside the others, about 350 s alone on both). Training every model of Tables 1-2 in one plan instead,
+  the multi-ROI model on one core from the start beside the others, was no faster (quick profile, seed
+  4242: 1,228 s of training against 1,224 s table by table): the multi-ROI model then took 620 s, and the
+  runs beside it slowed down too (the chest VGG-16 244 s against 214 s);
 * every other job runs beside up to ``slots - 1`` others with ``cores // slots`` threads (every core
   when it is the only such job, or when ``slots`` is 1).
 

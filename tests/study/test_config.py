@@ -217,7 +217,7 @@ def test_parameter_markdown_renders_both_tables_with_every_parameter():
     assert profiles[0] == "| parameter | smoke | quick | paper | default | what it does |"
     assert all(line.count("|") == 7 for line in profiles)  # no stray pipe splits a row
     epochs = next(line for line in profiles if line.startswith("| `train_epochs` |"))
-    assert epochs.startswith("| `train_epochs` | 3 | 28 | 100 | 100 |")
+    assert epochs.startswith("| `train_epochs` | 3 | 12 | 100 | 100 |")
     batch_norm = next(line for line in profiles if line.startswith("| `train_batch_norm` |"))
     assert "| true | true | false | false |" in batch_norm  # spelled as in the YAML files
 

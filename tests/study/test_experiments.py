@@ -1,12 +1,12 @@
 """The paper's tables as model specs: every model once, shared chest model, profile recipes."""
 
 import dataclasses
-import math
 
 from bmd.study.config import load_profile
 from bmd.study.experiments import (
     ENSEMBLES,
     all_models,
+    attention_epochs,
     backbone_recipe,
     model_recipe_text,
     recipe_text,
@@ -39,7 +39,7 @@ def test_configs_follow_the_profile_recipe(tmp_path):
     assert b.batch_norm and b.optimizer == "adamw" and b.schedule == "onecycle" and b.width < 1
     assert (a.select, b.select) == ("val_mse", "last")  # the paper's selection; the one-cycle schedule's end
     assert b.run_dir.endswith("multi_roi-vgg16") and b.model == "multi_roi"
-    # the attention model: the multi-ROI model's recipe, started from its weights for half the epochs
+    # the attention model: the multi-ROI model's recipe, started from its weights for its own epochs
     c = train_config(table_models()["table2"]["attention"], quick, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs")
     assert c.model == "attention" and c.run_dir.endswith("attention-vgg16")
     assert c.epochs == 7 and c.init_from == str(tmp_path / "runs" / "multi_roi-vgg16" / "best.pt")
@@ -65,8 +65,10 @@ def test_every_model_trains_the_profiles_epochs_and_the_attention_model_a_quarte
     """One recipe for every model trained from scratch, whatever its backbone or input (the chest, each
     region, the multi-ROI model): Table 2 compares inputs, not training lengths. ResNets only start their
     residual branches at zero. The attention model, started from the trained multi-ROI model, trains a
-    quarter of the epochs."""
-    quick, paper = load_profile("quick"), load_profile("paper")
+    quarter of the epochs, but at least 7 (its warm-up has to settle) and at most the profile's."""
+    quick, paper, smoke = load_profile("quick"), load_profile("paper"), load_profile("smoke")
+    assert [attention_epochs(c) for c in (smoke, quick, paper)] == [3, 7, 25]
+    assert attention_epochs(dataclasses.replace(paper, train_epochs=40)) == 10
     assert backbone_recipe("resnet34", quick) == backbone_recipe("resnet34", paper) == {"zero_init_residual": True}
     assert backbone_recipe("vgg16", quick) == {} and recipe_text("vgg16", quick) == ""
     assert recipe_text("resnet18", quick) == "zero-initialised residual branches"
@@ -74,7 +76,7 @@ def test_every_model_trains_the_profiles_epochs_and_the_attention_model_a_quarte
         for table in table_models().values():
             for spec in table.values():
                 epochs = train_config(spec, cfg, tmp_path / "c", tmp_path / "m.csv", tmp_path / "runs").epochs
-                expected = math.ceil(cfg.train_epochs / 4) if spec.model == "attention" else cfg.train_epochs
+                expected = attention_epochs(cfg) if spec.model == "attention" else cfg.train_epochs
                 assert epochs == expected, (spec.name, cfg.profile)
                 assert (model_recipe_text(spec, cfg) == "") == (spec.model != "attention")
 
