@@ -210,15 +210,15 @@ def train_landmark_model(
     variation = AcquisitionVariation()
     f_train = network_outputs(net, acquisition_draws(train.images, train.boxes, plausibility_draws, seed, variation), 32)
     f_calib = network_outputs(net, acquisition_draws(val.images, val.boxes, plausibility_draws, seed + 1, variation), 32)
-    f_val = {k: v[: len(val)] for k, v in f_calib.items()}  # the validation images as they are come first
     plaus = PlausibilityModel(mean_shape)
     feats = {name: plaus.features(f["pooled"], f["local"], f["stages"][:, -1])
              for name, f in (("train", f_train), ("calibration", f_calib))}
+    # the validation images as they are come first in the calibration set
     feats["val"] = {k: v[: len(val)] for k, v in feats["calibration"].items()}
     plaus.fit(feats["train"], feats["calibration"])
     val_verdicts = plaus.score(feats["val"])
 
-    val_pred = to_original(val.boxes, f_val["stages"])
+    val_pred = to_original(val.boxes, f_calib["stages"][: len(val)])
     val_errors = {
         "model": error_summary(radial_errors_pct(val_pred[:, -1], val.points, val.widths)),
         "global_only": error_summary(radial_errors_pct(val_pred[:, 0], val.points, val.widths)),
