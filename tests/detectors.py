@@ -37,9 +37,10 @@ def tiny_detector(folder: Path, seed: int = 0, mean_shape: np.ndarray | None = N
     net = LandmarkNet(TINY, mean)
     plausibility = None
     if calibrate_on is not None:
-        out = network_outputs(net, np.asarray(calibrate_on, dtype=np.float32), batch_size=16)
+        images = np.asarray(calibrate_on, dtype=np.float32)
+        out = network_outputs(net, images, batch_size=16)
         plausibility = PlausibilityModel(mean.double().numpy())
-        feats = plausibility.features(out["pooled"], out["local"], out["stages"][:, -1])
+        feats = plausibility.features(images, out["stages"][:, -1])
         half = len(calibrate_on) // 2
         plausibility.fit({k: v[:half] for k, v in feats.items()}, {k: v[half:] for k, v in feats.items()})
     return save_landmark_model(LandmarkModel(net=net, plausibility=plausibility), folder)

@@ -41,10 +41,11 @@ from bmd.landmarks.folder import (
     DETECTOR_FORMAT,
     PLAUSIBILITY_FILE,
     WEIGHTS_FILE,
+    DetectorFolderError,
     read_detector_config,
 )
 from bmd.landmarks.model import LandmarkNet, ModelConfig
-from bmd.landmarks.plausibility import PlausibilityModel, PlausibilityResult
+from bmd.landmarks.plausibility import PlausibilityDescriptorError, PlausibilityModel, PlausibilityResult
 from bmd.training.folder import save_checkpoint
 
 
@@ -227,11 +228,12 @@ def load_landmark_model(detector: str | os.PathLike) -> LandmarkModel:
     net.load_state_dict(torch.load(path / info["files"]["weights"], map_location="cpu", weights_only=True))
     net.eval()
     plaus_file = path / info["files"].get("plausibility", PLAUSIBILITY_FILE)
-    plaus = (
-        PlausibilityModel.from_state(torch.load(plaus_file, map_location="cpu", weights_only=True))
-        if plaus_file.is_file()
-        else None
-    )
+    plaus = None
+    if plaus_file.is_file():
+        try:
+            plaus = PlausibilityModel.from_state(torch.load(plaus_file, map_location="cpu", weights_only=True))
+        except PlausibilityDescriptorError as exc:
+            raise DetectorFolderError(f"{path}: {exc}") from None
     return LandmarkModel(net=net, plausibility=plaus, info=info, path=path)
 
 
@@ -287,7 +289,7 @@ def predict_landmarks(
     score = np.full(len(items), np.nan)
     details: list[PlausibilityResult | None] = [None] * len(items)
     if model.plausibility is not None and ok:
-        feats = model.plausibility.features(fwd["pooled"], fwd["local"], fwd["stages"][:, -1])
+        feats = model.plausibility.features(arr[ok], fwd["stages"][:, -1])
         for j, verdict in zip(ok, model.plausibility.score(feats), strict=True):
             status[j], reason[j], plaus[j], score[j], details[j] = (
                 verdict.status,
@@ -387,7 +389,7 @@ def evaluate_landmarks(
     plaus = np.full(len(cohort), np.nan)
     if model.plausibility is not None and len(cohort):
         verdicts = model.plausibility.score(
-            model.plausibility.features(fwd["pooled"], fwd["local"], fwd["stages"][:, -1])
+            model.plausibility.features(cohort.images, fwd["stages"][:, -1])
         )
         status = [v.status for v in verdicts]
         plaus = np.array([v.plausibility for v in verdicts])

@@ -36,7 +36,7 @@ from bmd.landmarks.detector import (
     to_original,
 )
 from bmd.landmarks.model import LandmarkNet, ModelConfig, landmark_loss
-from bmd.landmarks.plausibility import PlausibilityModel
+from bmd.landmarks.plausibility import DESCRIPTORS, PlausibilityModel
 from bmd.training.folder import RunFolder, signature
 from bmd.training.precision import autocast, resolve_precision
 
@@ -208,11 +208,12 @@ def train_landmark_model(
     # plausibility: Gaussians on the training images, each as it is and under a few draws of another
     # acquisition, calibrated on the validation images likewise (bmd.landmarks.acquisition)
     variation = AcquisitionVariation()
-    f_train = network_outputs(net, acquisition_draws(train.images, train.boxes, plausibility_draws, seed, variation), 32)
-    f_calib = network_outputs(net, acquisition_draws(val.images, val.boxes, plausibility_draws, seed + 1, variation), 32)
+    train_images = acquisition_draws(train.images, train.boxes, plausibility_draws, seed, variation)
+    calib_images = acquisition_draws(val.images, val.boxes, plausibility_draws, seed + 1, variation)
+    f_train, f_calib = network_outputs(net, train_images, 32), network_outputs(net, calib_images, 32)
     plaus = PlausibilityModel(mean_shape)
-    feats = {name: plaus.features(f["pooled"], f["local"], f["stages"][:, -1])
-             for name, f in (("train", f_train), ("calibration", f_calib))}
+    feats = {"train": plaus.features(train_images, f_train["stages"][:, -1]),
+             "calibration": plaus.features(calib_images, f_calib["stages"][:, -1])}
     # the validation images as they are come first in the calibration set
     feats["val"] = {k: v[: len(val)] for k, v in feats["calibration"].items()}
     plaus.fit(feats["train"], feats["calibration"])
@@ -269,6 +270,7 @@ def train_landmark_model(
         },
         "plausibility": {
             "components": list(plaus.calibration),
+            "descriptors": DESCRIPTORS,
             "calibration_split": "val",
             "fit_split": "train",
             "acquisition_draws": plausibility_draws,

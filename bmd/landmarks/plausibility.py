@@ -1,27 +1,37 @@
-"""Is this image a frontal chest radiograph like the ones the detector was trained on?
+"""Is this image a frontal chest radiograph, and do the detected points sit on a chest's anatomy?
 
 A graph detector always returns a chest-*shaped* set of points, even for a tibia, so the shape alone
-cannot tell a chest from anything else. The score therefore looks at the image content through the
-detector's own features, never at DICOM headers (a mislabelled header must not make a knee a chest):
+cannot tell a chest from anything else. The score therefore also looks at the image itself, never at
+DICOM headers (a mislabelled header must not make a knee a chest):
 
-* ``appearance``: the image-level descriptor (mean and standard deviation of the two deepest backbone
-  stages);
-* ``local``: the backbone features sampled at the 16 predicted points (does each point look like the
-  structure it names?);
+* ``appearance``: the image's layout at the scale of organs: the standardised network input (zero mean,
+  unit variance) averaged over a 16 × 16 grid of cells (two dark lung fields beside a bright
+  mediastinum, the shoulders above, the diaphragm and abdomen below);
+* ``local``: the standardised input, smoothed over about 2% of its side, sampled on a 5 × 5 grid of ±4%
+  of the side around each of the 16 predicted points (does each point sit where its structure should:
+  a rib-cage margin between lung and chest wall, a clavicle across the apex?);
 * ``shape``: the predicted shape after similarity (Procrustes) alignment to the mean shape (residual
   anatomy that pose cannot explain).
 
+Why the image and not the detector's own features: both descriptors were first the detector's backbone
+features (channel means and SDs of its two deepest stages; its feature map at the points). A network
+trained on the twin cohort encodes the twin's texture, noise and rendering, so those features measured
+"twin-ness": every real chest film of the real-data folder sat far out in them (the points landing right
+on the films), and which films passed moved with the detector's training seed. At the scale of organs the
+twin is drawn from real anatomy, so the layout is where a real chest film and the twin agree and a tibia,
+a dental panoramic, a mammogram, a CT slice or a test pattern do not. The descriptors do not depend on the
+network's weights: a retrained detector keeps its check.
+
 Each component is a Mahalanobis distance to the training-split features (mean and Ledoit–Wolf shrunk
 covariance of standardised features), of each training image as it is and under a few draws of another
-acquisition (framing, processing, noise: :mod:`bmd.landmarks.acquisition`). Fitted on the images as they
-are, a twin-trained model flagged every real chest film of the real-data folder for the twin's own framing
-and processing. Calibration on a held-out split (the validation split, varied likewise) puts each
-component on a common scale, ``s_k = (log d_k − median) / (q99 − median)`` in log distance, takes the
-maximum over components, and rescales that the same way, so that the combined score ``s`` is 0 at the
-calibration median and 1 at its 99th percentile. ``plausibility = 0.5 · 50^(−s)`` (capped at 1) is an
-approximate tail probability, exponential through the calibration median (0.5) and 99th percentile (0.01).
-An image is ``flagged`` when ``s > 1`` (plausibility below 0.01): by construction ~99% of the calibration
-chest radiographs pass; the test-split pass rate is reported by evaluation as an honest check.
+acquisition (framing, processing, noise: :mod:`bmd.landmarks.acquisition`). Calibration on a held-out split
+(the validation split, varied likewise) puts each component on a common scale,
+``s_k = (log d_k − median) / (q99 − median)`` in log distance, takes the maximum over components, and
+rescales that the same way, so that the combined score ``s`` is 0 at the calibration median and 1 at its
+99th percentile. ``plausibility = 0.5 · 50^(−s)`` (capped at 1) is an approximate tail probability,
+exponential through the calibration median (0.5) and 99th percentile (0.01). An image is ``flagged`` when
+``s > 1`` (plausibility below 0.01): by construction ~99% of the calibration chest radiographs pass; the
+test-split pass rate is reported by evaluation as an honest check.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bmd.columns import PLAUSIBILITY_COMPONENTS
 
@@ -41,6 +52,61 @@ _REASONS = {
 }
 #: calibration quantile: the fraction of calibration images that pass
 PASS_QUANTILE = 0.99
+#: the descriptors' version, saved with a fitted model: one fitted on other descriptors cannot score these
+DESCRIPTORS = "image-layout/1"
+#: ``appearance``: the standardised input averaged over LAYOUT_GRID × LAYOUT_GRID cells
+LAYOUT_GRID = 16
+#: ``local``: PATCH_GRID × PATCH_GRID samples over ±PATCH_HALF_WIDTH (normalised units: ±4% of the input
+#: side) around each point, of the input smoothed by a box of PATCH_SMOOTH of its side
+PATCH_GRID = 5
+PATCH_HALF_WIDTH = 0.08
+PATCH_SMOOTH = 5 / 256
+_CHUNK = 128  # images per batch: bounds the float copies of a large split
+
+
+class PlausibilityDescriptorError(ValueError):
+    """A saved plausibility model was fitted on descriptors other than this version's."""
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    """Per-image zero mean and unit variance, as the detector's own input (windowing must not matter)."""
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) / (std + 1e-4)
+
+
+def image_descriptors(images: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``appearance`` and ``local`` descriptors of a batch.
+
+    ``images``: (N, S, S) letterboxed network inputs, uint8 or float in [0, 1]; ``points``: (N, 16, 2) in
+    normalised letterbox coordinates ([-1, 1]). Returns (N, LAYOUT_GRID²) and (N, 16 · PATCH_GRID²).
+    """
+    images = np.asarray(images)
+    points = np.asarray(points, dtype=np.float32)
+    if len(images) != len(points):
+        raise ValueError(f"{len(images)} images but {len(points)} point sets")
+    n = len(images)
+    if n == 0:
+        return np.zeros((0, LAYOUT_GRID**2)), np.zeros((0, points.shape[1] * PATCH_GRID**2))
+    size = images.shape[-1]
+    k = max(1, round(PATCH_SMOOTH * size)) | 1  # odd, so the smoothing keeps the grid centred
+    ticks = torch.linspace(-PATCH_HALF_WIDTH, PATCH_HALF_WIDTH, PATCH_GRID)
+    gy, gx = torch.meshgrid(ticks, ticks, indexing="ij")
+    offsets = torch.stack([gx, gy], dim=-1).reshape(-1, 2)
+    layout, local = [], []
+    for i in range(0, n, _CHUNK):
+        chunk = images[i : i + _CHUNK]
+        x = torch.from_numpy(np.asarray(chunk, dtype=np.float32))[:, None]
+        if chunk.dtype == np.uint8:
+            x = x / 255.0
+        x = _standardise(x)
+        layout.append(F.adaptive_avg_pool2d(x, LAYOUT_GRID).flatten(1).numpy())
+        smooth = F.avg_pool2d(x, k, stride=1, padding=k // 2)
+        pts = torch.from_numpy(points[i : i + _CHUNK])
+        grid = pts[:, :, None, :] + offsets[None, None]  # (B, 16, P, 2)
+        sampled = F.grid_sample(smooth, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        local.append(sampled[:, 0].reshape(len(pts), -1).numpy())
+    return np.concatenate(layout).astype(np.float64), np.concatenate(local).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -121,13 +187,11 @@ class PlausibilityModel:
         self.gaussians: dict[str, _Gaussian] = {}
         self.calibration: dict[str, tuple[float, float]] = {}
 
-    def features(self, pooled: np.ndarray, local: np.ndarray, points: np.ndarray) -> dict[str, np.ndarray]:
-        """The per-component feature vectors of a batch (normalised-coordinate points)."""
-        return {
-            "appearance": np.asarray(pooled, dtype=np.float64),
-            "local": np.asarray(local, dtype=np.float64).reshape(len(local), -1),
-            "shape": procrustes_residual(points, self.mean_shape),
-        }
+    def features(self, images: np.ndarray, points: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-component feature vectors of a batch: ``images`` (N, S, S) letterboxed network inputs
+        (uint8, or float in [0, 1]) and the points predicted on them (N, 16, 2), normalised coordinates."""
+        appearance, local = image_descriptors(images, points)
+        return {"appearance": appearance, "local": local, "shape": procrustes_residual(points, self.mean_shape)}
 
     def _log_distances(self, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.log(self.gaussians[k].distance(feats[k]) + 1e-9) for k in COMPONENTS}
@@ -174,6 +238,7 @@ class PlausibilityModel:
     def state(self) -> dict:
         """Tensors and numbers to save in the detector folder."""
         return {
+            "descriptors": DESCRIPTORS,
             "mean_shape": torch.from_numpy(self.mean_shape),
             "gaussians": {k: g.state() for k, g in self.gaussians.items()},
             "calibration": {k: list(v) for k, v in self.calibration.items()},
@@ -181,7 +246,14 @@ class PlausibilityModel:
 
     @classmethod
     def from_state(cls, state: dict) -> PlausibilityModel:
-        """Inverse of :meth:`state`."""
+        """Inverse of :meth:`state`; :class:`PlausibilityDescriptorError` for a model fitted on other
+        descriptors (an earlier version's detector)."""
+        found = state.get("descriptors", "detector-features")
+        if found != DESCRIPTORS:
+            raise PlausibilityDescriptorError(
+                f"its plausibility model was fitted on {found!r} descriptors, this version scores {DESCRIPTORS!r}: "
+                "retrain the detector (bmd landmarks train)"
+            )
         m = cls(state["mean_shape"].double().numpy())
         m.gaussians = {k: _Gaussian.from_state(v) for k, v in state["gaussians"].items()}
         m.calibration = {k: (float(v[0]), float(v[1])) for k, v in state["calibration"].items()}

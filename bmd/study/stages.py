@@ -40,6 +40,7 @@ from bmd.landmarks.detector import (
 )
 from bmd.landmarks.fit import train_landmark_model
 from bmd.landmarks.folder import detector_digest, read_detector_config
+from bmd.landmarks.plausibility import DESCRIPTORS as PLAUSIBILITY_DESCRIPTORS
 from bmd.rois.cache import build_roi_cache
 from bmd.study import ablation, report, summary
 from bmd.study.ablation import attention_study
@@ -116,9 +117,11 @@ def _truth_files(cohort: Cohort) -> list[str]:
 
 
 def detector_inputs(cohort: Cohort, recipe: dict) -> dict:
-    """What the detector is trained from: the manifest and its landmark files (content digests) and the recipe."""
+    """What the detector is trained from: the manifest and its landmark files (content digests), the recipe
+    and the plausibility check's descriptors (a detector saved with other ones is refitted)."""
     return {"manifest": [str(cohort.manifest_path), sha256_file(cohort.manifest_path)],
-            "landmarks": [[p, sha256_file(p)] for p in _truth_files(cohort)], "recipe": recipe}
+            "landmarks": [[p, sha256_file(p)] for p in _truth_files(cohort)], "recipe": recipe,
+            "plausibility": PLAUSIBILITY_DESCRIPTORS}
 
 
 def _detector_matches(detector: Path, manifest: Path, recipe: dict) -> bool:
@@ -128,7 +131,8 @@ def _detector_matches(detector: Path, manifest: Path, recipe: dict) -> bool:
     except (OSError, ValueError):
         return False
     training = info.get("training", {})
-    return (training.get("manifest") == str(manifest) and training.get("epochs") == recipe["epochs"]
+    return (info.get("plausibility", {}).get("descriptors") == PLAUSIBILITY_DESCRIPTORS
+            and training.get("manifest") == str(manifest) and training.get("epochs") == recipe["epochs"]
             and training.get("seed") == recipe["seed"] and training.get("batch_size") == recipe["batch_size"]
             and info.get("model", {}).get("input_size") == recipe["input_size"])
 

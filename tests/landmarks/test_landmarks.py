@@ -17,7 +17,14 @@ from bmd.landmarks.data import (
     letterbox_image,
 )
 from bmd.landmarks.model import LandmarkNet, ModelConfig, landmark_loss, shape_features
-from bmd.landmarks.plausibility import PlausibilityModel, procrustes_residual
+from bmd.landmarks.plausibility import (
+    LAYOUT_GRID,
+    PATCH_GRID,
+    PlausibilityDescriptorError,
+    PlausibilityModel,
+    image_descriptors,
+    procrustes_residual,
+)
 
 torch.set_num_threads(2)
 
@@ -197,33 +204,66 @@ def test_intensity_jitter_keeps_range_and_points():
 # ------------------------------------------------------------------------------------------ plausibility
 
 
+def _films(rng: np.random.Generator, n: int, size: int = 64, odd: bool = False) -> np.ndarray:
+    """(n, size, size) float images: two dark "lung fields" beside a bright middle, with a varying
+    exposure, framing and noise; ``odd``: one dark field on top of a bright lower half instead."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) * 2 - 1
+    out = np.empty((n, size, size), dtype=np.float32)
+    for i in range(n):
+        dx, dy, r = rng.normal(0, 0.04, 2).tolist() + [rng.uniform(0.3, 0.4)]
+        if odd:
+            dark = ((xx - dx) / 0.7) ** 2 + ((yy + 0.4 - dy) / r) ** 2 < 1
+        else:
+            dark = ((np.abs(xx - dx) - 0.45) / 0.28) ** 2 + ((yy - dy) / (1.5 * r)) ** 2 < 1
+        img = np.where(dark, 0.25, 0.8) + rng.normal(0, 0.05, (size, size))
+        out[i] = np.clip(rng.uniform(0.7, 1.0) * img + rng.uniform(-0.05, 0.1), 0, 1)
+    return out
+
+
+def test_image_descriptors_see_layout_not_windowing():
+    rng = np.random.default_rng(0)
+    images = _films(rng, 3)
+    points = rng.uniform(-0.6, 0.6, (3, N_LANDMARKS, 2))
+    layout, local = image_descriptors(images, points)
+    assert layout.shape == (3, LAYOUT_GRID**2) and local.shape == (3, N_LANDMARKS * PATCH_GRID**2)
+    # a display window or gain (a·x + b, a > 0) does not change what the descriptors see
+    layout2, local2 = image_descriptors(0.5 * images + 0.2, points)
+    assert np.allclose(layout, layout2, atol=2e-3) and np.allclose(local, local2, atol=2e-3)
+    # uint8 network inputs read like the same float images
+    layout8, _ = image_descriptors(np.round(images * 255).astype(np.uint8), points)
+    assert np.allclose(layout, layout8, atol=0.05)
+    # moving one point changes its own samples only
+    moved = points.copy()
+    moved[:, 3] += 0.3
+    _, local3 = image_descriptors(images, moved)
+    per_point = np.abs(local3 - local).reshape(3, N_LANDMARKS, -1).max(axis=(0, 2))
+    assert per_point[3] > 0.1 and np.delete(per_point, 3).max() == 0
+    with pytest.raises(ValueError, match="2 images but 3"):
+        image_descriptors(images[:2], points)
+
+
 def test_plausibility_calibration_and_state_round_trip():
     rng = np.random.default_rng(0)
     mean_shape = rng.uniform(-0.6, 0.6, (N_LANDMARKS, 2))
 
-    def feats(n, shift=0.0):
-        pts = mean_shape + rng.normal(0, 0.01, (n, N_LANDMARKS, 2))
-        return {
-            "appearance": rng.normal(shift, 1, (n, 8)),
-            "local": rng.normal(0, 1, (n, N_LANDMARKS, 3)),
-            "points": pts,
-        }
+    def batch(n, odd=False):
+        return _films(rng, n, odd=odd), mean_shape + rng.normal(0, 0.01, (n, N_LANDMARKS, 2))
 
     model = PlausibilityModel(mean_shape)
-    f = [feats(n) for n in (400, 400)]
-    model.fit(*[model.features(x["appearance"], x["local"], x["points"]) for x in f])
-    test = feats(2000)
-    verdicts = model.score(model.features(test["appearance"], test["local"], test["points"]))
+    model.fit(*[model.features(*batch(n)) for n in (300, 300)])
+    verdicts = model.score(model.features(*batch(600)))
     assert 0.95 < np.mean([v.status == "ok" for v in verdicts]) <= 1.0
-    odd = feats(20, shift=6.0)
-    odd_verdicts = model.score(model.features(odd["appearance"], odd["local"], odd["points"]))
+    odd = model.features(*batch(20, odd=True))
+    odd_verdicts = model.score(odd)
     assert all(
         v.status == "flagged" and "image content" in v.reason and v.plausibility < 0.01 for v in odd_verdicts
     )
-    again = PlausibilityModel.from_state(model.state())
-    assert [
-        v.score for v in again.score(model.features(odd["appearance"], odd["local"], odd["points"]))
-    ] == pytest.approx([v.score for v in odd_verdicts])
+    state = model.state()
+    again = PlausibilityModel.from_state(state)
+    assert [v.score for v in again.score(odd)] == pytest.approx([v.score for v in odd_verdicts])
+    # a model saved by an earlier version (other descriptors) is refused, never used on these
+    with pytest.raises(PlausibilityDescriptorError, match="retrain the detector"):
+        PlausibilityModel.from_state({k: v for k, v in state.items() if k != "descriptors"})
 
 
 def test_procrustes_residual_ignores_pose():

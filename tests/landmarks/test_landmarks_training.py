@@ -29,6 +29,7 @@ from bmd.landmarks.detector import (
     save_landmark_model,
 )
 from bmd.landmarks.fit import train_landmark_model
+from bmd.landmarks.folder import DetectorFolderError
 from bmd.study.config import load_profile
 from bmd.training.precision import resolve_precision
 
@@ -173,6 +174,18 @@ def test_unreadable_inputs_are_failed_not_fatal(smoke_model, tmp_path):
     pred = predict_landmarks(smoke_model, [bad, np.random.default_rng(0).random((90, 70))])
     assert pred.status[0] == "failed" and pred.reason[0] and np.isnan(pred.points[0]).all()
     assert pred.status[1] in ("ok", "flagged") and np.isfinite(pred.points[1]).all()
+
+
+def test_a_detector_saved_with_other_plausibility_descriptors_is_refused_in_one_line(tmp_path):
+    images = np.random.default_rng(0).random((8, 64, 64)).astype(np.float32)
+    folder = untrained_detector(tmp_path / "old_detector", calibrate_on=images)
+    assert load_landmark_model(folder).plausibility is not None
+    state = torch.load(folder / "plausibility.pt", weights_only=True)
+    del state["descriptors"]  # what an earlier version (the network's own features) saved
+    torch.save(state, folder / "plausibility.pt")
+    with pytest.raises(DetectorFolderError, match=r"old_detector: .*retrain the detector") as err:
+        load_landmark_model(folder)
+    assert "\n" not in str(err.value)
 
 
 def _as_chest_pa(src, dst):
