@@ -23,7 +23,7 @@ N_LANDMARKS: int = len(LANDMARK_NAMES)
 
 PLAUSIBILITY_COMPONENTS: tuple[str, ...] = ("appearance", "local", "shape")
 """The parts of the landmark detector's plausibility score (:mod:`bmd.landmarks.plausibility`): the image's
-overall content, the content at the detected points, the configuration of the points."""
+layout at the scale of organs, the image around the detected points, the configuration of the points."""
 
 COORD_COLUMNS: tuple[str, ...] = tuple(c for n in LANDMARK_NAMES for c in (f"x_{n}", f"y_{n}"))
 """The 32 coordinate columns of a landmark CSV, in order (x then y for each point)."""

@@ -655,7 +655,8 @@ def plausibility_sentence(table: pd.DataFrame) -> str:
     return text + f"; against expectation: {names}."
 
 
-_COMPONENT_WORDS = {"appearance": "the image's overall content", "local": "the content at the detected points",
+_COMPONENT_WORDS = {"appearance": "the image's layout at the scale of organs",
+                    "local": "the image around the detected points",
                     "shape": "the configuration of the detected points"}
 
 

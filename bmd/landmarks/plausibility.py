@@ -18,7 +18,7 @@ features (channel means and SDs of its two deepest stages; its feature map at th
 trained on the twin cohort encodes the twin's texture, noise and rendering, so those features measured
 "twin-ness": every real chest film of the real-data folder sat far out in them (the points landing right
 on the films), and which films passed moved with the detector's training seed. At the scale of organs the
-twin is drawn from real anatomy, so the layout is where a real chest film and the twin agree and a tibia,
+twin's anatomy was set against real films, so the layout is where a real chest film and the twin agree and a tibia,
 a dental panoramic, a mammogram, a CT slice or a test pattern do not. The descriptors do not depend on the
 network's weights: a retrained detector keeps its check.
 

@@ -21,6 +21,7 @@ from PIL import Image
 from bmd.columns import COORD_COLUMNS, SPLITS
 from bmd.landmarks.detector import LandmarkEvaluation, predict_landmarks
 from bmd.landmarks.folder import detector_digest
+from bmd.landmarks.plausibility import DESCRIPTORS
 from bmd.study import stages
 from bmd.study.cohort import LandmarkSourceError, check_landmark_source, load_cohort
 from bmd.study.config import load_profile
@@ -332,7 +333,7 @@ def test_the_detector_is_trained_once_per_manifest_and_recipe_and_an_older_one_i
         bundle.mkdir(parents=True, exist_ok=True)
         (bundle / "weights.pt").write_bytes(b"weights")
         info = {"training": {"manifest": str(manifest_path), **{k: recipe[k] for k in ("epochs", "seed", "batch_size")}},
-                "model": {"input_size": recipe["input_size"]}}
+                "model": {"input_size": recipe["input_size"]}, "plausibility": {"descriptors": DESCRIPTORS}}
         (bundle / "config.json").write_text(json.dumps(info))
 
     monkeypatch.setattr(stages, "train_landmark_model", fake_training)
@@ -346,6 +347,12 @@ def test_the_detector_is_trained_once_per_manifest_and_recipe_and_an_older_one_i
     bundle.with_name(f".{bundle.name}.artifact.json").unlink()  # a detector made before stamps ...
     stages.landmark_detector(profile(1), cohort, tmp_path)
     assert len(trained) == 3  # ... whose config matches: adopted
+    info = json.loads((bundle / "config.json").read_text())
+    info["plausibility"] = {}  # ... but one whose plausibility check reads other descriptors is trained again
+    (bundle / "config.json").write_text(json.dumps(info))
+    bundle.with_name(f".{bundle.name}.artifact.json").unlink()
+    stages.landmark_detector(profile(1), cohort, tmp_path)
+    assert len(trained) == 4
     summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
     assert summary["artifacts"]["landmark_model"] == "runs/smoke/landmark_model"
 
@@ -391,15 +398,17 @@ CHEST_SHAPE = (chest_points((64, 64)) + 0.5) / 64 * 2 - 1
 
 def _site(folder: Path, n: int = 9, landmarks: bool = False, odd: int | None = None) -> Path:
     """A site's manifest of ``n`` small PNG radiographs, split train/val/test in turn; no ``landmarks``
-    column unless ``landmarks`` (then a landmark file for every case). Case ``odd`` is a striped image
-    unlike anything the test detectors were calibrated on (the plausibility check flags it)."""
+    column unless ``landmarks`` (then a landmark file for every case). Case ``odd`` is a checkerboard of
+    16-pixel squares, a layout unlike anything the test detectors were calibrated on (the plausibility check
+    flags it; the check reads the image at the scale of organs, so a pattern much finer than that would not
+    do)."""
     (folder / "images").mkdir(parents=True)
     rng = np.random.default_rng(0)
     rows, marks = [], []
     for i in range(n):
         image = texture((128, 96), seed=i)
         if i == odd:
-            image = np.tile(np.repeat([0.05, 0.95], 4), (128, 12))
+            image = (np.indices((128, 96)) // 16).sum(axis=0) % 2 * 0.9 + 0.05
         Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / "images" / f"c{i}.png")
         bmd = 0.8 + 0.1 * rng.random()
         row = (f"SITECASE{i:02d},SITEPAT{i:02d},images/c{i}.png,{bmd:.3f},{bmd + 0.05:.3f},{bmd + 0.1:.3f},"
