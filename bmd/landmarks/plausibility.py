@@ -22,6 +22,9 @@ twin's anatomy was set against real films, so the layout is where a real chest f
 a dental panoramic, a mammogram, a CT slice or a test pattern do not. The descriptors do not depend on the
 network's weights: a retrained detector keeps its check.
 
+A blank input (no contrast: :data:`MIN_CONTRAST`) is flagged outright: standardised, it has no layout
+to compare.
+
 Each component is a Mahalanobis distance to the training-split features (mean and Ledoit–Wolf shrunk
 covariance of standardised features), of each training image as it is and under a few draws of another
 acquisition (framing, processing, noise: :mod:`bmd.landmarks.acquisition`). Calibration on a held-out split
@@ -62,6 +65,11 @@ PATCH_GRID = 5
 PATCH_HALF_WIDTH = 0.08
 PATCH_SMOOTH = 5 / 256
 _CHUNK = 128  # images per batch: bounds the float copies of a large split
+#: below this SD of its grey levels (in [0, 1]; about 2.5 levels of 255) an input is blank: standardised, it
+#: would be all zeros, a layout near enough to the average chest's to pass, so it is flagged outright with
+#: the score BLANK_SCORE. The twin's and the real chest films' inputs have an SD of 0.13 and more.
+MIN_CONTRAST = 0.01
+BLANK_SCORE = 10.0
 
 
 class PlausibilityDescriptorError(ValueError):
@@ -73,6 +81,13 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     std = x.std(dim=(1, 2, 3), keepdim=True)
     return (x - mean) / (std + 1e-4)
+
+
+def image_contrast(images: np.ndarray) -> np.ndarray:
+    """(N,) the SD of each input's grey levels, in [0, 1] units (uint8 inputs are divided by 255)."""
+    images = np.asarray(images)
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    return np.array([float(np.std(im, dtype=np.float64)) / scale for im in images])
 
 
 def image_descriptors(images: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +206,8 @@ class PlausibilityModel:
         """The per-component feature vectors of a batch: ``images`` (N, S, S) letterboxed network inputs
         (uint8, or float in [0, 1]) and the points predicted on them (N, 16, 2), normalised coordinates."""
         appearance, local = image_descriptors(images, points)
-        return {"appearance": appearance, "local": local, "shape": procrustes_residual(points, self.mean_shape)}
+        return {"appearance": appearance, "local": local, "shape": procrustes_residual(points, self.mean_shape),
+                "contrast": image_contrast(images)}
 
     def _log_distances(self, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.log(self.gaussians[k].distance(feats[k]) + 1e-9) for k in COMPONENTS}
@@ -222,9 +238,17 @@ class PlausibilityModel:
         stacked = np.stack([comp[k] for k in COMPONENTS])
         med, q = self.calibration["combined"]
         s = (stacked.max(axis=0) - med) / (q - med)
+        blank = np.asarray(feats.get("contrast", np.full(len(s), np.inf))) < MIN_CONTRAST
         out = []
         for i, si in enumerate(s):
             si = float(si)
+            if blank[i]:
+                si = max(si, BLANK_SCORE)
+                comps = {k: round(float(comp[k][i]), 3) for k in COMPONENTS}
+                plaus = float(0.5 * 50.0 ** (-si))
+                reason = f"blank image: no contrast to read (plausibility {plaus:.2g}, score {si:.2f} > 1)"
+                out.append(PlausibilityResult(si, plaus, "flagged", reason, comps))
+                continue
             plaus = float(min(1.0, 0.5 * 50.0 ** (-si)))
             comps = {k: round(float(comp[k][i]), 3) for k in COMPONENTS}
             if si > 1.0:

@@ -258,6 +258,11 @@ def test_plausibility_calibration_and_state_round_trip():
     assert all(
         v.status == "flagged" and "image content" in v.reason and v.plausibility < 0.01 for v in odd_verdicts
     )
+    # a blank input (a black or uniform image) has no layout to compare: flagged outright, whatever the
+    # points; standardised it would be all zeros, close enough to the average layout to pass
+    flat = np.stack([np.zeros((64, 64)), np.full((64, 64), 0.6)]).astype(np.float32)
+    blank = model.score(model.features(flat, np.repeat(mean_shape[None], 2, axis=0)))
+    assert all(v.status == "flagged" and v.reason.startswith("blank image") and v.score > 1 for v in blank)
     state = model.state()
     again = PlausibilityModel.from_state(state)
     assert [v.score for v in again.score(odd)] == pytest.approx([v.score for v in odd_verdicts])
