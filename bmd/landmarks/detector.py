@@ -142,9 +142,10 @@ class LandmarkPredictions:
 
 @torch.no_grad()
 def network_outputs(net: LandmarkNet, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    """Run the network (eval mode) on (N, S, S) uint8 or float images; numpy outputs."""
+    """Run the network (eval mode) on (N, S, S) uint8 or float images: ``stages`` (N, stages, 16, 2), the
+    points after each stage in normalised coordinates."""
     net.eval()
-    stages, pooled, local = [], [], []
+    stages = []
     for i in range(0, len(images), batch_size):
         chunk = images[i : i + batch_size]
         x = torch.from_numpy(np.asarray(chunk)).float()
@@ -152,20 +153,9 @@ def network_outputs(net: LandmarkNet, images: np.ndarray, batch_size: int) -> di
             x = x / 255.0
         out = net(x[:, None])
         stages.append(torch.stack(out.stages, dim=1).numpy())
-        pooled.append(out.pooled.numpy())
-        local.append(out.local.numpy())
     if not stages:
-        n_st = net.config.n_local + 1
-        return {
-            "stages": np.zeros((0, n_st, N_LANDMARKS, 2)),
-            "pooled": np.zeros((0, net.backbone.pooled_dim)),
-            "local": np.zeros((0, N_LANDMARKS, net.config.channels)),
-        }
-    return {
-        "stages": np.concatenate(stages).astype(np.float64),
-        "pooled": np.concatenate(pooled),
-        "local": np.concatenate(local),
-    }
+        return {"stages": np.zeros((0, net.config.n_local + 1, N_LANDMARKS, 2))}
+    return {"stages": np.concatenate(stages).astype(np.float64)}
 
 
 def to_original(boxes: Sequence[Letterbox], normalised: np.ndarray) -> np.ndarray:

@@ -88,14 +88,12 @@ class LandmarkOutput(NamedTuple):
 
     ``stages``: the points after the global stage and after each local stage, each (B, 16, 2) in
     normalised letterbox coordinates; ``stages[-1]`` is the prediction. ``pooled``: (B, D) image-level
-    appearance descriptor (mean and standard deviation of the two deepest backbone stages).
-    ``local``: (B, 16, C) backbone features sampled at the predicted points (local appearance).
+    descriptor the global stage reads (mean and standard deviation of the two deepest backbone stages).
     ``affine``: (B, 2, 3) the global stage's transform (pose of the shape).
     """
 
     stages: list[torch.Tensor]
     pooled: torch.Tensor
-    local: torch.Tensor
     affine: torch.Tensor
 
 
@@ -268,10 +266,7 @@ class LandmarkNet(nn.Module):
             node = torch.cat([self.sample(fmap, pts, radii[k + 1]), shape_features(pts)], dim=-1)
             pts = pts + LOCAL_SCALE * head(gcn(node))
             stages.append(pts)
-        local = F.grid_sample(
-            fmap, pts[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=False
-        )[..., 0].transpose(1, 2)
-        return LandmarkOutput(stages=stages, pooled=pooled, local=local, affine=affine)
+        return LandmarkOutput(stages=stages, pooled=pooled, affine=affine)
 
 
 def landmark_loss(stages: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:

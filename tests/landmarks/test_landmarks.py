@@ -54,7 +54,6 @@ def test_forward_shapes_and_stages_start_at_mean_shape():
         torch.testing.assert_close(s, _mean_shape()[None].expand(3, -1, -1))
     assert out.affine.shape == (3, 2, 3)
     assert out.pooled.shape == (3, net.backbone.pooled_dim)
-    assert out.local.shape == (3, N_LANDMARKS, TINY.channels)
 
 
 def test_bfloat16_autocast_reaches_the_backbone_only():
@@ -66,7 +65,7 @@ def test_bfloat16_autocast_reaches_the_backbone_only():
         out = net(x)
     assert seen["stem"] == torch.bfloat16  # the convolutions ran in bfloat16
     # every stage's points, the descriptor and the sampled features are float32 (coordinates unrounded)
-    assert {s.dtype for s in out.stages} | {out.pooled.dtype, out.local.dtype, out.affine.dtype} == {torch.float32}
+    assert {s.dtype for s in out.stages} | {out.pooled.dtype, out.affine.dtype} == {torch.float32}
     landmark_loss(out.stages, torch.zeros(2, N_LANDMARKS, 2)).backward()
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     assert net.backbone.stem[0][0].weight.grad is not None and {g.dtype for g in grads} == {torch.float32}
