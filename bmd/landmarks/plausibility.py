@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from bmd.columns import PLAUSIBILITY_COMPONENTS
+from bmd.landmarks.model import LandmarkNet
 
 COMPONENTS: tuple[str, ...] = PLAUSIBILITY_COMPONENTS
 _REASONS = {
@@ -74,13 +75,6 @@ BLANK_SCORE = 10.0
 
 class PlausibilityDescriptorError(ValueError):
     """A saved plausibility model was fitted on descriptors other than this version's."""
-
-
-def _standardise(x: torch.Tensor) -> torch.Tensor:
-    """Per-image zero mean and unit variance, as the detector's own input (windowing must not matter)."""
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    std = x.std(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) / (std + 1e-4)
 
 
 def image_contrast(images: np.ndarray) -> np.ndarray:
@@ -114,7 +108,7 @@ def image_descriptors(images: np.ndarray, points: np.ndarray) -> tuple[np.ndarra
         x = torch.from_numpy(np.asarray(chunk, dtype=np.float32))[:, None]
         if chunk.dtype == np.uint8:
             x = x / 255.0
-        x = _standardise(x)
+        x = LandmarkNet.standardise(x)  # as the detector's own input: windowing must not matter
         layout.append(F.adaptive_avg_pool2d(x, LAYOUT_GRID).flatten(1).numpy())
         smooth = F.avg_pool2d(x, k, stride=1, padding=k // 2)
         pts = torch.from_numpy(points[i : i + _CHUNK])
