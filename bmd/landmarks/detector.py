@@ -269,7 +269,8 @@ def predict_landmarks(
     items = list(images)
     arr, boxes, names, errors = _prepare(items, model.input_size)
     ok = [i for i, b in enumerate(boxes) if b is not None]
-    fwd = network_outputs(model.net, arr[ok], batch_size)
+    inputs = arr[ok]
+    fwd = network_outputs(model.net, inputs, batch_size)
     n_st = model.config.n_local + 1
     stage_points = np.full((len(items), n_st, N_LANDMARKS, 2), np.nan)
     stage_points[ok] = to_original([boxes[i] for i in ok], fwd["stages"])
@@ -279,7 +280,7 @@ def predict_landmarks(
     score = np.full(len(items), np.nan)
     details: list[PlausibilityResult | None] = [None] * len(items)
     if model.plausibility is not None and ok:
-        feats = model.plausibility.features(arr[ok], fwd["stages"][:, -1])
+        feats = model.plausibility.features(inputs, fwd["stages"][:, -1])
         for j, verdict in zip(ok, model.plausibility.score(feats), strict=True):
             status[j], reason[j], plaus[j], score[j], details[j] = (
                 verdict.status,

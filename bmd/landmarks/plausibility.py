@@ -54,6 +54,7 @@ _REASONS = {
     "local": "image content at the detected landmarks unlike the training anatomy",
     "shape": "detected landmark configuration unlike the training shapes",
 }
+_BLANK_REASON = "blank image: no contrast to read"
 #: calibration quantile: the fraction of calibration images that pass
 PASS_QUANTILE = 0.99
 #: the descriptors' version, saved with a fitted model: one fitted on other descriptors cannot score these
@@ -77,18 +78,12 @@ class PlausibilityDescriptorError(ValueError):
     """A saved plausibility model was fitted on descriptors other than this version's."""
 
 
-def image_contrast(images: np.ndarray) -> np.ndarray:
-    """(N,) the SD of each input's grey levels, in [0, 1] units (uint8 inputs are divided by 255)."""
-    images = np.asarray(images)
-    scale = 255.0 if images.dtype == np.uint8 else 1.0
-    return np.array([float(np.std(im, dtype=np.float64)) / scale for im in images])
-
-
-def image_descriptors(images: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ``appearance`` and ``local`` descriptors of a batch.
+def image_descriptors(images: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``appearance`` and ``local`` descriptors of a batch, and each input's contrast.
 
     ``images``: (N, S, S) letterboxed network inputs, uint8 or float in [0, 1]; ``points``: (N, 16, 2) in
-    normalised letterbox coordinates ([-1, 1]). Returns (N, LAYOUT_GRID²) and (N, 16 · PATCH_GRID²).
+    normalised letterbox coordinates ([-1, 1]). Returns (N, LAYOUT_GRID²), (N, 16 · PATCH_GRID²) and (N,)
+    the SD of each input's grey levels in [0, 1] units (below :data:`MIN_CONTRAST` the input is blank).
     """
     images = np.asarray(images)
     points = np.asarray(points, dtype=np.float32)
@@ -96,18 +91,19 @@ def image_descriptors(images: np.ndarray, points: np.ndarray) -> tuple[np.ndarra
         raise ValueError(f"{len(images)} images but {len(points)} point sets")
     n = len(images)
     if n == 0:
-        return np.zeros((0, LAYOUT_GRID**2)), np.zeros((0, points.shape[1] * PATCH_GRID**2))
+        return np.zeros((0, LAYOUT_GRID**2)), np.zeros((0, points.shape[1] * PATCH_GRID**2)), np.zeros(0)
     size = images.shape[-1]
     k = max(1, round(PATCH_SMOOTH * size)) | 1  # odd, so the smoothing keeps the grid centred
     ticks = torch.linspace(-PATCH_HALF_WIDTH, PATCH_HALF_WIDTH, PATCH_GRID)
     gy, gx = torch.meshgrid(ticks, ticks, indexing="ij")
     offsets = torch.stack([gx, gy], dim=-1).reshape(-1, 2)
-    layout, local = [], []
+    layout, local, contrast = [], [], []
     for i in range(0, n, _CHUNK):
         chunk = images[i : i + _CHUNK]
         x = torch.from_numpy(np.asarray(chunk, dtype=np.float32))[:, None]
         if chunk.dtype == np.uint8:
             x = x / 255.0
+        contrast.append(x.double().std(dim=(1, 2, 3), correction=0).numpy())
         x = LandmarkNet.standardise(x)  # as the detector's own input: windowing must not matter
         layout.append(F.adaptive_avg_pool2d(x, LAYOUT_GRID).flatten(1).numpy())
         smooth = F.avg_pool2d(x, k, stride=1, padding=k // 2)
@@ -115,7 +111,8 @@ def image_descriptors(images: np.ndarray, points: np.ndarray) -> tuple[np.ndarra
         grid = pts[:, :, None, :] + offsets[None, None]  # (B, 16, P, 2)
         sampled = F.grid_sample(smooth, grid, mode="bilinear", padding_mode="border", align_corners=False)
         local.append(sampled[:, 0].reshape(len(pts), -1).numpy())
-    return np.concatenate(layout).astype(np.float64), np.concatenate(local).astype(np.float64)
+    return (np.concatenate(layout).astype(np.float64), np.concatenate(local).astype(np.float64),
+            np.concatenate(contrast))
 
 
 @dataclass(frozen=True)
@@ -199,9 +196,9 @@ class PlausibilityModel:
     def features(self, images: np.ndarray, points: np.ndarray) -> dict[str, np.ndarray]:
         """The per-component feature vectors of a batch: ``images`` (N, S, S) letterboxed network inputs
         (uint8, or float in [0, 1]) and the points predicted on them (N, 16, 2), normalised coordinates."""
-        appearance, local = image_descriptors(images, points)
+        appearance, local, contrast = image_descriptors(images, points)
         return {"appearance": appearance, "local": local, "shape": procrustes_residual(points, self.mean_shape),
-                "contrast": image_contrast(images)}
+                "contrast": contrast}
 
     def _log_distances(self, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.log(self.gaussians[k].distance(feats[k]) + 1e-9) for k in COMPONENTS}
@@ -232,22 +229,16 @@ class PlausibilityModel:
         stacked = np.stack([comp[k] for k in COMPONENTS])
         med, q = self.calibration["combined"]
         s = (stacked.max(axis=0) - med) / (q - med)
-        blank = np.asarray(feats.get("contrast", np.full(len(s), np.inf))) < MIN_CONTRAST
+        blank = np.asarray(feats["contrast"]) < MIN_CONTRAST
+        s = np.where(blank, np.maximum(s, BLANK_SCORE), s)
         out = []
         for i, si in enumerate(s):
             si = float(si)
-            if blank[i]:
-                si = max(si, BLANK_SCORE)
-                comps = {k: round(float(comp[k][i]), 3) for k in COMPONENTS}
-                plaus = float(0.5 * 50.0 ** (-si))
-                reason = f"blank image: no contrast to read (plausibility {plaus:.2g}, score {si:.2f} > 1)"
-                out.append(PlausibilityResult(si, plaus, "flagged", reason, comps))
-                continue
             plaus = float(min(1.0, 0.5 * 50.0 ** (-si)))
             comps = {k: round(float(comp[k][i]), 3) for k in COMPONENTS}
             if si > 1.0:
-                worst = COMPONENTS[int(np.argmax(stacked[:, i]))]
-                reason = f"{_REASONS[worst]} (plausibility {plaus:.2g}, score {si:.2f} > 1)"
+                what = _BLANK_REASON if blank[i] else _REASONS[COMPONENTS[int(np.argmax(stacked[:, i]))]]
+                reason = f"{what} (plausibility {plaus:.2g}, score {si:.2f} > 1)"
                 out.append(PlausibilityResult(si, plaus, "flagged", reason, comps))
             else:
                 out.append(PlausibilityResult(si, plaus, "ok", "", comps))

@@ -223,18 +223,19 @@ def test_image_descriptors_see_layout_not_windowing():
     rng = np.random.default_rng(0)
     images = _films(rng, 3)
     points = rng.uniform(-0.6, 0.6, (3, N_LANDMARKS, 2))
-    layout, local = image_descriptors(images, points)
+    layout, local, contrast = image_descriptors(images, points)
     assert layout.shape == (3, LAYOUT_GRID**2) and local.shape == (3, N_LANDMARKS * PATCH_GRID**2)
+    assert np.allclose(contrast, images.reshape(3, -1).std(axis=1), atol=1e-6)  # the SD of the grey levels
     # a display window or gain (a·x + b, a > 0) does not change what the descriptors see
-    layout2, local2 = image_descriptors(0.5 * images + 0.2, points)
+    layout2, local2, _ = image_descriptors(0.5 * images + 0.2, points)
     assert np.allclose(layout, layout2, atol=2e-3) and np.allclose(local, local2, atol=2e-3)
     # uint8 network inputs read like the same float images
-    layout8, _ = image_descriptors(np.round(images * 255).astype(np.uint8), points)
+    layout8, _, _ = image_descriptors(np.round(images * 255).astype(np.uint8), points)
     assert np.allclose(layout, layout8, atol=0.05)
     # moving one point changes its own samples only
     moved = points.copy()
     moved[:, 3] += 0.3
-    _, local3 = image_descriptors(images, moved)
+    _, local3, _ = image_descriptors(images, moved)
     per_point = np.abs(local3 - local).reshape(3, N_LANDMARKS, -1).max(axis=(0, 2))
     assert per_point[3] > 0.1 and np.delete(per_point, 3).max() == 0
     with pytest.raises(ValueError, match="2 images but 3"):
